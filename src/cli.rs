@@ -1,0 +1,325 @@
+//! The command line: `serve`, `check-config`, `explain` and `token …`.
+//! Exit codes: 0 ok, 2 usage or config error, 1 anything else, each with a
+//! one-line reason on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cache::TokenResolver;
+use crate::config::{Config, ConfigError};
+use crate::route::NormalizedPath;
+use crate::store::{ListFilter, NewToken, StoreError, TokenStore};
+use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError};
+
+#[derive(Parser)]
+#[command(name = "tokengate", version, about = "Deploy tokens for any package or container registry")]
+struct Cli {
+    /// Config file (default: $TOKENGATE_CONFIG, else ./proxy.toml, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Validate the config and exit.
+    CheckConfig,
+    /// Show how a request would be routed and which scope it needs.
+    Explain {
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Request path (and query), e.g. /npm/acme/web/left-pad.
+        path: String,
+    },
+    /// Create, list and revoke deploy tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Owner {
+    /// Owning project path, e.g. acme/web.
+    #[arg(long)]
+    project: Option<String>,
+    /// Owning group path, e.g. acme.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a deploy token; the secret is printed once, alone on the last line of stdout.
+    Create {
+        #[command(flatten)]
+        owner: Owner,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. read_package_registry,write_package_registry.
+        #[arg(long)]
+        scopes: String,
+        /// Basic-auth username (default tokengate+deploy-token-{id}).
+        #[arg(long)]
+        username: Option<String>,
+        /// Expiry, YYYY-MM-DD (midnight UTC) or RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Print GitLab's JSON response instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List deploy tokens.
+    List {
+        #[arg(long, conflicts_with = "group")]
+        project: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// Only tokens that are neither revoked nor expired.
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a deploy token at once.
+    Revoke { id: i64 },
+}
+
+/// A failed command: its exit code and one-line reason.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) | CliError::Token(_) => 2,
+            CliError::Store(_) | CliError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokengate: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("TOKENGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let config_path = Config::locate(cli.config.as_deref());
+    let config = Config::load(config_path.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::CheckConfig => {
+            let name = config_path.map_or("built-in defaults".into(), |p| p.display().to_string());
+            println!("{name}: ok ({} routes)", config.routes.routes().len());
+            Ok(())
+        }
+        Command::Explain { method, path } => explain(&config, &method, &path),
+        Command::Token(cmd) => {
+            let store = TokenStore::connect(&config.store_url).await?;
+            token_command(&store, cmd).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let store = TokenStore::connect(&config.store_url).await?;
+    let config = Arc::new(config);
+    if config.routes.is_empty() {
+        tracing::warn!("no routes configured: every request will be answered 404");
+    }
+    let resolver = Arc::new(TokenResolver::new(&config.cache, Vec::new(), store));
+    let follower = tokio::spawn(resolver.clone().follow_changes(Duration::from_millis(500)));
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), "tokengate serving");
+    let proxy = Arc::new(crate::proxy::Proxy::new(config, resolver));
+    crate::proxy::serve(proxy, listener, shutdown_signal()).await;
+    follower.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> {
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| CliError::Usage(format!("invalid method {method:?}")))?;
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let fail = |e: &dyn std::fmt::Display| CliError::Failed(format!("{method} {target}: {e}"));
+    let path = NormalizedPath::parse(raw_path).map_err(|e| fail(&e))?;
+    if let Some(q) = query {
+        crate::route::normalize::check_query(q).map_err(|e| fail(&e))?;
+    }
+    let matched = config.routes.find(&path).map_err(|e| fail(&e))?;
+    let route = matched.route;
+    let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
+    let access = route.access(&method, &rest);
+    let scopes = route.format.scopes_for(access);
+    let needs = if scopes.is_empty() {
+        "nothing: refused for deploy tokens".to_string()
+    } else {
+        scopes.names().join(" or ")
+    };
+    println!("route:     {} ({})", route.name, route.path_pattern());
+    println!("format:    {}", route.format.name());
+    println!("namespace: {}", matched.namespace);
+    println!("access:    {access:?}");
+    println!("needs:     {needs}");
+    println!(
+        "upstream:  {}{}",
+        route.upstream.origin(),
+        matched.upstream_path_and_query(&path, query)
+    );
+    Ok(())
+}
+
+async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliError> {
+    let now = chrono::Utc::now();
+    match cmd {
+        TokenCommand::Create {
+            owner,
+            name,
+            scopes,
+            username,
+            expires_at,
+            json,
+        } => {
+            let (owner_kind, owner_path) = match (owner.project, owner.group) {
+                (Some(p), None) => (OwnerKind::Project, p),
+                (None, Some(g)) => (OwnerKind::Group, g),
+                _ => return Err(CliError::Usage("give exactly one of --project or --group".into())),
+            };
+            token::validate_namespace(&owner_path)?;
+            if name.is_empty() || name.len() > 255 {
+                return Err(TokenError::InvalidName.into());
+            }
+            if let Some(u) = &username {
+                token::validate_username(u)?;
+            }
+            let scopes = ScopeSet::parse_list(&scopes)?;
+            let expires_at = expires_at.map(|e| token::parse_expiry(&e, now)).transpose()?;
+            let secret = Secret::generate();
+            let record = store
+                .create(NewToken {
+                    name,
+                    username,
+                    owner_kind,
+                    owner_path,
+                    scopes,
+                    expires_at,
+                    digest: secret.digest(),
+                })
+                .await?;
+            if json {
+                println!("{}", record.to_gitlab_json(now, Some(&secret)));
+            } else {
+                eprintln!(
+                    "Created deploy token {} for {} {}: username {}, scopes {}, expires {}.",
+                    record.id,
+                    record.owner_kind.as_str(),
+                    record.owner_path,
+                    record.username,
+                    record.scopes,
+                    record.expires_at.map_or("never".into(), |t| t.to_rfc3339()),
+                );
+                eprintln!("Save the secret below somewhere safe: it is shown only once.");
+                println!("{}", secret.expose());
+            }
+            Ok(())
+        }
+        TokenCommand::List {
+            project,
+            group,
+            active,
+            json,
+        } => {
+            let owner = match (&project, &group) {
+                (Some(p), _) => Some((OwnerKind::Project, p.as_str())),
+                (_, Some(g)) => Some((OwnerKind::Group, g.as_str())),
+                _ => None,
+            };
+            let tokens = store.list(ListFilter { owner, active_only: active }).await?;
+            if json {
+                let list: Vec<_> = tokens.iter().map(|t| t.to_gitlab_json(now, None)).collect();
+                println!("{}", serde_json::Value::from(list));
+            } else {
+                println!("{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} STATE", "ID", "NAME", "USERNAME", "OWNER", "SCOPES", "EXPIRES");
+                for t in &tokens {
+                    let state = if t.revoked { "revoked" } else if t.is_expired(now) { "expired" } else { "active" };
+                    println!(
+                        "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} {state}",
+                        t.id,
+                        t.name,
+                        t.username,
+                        format!("{}:{}", t.owner_kind.as_str(), t.owner_path),
+                        t.scopes.to_string(),
+                        t.expires_at.map_or("never".into(), |e| e.to_rfc3339()),
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => match store.revoke(id).await? {
+            Some(t) => {
+                println!("Revoked deploy token {} ({}).", t.id, t.name);
+                Ok(())
+            }
+            None => Err(CliError::Failed(format!("no deploy token with id {id}"))),
+        },
+    }
+}

@@ -1,0 +1,562 @@
+//! Configuration: `proxy.toml` → raw serde structs (with spans) → a
+//! validated [`Config`]. Every refusal names the file, the line and the key,
+//! so an operator can fix a config without guessing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http::{HeaderValue, Method};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::format::{self, Access};
+use crate::route::{AccessRule, NamespaceSource, PathPart, PatternPart, Route, RouteTable, Upstream};
+use crate::token::validate_namespace;
+
+/// A refused config: where, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// Where the config came from, and how to turn byte offsets into lines.
+struct Source<'a> {
+    name: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error(&self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.name.clone(),
+            line: self.line_of(span.start),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        self.error(value.span(), key, message)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    upstream: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    header_read_timeout_seconds: Option<u64>,
+    upstream_connect_timeout_seconds: Option<u64>,
+    upstream_response_timeout_seconds: Option<u64>,
+    shutdown_grace_seconds: Option<u64>,
+    metadata_max_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl_seconds: Option<u64>,
+    negative_ttl_seconds: Option<u64>,
+    max_entries: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Spanned<String>,
+    basic: Option<Spanned<RawBasic>>,
+    token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    username: String,
+    password_env: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    format: Spanned<String>,
+    path: Spanned<String>,
+    namespace: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    #[serde(default)]
+    access: Vec<Spanned<RawAccessRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessRule {
+    method: Option<String>,
+    path: String,
+    access: String,
+}
+
+/// The proxy's externally visible base URL (redirects, rewritten metadata).
+#[derive(Debug, Clone)]
+pub struct PublicUrl {
+    /// `scheme://authority`.
+    pub origin: String,
+    /// Path prefix without a trailing `/`, possibly empty.
+    pub base_path: String,
+    pub https: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub public_url: PublicUrl,
+    pub header_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_response_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Largest metadata body (npm packument, simple index) read for URL rewriting.
+    pub metadata_max_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// A validated configuration.
+pub struct Config {
+    pub server: ServerConfig,
+    pub store_url: String,
+    pub cache: CacheConfig,
+    pub routes: RouteTable,
+}
+
+pub const DEFAULT_STORE_URL: &str = "sqlite://tokengate.db";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Config {
+    /// Resolves the config path: `--config`, else `$TOKENGATE_CONFIG`, else
+    /// `./proxy.toml`; `None` when none was named and `./proxy.toml` is absent.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
+        }
+        if let Some(path) = std::env::var_os("TOKENGATE_CONFIG").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(path));
+        }
+        let default = PathBuf::from("proxy.toml");
+        default.exists().then_some(default)
+    }
+
+    /// Loads the config at `path`, or the embedded defaults (no routes) when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse("<defaults>", ""),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: path.display().to_string(),
+                    line: 0,
+                    key: "-".into(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                Config::parse(&path.display().to_string(), &text)
+            }
+        }
+    }
+
+    /// Parses and validates config text; `name` is used in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let src = Source {
+            name: name.to_string(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let key = message
+                .split('`')
+                .nth(1)
+                .map_or_else(|| "-".to_string(), str::to_string);
+            src.error(e.span().unwrap_or(0..0), key, message)
+        })?;
+        build(&src, raw)
+    }
+}
+
+fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = build_server(src, &raw.server)?;
+    let store_url = match &raw.store.url {
+        None => DEFAULT_STORE_URL.to_string(),
+        Some(url) => {
+            let ok = ["sqlite://", "sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.get_ref().starts_with(p));
+            if !ok {
+                return Err(src.at(url, "store.url", "expected a sqlite:// or postgres:// URL"));
+            }
+            url.get_ref().clone()
+        }
+    };
+    let cache = CacheConfig {
+        ttl: Duration::from_secs(raw.cache.ttl_seconds.unwrap_or(60)),
+        negative_ttl: Duration::from_secs(raw.cache.negative_ttl_seconds.unwrap_or(5)),
+        max_entries: raw.cache.max_entries.unwrap_or(100_000),
+    };
+    let mut upstreams = BTreeMap::new();
+    for (name, up) in &raw.upstream {
+        upstreams.insert(name.clone(), Arc::new(build_upstream(src, name, up)?));
+    }
+    let mut routes = Vec::with_capacity(raw.route.len());
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    for (i, route) in raw.route.iter().enumerate() {
+        let r = route.get_ref();
+        let key = |field: &str| format!("route[{i}].{field}");
+        if r.name.get_ref().is_empty() || !names.insert(r.name.get_ref().clone()) {
+            return Err(src.at(&r.name, key("name"), "route names must be non-empty and unique"));
+        }
+        let format = format::by_name(r.format.get_ref()).ok_or_else(|| {
+            let msg = format!("unknown format {:?}; expected one of {}", r.format.get_ref(), format::NAMES.join(", "));
+            src.at(&r.format, key("format"), msg)
+        })?;
+        let path = parse_route_path(r.path.get_ref()).map_err(|m| src.at(&r.path, key("path"), m))?;
+        if !paths.insert(path.clone()) {
+            return Err(src.at(&r.path, key("path"), "another route has the same path"));
+        }
+        let has_placeholder = path.contains(&PathPart::Namespace);
+        let namespace = match (&r.namespace, has_placeholder) {
+            (Some(ns), false) => {
+                validate_namespace(ns.get_ref()).map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
+                NamespaceSource::Fixed(ns.get_ref().clone())
+            }
+            (None, true) => NamespaceSource::Placeholder,
+            (Some(ns), true) => {
+                return Err(src.at(ns, key("namespace"), "give either `namespace` or a {namespace} placeholder in `path`, not both"))
+            }
+            (None, false) => {
+                return Err(src.at(route, key("namespace"), "missing: give `namespace` or a {namespace} placeholder in `path`"))
+            }
+        };
+        let upstream = upstreams.get(r.upstream.get_ref()).cloned().ok_or_else(|| {
+            src.at(&r.upstream, key("upstream"), format!("unknown upstream {:?}", r.upstream.get_ref()))
+        })?;
+        let access_rules = r
+            .access
+            .iter()
+            .enumerate()
+            .map(|(j, rule)| parse_access_rule(rule.get_ref()).map_err(|m| src.at(rule, key(&format!("access[{j}]")), m)))
+            .collect::<Result<_, _>>()?;
+        routes.push(Route {
+            name: r.name.get_ref().as_str().into(),
+            format,
+            path,
+            namespace,
+            upstream,
+            strip_prefix: r.strip_prefix,
+            access_rules,
+        });
+    }
+    Ok(Config {
+        server,
+        store_url,
+        cache,
+        routes: RouteTable::new(routes),
+    })
+}
+
+fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen_text = raw.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.get_ref().as_str());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
+        src.error(span, "server.listen", format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+    })?;
+    let public_url = match &raw.public_url {
+        None => PublicUrl {
+            origin: format!("http://{listen}"),
+            base_path: String::new(),
+            https: false,
+        },
+        Some(url) => parse_public_url(url.get_ref()).map_err(|m| src.at(url, "server.public_url", m))?,
+    };
+    let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    Ok(ServerConfig {
+        listen,
+        public_url,
+        header_read_timeout: secs(raw.header_read_timeout_seconds, 10),
+        upstream_connect_timeout: secs(raw.upstream_connect_timeout_seconds, 5),
+        upstream_response_timeout: secs(raw.upstream_response_timeout_seconds, 300),
+        shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
+        metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
+    })
+}
+
+fn parse_public_url(text: &str) -> Result<PublicUrl, String> {
+    let uri: http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{text:?} must start with http:// or https://")),
+    };
+    let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
+    if authority.as_str().contains('@') || uri.query().is_some() {
+        return Err(format!("{text:?} must not contain credentials or a query"));
+    }
+    Ok(PublicUrl {
+        origin: format!("{}://{}", uri.scheme_str().unwrap_or("http"), authority),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        https,
+    })
+}
+
+fn build_upstream(src: &Source<'_>, name: &str, raw: &Spanned<RawUpstream>) -> Result<Upstream, ConfigError> {
+    let up = raw.get_ref();
+    let key = |field: &str| format!("upstream.{name}.{field}");
+    let text = up.url.get_ref();
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| src.at(&up.url, key("url"), format!("{text:?} is not a URL")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(src.at(&up.url, key("url"), format!("{text:?}: only http:// upstreams are supported")));
+    }
+    let authority = uri
+        .authority()
+        .filter(|a| !a.as_str().contains('@'))
+        .ok_or_else(|| src.at(&up.url, key("url"), format!("{text:?} needs a host and no credentials")))?
+        .clone();
+    if uri.query().is_some() {
+        return Err(src.at(&up.url, key("url"), "an upstream URL must not have a query"));
+    }
+    let env = |var: &str, span: &dyn Fn() -> ConfigError| std::env::var(var).map_err(|_| span());
+    let authorization = match (&up.basic, &up.token_env) {
+        (Some(_), Some(t)) => return Err(src.at(t, key("token_env"), "give either `basic` or `token_env`, not both")),
+        (Some(basic), None) => {
+            let b = basic.get_ref();
+            let password = env(&b.password_env, &|| {
+                src.at(basic, key("basic.password_env"), format!("environment variable {} is not set", b.password_env))
+            })?;
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", b.username));
+            Some(format!("Basic {pair}"))
+        }
+        (None, Some(var)) => {
+            let token = env(var.get_ref(), &|| {
+                src.at(var, key("token_env"), format!("environment variable {} is not set", var.get_ref()))
+            })?;
+            Some(format!("Bearer {token}"))
+        }
+        (None, None) => None,
+    };
+    let authorization = authorization
+        .map(|v| {
+            let mut value = HeaderValue::from_str(&v)
+                .map_err(|_| src.at(raw, name, "upstream credentials contain characters not allowed in a header"))?;
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()?;
+    Ok(Upstream {
+        name: name.to_string(),
+        scheme: http::uri::Scheme::HTTP,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        authorization,
+    })
+}
+
+/// Route path literals: the characters package paths use, nothing to decode.
+fn is_literal(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg != "."
+        && seg != ".."
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'@' | b':' | b'+'))
+}
+
+fn parse_route_path(path: &str) -> Result<Vec<PathPart>, String> {
+    let body = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("{path:?} must start with '/'"))?;
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut parts = Vec::new();
+    for seg in body.split('/') {
+        parts.push(match seg {
+            "{namespace}" if !parts.contains(&PathPart::Namespace) => PathPart::Namespace,
+            "{namespace}" => return Err("{namespace} may appear only once".into()),
+            lit if is_literal(lit) => PathPart::Literal(lit.to_string()),
+            other => return Err(format!("invalid path segment {other:?}")),
+        });
+    }
+    Ok(parts)
+}
+
+fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
+    let method = match raw.method.as_deref() {
+        None | Some("*") => None,
+        Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}"))?),
+    };
+    let access = Access::parse(&raw.access)
+        .ok_or_else(|| format!("access {:?}: expected read, write, read_or_write or deny", raw.access))?;
+    let body = raw
+        .path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("path {:?} must start with '/'", raw.path))?;
+    let segs: Vec<&str> = body.split('/').filter(|s| !s.is_empty()).collect();
+    let mut pattern = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        pattern.push(match *seg {
+            "**" if i + 1 == segs.len() => PatternPart::AnyRest,
+            "**" => return Err("`**` may only end a pattern".into()),
+            "*" => PatternPart::AnySegment,
+            lit if is_literal(lit) => PatternPart::Literal(lit.to_string()),
+            other => return Err(format!("invalid pattern segment {other:?}")),
+        });
+    }
+    Ok(AccessRule { method, pattern, access })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://proxy.test:8080"
+
+[upstream.verdaccio]
+url = "http://127.0.0.1:4873"
+
+[upstream.files]
+url = "http://127.0.0.1:9000/store/"
+
+[[route]]
+name = "web-npm"
+format = "npm"
+path = "/npm/acme/web"
+namespace = "acme/web"
+upstream = "verdaccio"
+strip_prefix = true
+
+[[route]]
+name = "generic"
+format = "generic"
+path = "/api/v4/projects/{namespace}/packages/generic"
+upstream = "files"
+strip_prefix = true
+
+[[route.access]]
+method = "POST"
+path = "/search/**"
+access = "read"
+"#;
+
+    fn err(text: &str) -> ConfigError {
+        match Config::parse("proxy.toml", text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads() {
+        let c = Config::parse("proxy.toml", GOOD).unwrap();
+        assert_eq!(c.routes.routes().len(), 2);
+        assert_eq!(c.server.public_url.origin, "http://proxy.test:8080");
+        assert_eq!(c.store_url, DEFAULT_STORE_URL);
+        let files = &c.routes.routes().iter().find(|r| &*r.name == "generic").unwrap().upstream;
+        assert_eq!(files.base_path, "/store");
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None).unwrap();
+        assert!(c.routes.is_empty());
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 3\n", "listen_port", 3, "unknown field"),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
+            ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
+            ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),
+        ];
+        for (text, key, line, msg) in cases {
+            let e = err(text);
+            assert_eq!((e.key.as_str(), e.line), (*key, *line), "{e}");
+            assert!(e.to_string().contains(msg), "{e}");
+            assert!(e.to_string().starts_with(&format!("proxy.toml:{line}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn route_errors_point_at_the_route() {
+        let with = |from: &str, to: &str| GOOD.replacen(from, to, 1);
+        let line_of = |text: &str, needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
+
+        let t = with("upstream = \"verdaccio\"", "upstream = \"nope\"");
+        let e = err(&t);
+        assert_eq!((e.key.as_str(), e.line), ("route[0].upstream", line_of(&t, "\"nope\"")));
+
+        let t = with("format = \"npm\"", "format = \"cobol\"");
+        assert_eq!(err(&t).key, "route[0].format");
+
+        let t = with("path = \"/api/v4/projects/{namespace}/packages/generic\"", "path = \"/npm/acme/web\"\nnamespace = \"acme\"");
+        let e = err(&t);
+        assert_eq!(e.key, "route[1].path");
+        assert!(e.message.contains("same path"));
+
+        let t = with("path = \"/npm/acme/web\"", "path = \"/npm/../web\"");
+        assert_eq!(err(&t).key, "route[0].path");
+
+        let t = with("namespace = \"acme/web\"\n", "");
+        assert_eq!(err(&t).key, "route[0].namespace");
+
+        let t = with("access = \"read\"", "access = \"admin\"");
+        assert_eq!(err(&t).key, "route[1].access[0]");
+
+        let t = with("strip_prefix = true", "strip_prefix = true\nstrip = 1");
+        assert_eq!(err(&t).key, "strip");
+        assert_eq!(err(&t).line, line_of(&t, "strip = 1"));
+    }
+}

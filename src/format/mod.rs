@@ -1,0 +1,176 @@
+//! Registry formats. A format is data plus one [`Format`] impl: which
+//! credentials its stock clients send, which access each request needs,
+//! and how it challenges a client. Nothing else in the crate matches on
+//! format names; [`by_name`] is the only registry of them.
+
+mod credentials;
+mod generic;
+mod maven;
+mod npm;
+mod pypi;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+pub use credentials::{extract, CredentialError, Presented};
+
+use crate::token::{Scope, ScopeSet};
+
+/// What a request does to the registry, before it is mapped to a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    /// A read that publishing clients make too (Maven's `maven-metadata.xml`
+    /// before a deploy): either scope allows it.
+    ReadForWrite,
+    /// Never allowed through this format (e.g. an unknown method).
+    Refused,
+}
+
+impl Access {
+    pub fn parse(s: &str) -> Option<Access> {
+        match s {
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            "read_or_write" => Some(Access::ReadForWrite),
+            "deny" => Some(Access::Refused),
+            _ => None,
+        }
+    }
+}
+
+/// Where a client may put its deploy token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `Authorization: Basic base64(username:token)`.
+    Basic,
+    /// `Authorization: Bearer token`.
+    Bearer,
+    /// `Deploy-Token: token` (GitLab's header).
+    DeployTokenHeader,
+    /// `X-NuGet-ApiKey: token`.
+    NuGetApiKey,
+}
+
+/// One registry protocol's rules.
+pub trait Format: Send + Sync + 'static {
+    /// The config name, e.g. `npm`.
+    fn name(&self) -> &'static str;
+
+    /// Credential headers this format's clients send.
+    fn credential_sources(&self) -> &'static [CredentialSource];
+
+    /// The access a request needs; `rest` holds the decoded segments after the route prefix.
+    fn access(&self, method: &Method, rest: &[&str]) -> Access;
+
+    /// The scopes of which an access needs one. Package formats share GitLab's package scopes.
+    fn scopes_for(&self, access: Access) -> ScopeSet {
+        package_scopes(access)
+    }
+
+    /// Whether a segment written with an encoded `/` is part of this protocol
+    /// (npm's `@scope%2fname`). Everywhere else it is refused.
+    fn allows_encoded_slash(&self, _decoded: &str) -> bool {
+        false
+    }
+
+    /// Whether a successful response to this request may carry absolute
+    /// upstream URLs (package metadata) that must be rewritten to the proxy.
+    fn rewrites_metadata(&self, _method: &Method, _rest: &[&str]) -> bool {
+        false
+    }
+}
+
+/// Looks up a format by its config name.
+pub fn by_name(name: &str) -> Option<Arc<dyn Format>> {
+    Some(match name {
+        "npm" => Arc::new(npm::Npm),
+        "pypi" => Arc::new(pypi::PyPi),
+        "maven" => Arc::new(maven::Maven),
+        "generic" => Arc::new(generic::Generic),
+        _ => return None,
+    })
+}
+
+/// The format names accepted in config, for error messages.
+pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic"];
+
+/// GET and HEAD read, the given methods write, anything else is refused:
+/// the rule most package formats share.
+fn read_or_write(method: &Method, write: &[Method]) -> Access {
+    if method == Method::GET || method == Method::HEAD {
+        Access::Read
+    } else if write.contains(method) {
+        Access::Write
+    } else {
+        Access::Refused
+    }
+}
+
+/// GitLab's package-registry scopes for an access.
+fn package_scopes(access: Access) -> ScopeSet {
+    let mut set = ScopeSet::default();
+    match access {
+        Access::Read => set.insert(Scope::ReadPackageRegistry),
+        Access::Write => set.insert(Scope::WritePackageRegistry),
+        Access::ReadForWrite => {
+            set.insert(Scope::ReadPackageRegistry);
+            set.insert(Scope::WritePackageRegistry);
+        }
+        Access::Refused => {}
+    }
+    set
+}
+
+/// Reads the deploy-token credentials a format accepts from the request headers.
+pub fn credentials<'h>(
+    format: &dyn Format,
+    headers: &'h HeaderMap,
+) -> Result<Option<Presented<'h>>, CredentialError> {
+    extract(format.credential_sources(), headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_format_exists() {
+        for name in NAMES {
+            assert_eq!(by_name(name).unwrap().name(), *name);
+        }
+        assert!(by_name("cobol").is_none());
+    }
+
+    #[test]
+    fn package_formats_map_methods() {
+        let cases: &[(&str, Method, &[&str], Access)] = &[
+            ("npm", Method::GET, &["left-pad"], Access::Read),
+            ("npm", Method::PUT, &["left-pad"], Access::Write),
+            ("npm", Method::DELETE, &["left-pad", "-rev", "1"], Access::Write),
+            ("npm", Method::POST, &["-", "npm", "v1", "security", "audits", "quick"], Access::Read),
+            ("npm", Method::POST, &["-", "npm", "v1", "security", "advisories", "bulk"], Access::Read),
+            ("npm", Method::POST, &["left-pad"], Access::Refused),
+            ("npm", Method::PATCH, &["left-pad"], Access::Refused),
+            ("pypi", Method::HEAD, &["simple", "x"], Access::Read),
+            ("pypi", Method::POST, &[], Access::Write),
+            ("pypi", Method::PUT, &[], Access::Refused),
+            ("maven", Method::PUT, &["g", "a", "1", "a-1.jar"], Access::Write),
+            ("maven", Method::POST, &["x"], Access::Write),
+            ("maven", Method::DELETE, &["x"], Access::Write),
+            ("maven", Method::OPTIONS, &["x"], Access::Refused),
+            ("maven", Method::GET, &["g", "a", "maven-metadata.xml"], Access::ReadForWrite),
+            ("maven", Method::HEAD, &["g", "a", "maven-metadata.xml.sha1"], Access::ReadForWrite),
+            ("maven", Method::GET, &["g", "a", "1", "a-1.jar"], Access::Read),
+            ("generic", Method::GET, &["f"], Access::Read),
+            ("generic", Method::PUT, &["f"], Access::Write),
+            ("generic", Method::CONNECT, &["f"], Access::Refused),
+        ];
+        for (format, method, rest, want) in cases {
+            let got = by_name(format).unwrap().access(method, rest);
+            assert_eq!(got, *want, "{format} {method} {rest:?}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The one place where request failures become responses. Each failure
+//! knows which side caused it — the client (4xx), the upstream (502/504) or
+//! tokengate itself (503/500) — and answers with a body the stock clients print.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::ResponseBody;
+use crate::auth::Denial;
+use crate::format::CredentialError;
+use crate::route::{MatchError, PathError};
+use crate::store::StoreError;
+
+/// Why a request was not forwarded, or why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    BadPath(#[from] PathError),
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("invalid namespace in the path")]
+    BadNamespace,
+    #[error("deploy token required")]
+    NoCredentials,
+    #[error(transparent)]
+    BadCredentials(#[from] CredentialError),
+    #[error("{0}")]
+    Denied(#[from] Denial),
+    #[error("token store unavailable")]
+    StoreUnavailable(Arc<StoreError>),
+    #[error("upstream {0} unreachable")]
+    UpstreamUnreachable(String),
+    #[error("upstream {0} did not answer in time")]
+    UpstreamTimeout(String),
+    #[error("upstream {0} sent metadata that could not be rewritten")]
+    UpstreamMetadata(String),
+}
+
+impl From<MatchError> for ProxyError {
+    fn from(e: MatchError) -> Self {
+        match e {
+            MatchError::NoRoute => ProxyError::NoRoute,
+            MatchError::Path(p) => ProxyError::BadPath(p),
+            MatchError::InvalidNamespace => ProxyError::BadNamespace,
+        }
+    }
+}
+
+/// Which side a failure belongs to, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::BadNamespace => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoCredentials | ProxyError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::StoreUnavailable(_) => Side::Internal,
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamMetadata(_) => Side::Upstream,
+            _ => Side::Downstream,
+        }
+    }
+
+    /// The decision label used in logs.
+    pub fn decision(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "no_route",
+            StatusCode::BAD_REQUEST => "bad_request",
+            _ => "error",
+        }
+    }
+
+    /// The response. `close` asks the client to drop the connection, for
+    /// requests whose body was never read (`Expect: 100-continue` uploads).
+    pub fn into_response(self, close: bool) -> Response<ResponseBody> {
+        let status = self.status();
+        let message = self.to_string();
+        let body = serde_json::json!({ "message": message, "error": message }).to_string();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokengate\""));
+        }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

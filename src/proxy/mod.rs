@@ -1,0 +1,310 @@
+//! The proxy: a hyper server (HTTP/1.1 and h2c) whose every request runs the
+//! same phases — normalize → route → credentials → lookup → decide → forward —
+//! and a pooled hyper client to the upstreams. Bodies stream both ways;
+//! only metadata documents that need URL rewriting are read, up to a cap.
+
+mod error;
+mod headers;
+mod rewrite;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub use error::{ProxyError, Side};
+
+use crate::auth::{self, Ask};
+use crate::cache::{Lookup, TokenResolver};
+use crate::config::Config;
+use crate::format;
+use crate::route::normalize::check_query;
+use crate::route::{Matched, NormalizedPath, PathError};
+use crate::token::{self, Digest, TokenRecord};
+use rewrite::UrlMap;
+
+/// Response bodies: the upstream's, streamed, or one the proxy made.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Everything a request needs; shared by all connections.
+pub struct Proxy {
+    config: Arc<Config>,
+    resolver: Arc<TokenResolver>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>, resolver: Arc<TokenResolver>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy {
+            config,
+            resolver,
+            client,
+        }
+    }
+
+    /// Handles one request and logs its outcome. Never fails: errors become responses here.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let raw_path = req.uri().path().to_string();
+        let mut outcome = Outcome::default();
+        let response = match self.process(req, peer, &mut outcome).await {
+            Ok(response) => response,
+            Err(e) => {
+                let decision = e.decision();
+                let side = e.side();
+                if side != Side::Downstream {
+                    tracing::warn!(error = %e, ?side, "request failed");
+                }
+                outcome.decision = decision;
+                e.into_response(body_left_unread(&method))
+            }
+        };
+        tracing::info!(
+            target: "tokengate::access",
+            client = %peer.ip(),
+            %method,
+            path = %raw_path,
+            route = outcome.route.as_deref().unwrap_or("-"),
+            token_id = outcome.token_id,
+            decision = outcome.decision,
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+        );
+        response
+    }
+
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let uri = req.uri().clone();
+        let (raw_path, query) = origin_form(&uri, &self.config)?;
+        let path = NormalizedPath::parse(raw_path)?;
+        if let Some(q) = query {
+            check_query(q)?;
+        }
+        let matched = self.config.routes.find(&path)?;
+        let route = matched.route;
+        outcome.route = Some(route.name.clone());
+        let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
+        let access = route.access(req.method(), &rest);
+        let presented = format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+        if !token::well_formed(&presented.secret) {
+            return Err(auth::Denial::UnknownToken.into());
+        }
+        let lookup = self
+            .resolver
+            .resolve(Digest::of(&presented.secret))
+            .await
+            .map_err(ProxyError::StoreUnavailable)?;
+        let record = match &lookup {
+            Lookup::Found(record) => Some(&**record),
+            Lookup::Absent => None,
+        };
+        outcome.token_id = record.map(|r| r.id);
+        let ask = Ask {
+            username: presented.username.as_deref(),
+            namespace: matched.namespace,
+            access,
+            scopes: route.format.scopes_for(access),
+        };
+        let now = chrono::Utc::now();
+        let token = auth::decide(record, &ask, now).map(|()| record.expect("allowed implies a record"))?;
+        outcome.decision = "allowed";
+        let rewrite = route.format.rewrites_metadata(req.method(), &rest);
+        drop(rest);
+        self.forward(req, &path, query, &matched, token, peer, rewrite).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        path: &NormalizedPath,
+        query: Option<&str>,
+        matched: &Matched<'_>,
+        token: &TokenRecord,
+        peer: SocketAddr,
+        rewrite: bool,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let route = matched.route;
+        let upstream = &*route.upstream;
+        let public = &self.config.server.public_url;
+        let (mut parts, body) = req.into_parts();
+        let target = format!("{}{}", upstream.origin(), matched.upstream_path_and_query(path, query));
+        parts.uri = target
+            .parse::<Uri>()
+            .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
+        parts.version = http::Version::HTTP_11;
+        let public_host = public.origin.split_once("://").map_or("", |(_, h)| h);
+        headers::to_upstream(
+            &mut parts.headers,
+            &headers::Forwarding {
+                client_ip: peer.ip(),
+                public_https: public.https,
+                public_host,
+                upstream_host: upstream.authority.as_str(),
+                upstream_authorization: upstream.authorization.as_ref(),
+                token,
+                identity_encoding: rewrite,
+            },
+        );
+        let timeout = self.config.server.upstream_response_timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body)))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
+            .map_err(|e| {
+                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                ProxyError::UpstreamUnreachable(upstream.name.clone())
+            })?;
+        let (mut parts, body) = response.into_parts();
+        headers::to_downstream(&mut parts.headers);
+        let needs_map = rewrite || parts.headers.contains_key(header::LOCATION);
+        let map = needs_map.then(|| {
+            let mut public_path = public.base_path.clone();
+            if route.strip_prefix {
+                path.encode_prefix(matched.prefix_len, &mut public_path);
+            }
+            UrlMap::new(upstream.authority.as_str(), &upstream.base_path, &public.origin, public_path)
+        });
+        if let Some(map) = &map {
+            let location = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok());
+            if let Some(new) = location.and_then(|l| map.location(l)) {
+                if let Ok(value) = HeaderValue::from_str(&new) {
+                    parts.headers.insert(header::LOCATION, value);
+                }
+            }
+        }
+        match map {
+            Some(map) if rewrite && is_rewritable(&parts) => {
+                let limit = self.config.server.metadata_max_bytes;
+                let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+                    tracing::warn!(upstream = %upstream.name, error = %e, "metadata body not rewritten");
+                    ProxyError::UpstreamMetadata(upstream.name.clone())
+                })?;
+                let bytes = collected.to_bytes();
+                let bytes = match std::str::from_utf8(&bytes) {
+                    Ok(text) => Bytes::from(map.body(text)),
+                    Err(_) => bytes,
+                };
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))))
+            }
+            _ => Ok(Response::from_parts(parts, Either::Left(body))),
+        }
+    }
+}
+
+/// Whether a response is a successful, unencoded text document.
+fn is_rewritable(parts: &http::response::Parts) -> bool {
+    let textual = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json") || ct.contains("html") || ct.contains("xml") || ct.starts_with("text/"));
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    parts.status == StatusCode::OK && textual && !encoded
+}
+
+/// Splits an origin-form target into path and query. Absolute-form is
+/// accepted only for the proxy's own public origin (RFC 9112 §3.2.2);
+/// authority-form and `*` are refused.
+fn origin_form<'u>(uri: &'u Uri, config: &Config) -> Result<(&'u str, Option<&'u str>), ProxyError> {
+    if let Some(authority) = uri.authority() {
+        let public = &config.server.public_url.origin;
+        let same = public.ends_with(authority.as_str())
+            && uri.scheme_str().is_some_and(|s| public.starts_with(s));
+        if !same {
+            return Err(PathError::NotOriginForm.into());
+        }
+    }
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm.into());
+    }
+    Ok((path, uri.query()))
+}
+
+/// What the access log says about a request.
+#[derive(Default)]
+struct Outcome {
+    route: Option<Arc<str>>,
+    token_id: Option<i64>,
+    decision: &'static str,
+}
+
+/// Whether a refused request may carry a body that was never read: such
+/// responses close the connection, so a client waiting on
+/// `Expect: 100-continue` cannot desynchronize it.
+fn body_left_unread(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Serves `proxy` on `listener` until `shutdown` resolves, then drains
+/// in-flight requests for up to the configured grace period.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.config.server.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, client = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = proxy.config.server.shutdown_grace;
+    tracing::info!(in_flight = graceful.count(), ?grace, "draining connections");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}

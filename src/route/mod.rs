@@ -1,0 +1,349 @@
+//! Routes: which upstream, format and namespace a normalized path belongs to.
+//!
+//! A route's path is a segment-wise prefix; `{namespace}` takes exactly one
+//! segment, percent-decoded (GitLab's `:id` style, `acme%2Fweb`). The most
+//! specific route (most segments, then most literal segments) wins.
+
+pub mod normalize;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::format::{Access, Format};
+use crate::token::validate_namespace;
+pub use normalize::{NormalizedPath, PathError};
+
+/// Where allowed requests of a route go.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix of the upstream URL, without a trailing `/` (may be empty).
+    pub base_path: String,
+    /// The proxy's own `Authorization` for this upstream, if configured.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl Upstream {
+    /// `scheme://authority`.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// One segment of a route path pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathPart {
+    Literal(String),
+    Namespace,
+}
+
+/// How a route knows the namespace of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceSource {
+    Fixed(String),
+    /// The `{namespace}` segment of the path.
+    Placeholder,
+}
+
+/// One segment of an access-override pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternPart {
+    Literal(String),
+    /// `*`: any one segment.
+    AnySegment,
+    /// `**` (last only): any remaining segments, including none.
+    AnyRest,
+}
+
+/// An operator's override: this method and path (after the route prefix) need this access.
+#[derive(Debug, Clone)]
+pub struct AccessRule {
+    /// `None` matches every method.
+    pub method: Option<Method>,
+    pub pattern: Vec<PatternPart>,
+    pub access: Access,
+}
+
+impl AccessRule {
+    fn matches(&self, method: &Method, rest: &[&str]) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let mut i = 0;
+        for part in &self.pattern {
+            match part {
+                PatternPart::AnyRest => return true,
+                PatternPart::AnySegment if i < rest.len() => i += 1,
+                PatternPart::Literal(lit) if rest.get(i) == Some(&lit.as_str()) => i += 1,
+                _ => return false,
+            }
+        }
+        i == rest.len()
+    }
+}
+
+/// A configured route.
+pub struct Route {
+    /// Shared so that logs and metrics can hold it cheaply.
+    pub name: Arc<str>,
+    pub format: Arc<dyn Format>,
+    pub path: Vec<PathPart>,
+    pub namespace: NamespaceSource,
+    pub upstream: Arc<Upstream>,
+    pub strip_prefix: bool,
+    pub access_rules: Vec<AccessRule>,
+}
+
+impl Route {
+    /// The access a request needs: the first matching override, else the format's rule.
+    pub fn access(&self, method: &Method, rest: &[&str]) -> Access {
+        self.access_rules
+            .iter()
+            .find(|rule| rule.matches(method, rest))
+            .map_or_else(|| self.format.access(method, rest), |rule| rule.access)
+    }
+
+    fn literal_count(&self) -> usize {
+        self.path.iter().filter(|p| matches!(p, PathPart::Literal(_))).count()
+    }
+
+    /// The path pattern as written in config.
+    pub fn path_pattern(&self) -> String {
+        self.path
+            .iter()
+            .map(|p| match p {
+                PathPart::Literal(s) => format!("/{s}"),
+                PathPart::Namespace => "/{namespace}".to_string(),
+            })
+            .collect()
+    }
+}
+
+/// A request matched to a route.
+pub struct Matched<'a> {
+    pub route: &'a Route,
+    pub namespace: &'a str,
+    /// How many leading segments the route prefix took.
+    pub prefix_len: usize,
+}
+
+impl Matched<'_> {
+    /// The path and query forwarded upstream: the upstream base path, then the
+    /// normalized path (minus the prefix when stripped), re-encoded canonically.
+    pub fn upstream_path_and_query(&self, path: &NormalizedPath, query: Option<&str>) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str(&self.route.upstream.base_path);
+        let from = if self.route.strip_prefix { self.prefix_len } else { 0 };
+        path.encode_from(from, &mut out);
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// Why a path matched no route it may use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatchError {
+    #[error("no route for this path")]
+    NoRoute,
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("invalid namespace in the path")]
+    InvalidNamespace,
+}
+
+/// All routes, most specific first.
+#[derive(Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+        routes.sort_by_key(|r| std::cmp::Reverse((r.path.len(), r.literal_count())));
+        RouteTable { routes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the route for a normalized path and checks the encoded slashes
+    /// and namespace it carries.
+    pub fn find<'a>(&'a self, path: &'a NormalizedPath) -> Result<Matched<'a>, MatchError> {
+        let (route, namespace_at) = self
+            .routes
+            .iter()
+            .find_map(|route| prefix_match(route, path).map(|ns| (route, ns)))
+            .ok_or_else(|| {
+                if path.segments.iter().any(|s| s.had_encoded_slash) {
+                    MatchError::Path(PathError::EncodedSlash)
+                } else {
+                    MatchError::NoRoute
+                }
+            })?;
+        let prefix_len = route.path.len();
+        for (i, seg) in path.segments.iter().enumerate() {
+            let allowed = Some(i) == namespace_at
+                || (i >= prefix_len && route.format.allows_encoded_slash(&seg.decoded));
+            if seg.had_encoded_slash && !allowed {
+                return Err(PathError::EncodedSlash.into());
+            }
+        }
+        let namespace = match (&route.namespace, namespace_at) {
+            (NamespaceSource::Fixed(ns), _) => ns.as_str(),
+            (NamespaceSource::Placeholder, Some(i)) => {
+                let ns = path.segments[i].decoded.as_str();
+                validate_namespace(ns).map_err(|_| MatchError::InvalidNamespace)?;
+                ns
+            }
+            (NamespaceSource::Placeholder, None) => unreachable!("validated: placeholder routes have {{namespace}}"),
+        };
+        Ok(Matched {
+            route,
+            namespace,
+            prefix_len,
+        })
+    }
+}
+
+/// Whether `route` is a segment-wise prefix of `path`; returns where `{namespace}` sat.
+fn prefix_match(route: &Route, path: &NormalizedPath) -> Option<Option<usize>> {
+    if path.segments.len() < route.path.len() {
+        return None;
+    }
+    let mut namespace_at = None;
+    for (i, (part, seg)) in route.path.iter().zip(&path.segments).enumerate() {
+        match part {
+            PathPart::Literal(lit) if *lit == seg.decoded => {}
+            PathPart::Namespace => namespace_at = Some(i),
+            PathPart::Literal(_) => return None,
+        }
+    }
+    Some(namespace_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::by_name;
+
+    fn upstream(base: &str) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            name: "up".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "127.0.0.1:4873".parse().unwrap(),
+            base_path: base.into(),
+            authorization: None,
+        })
+    }
+
+    fn route(name: &str, format: &str, path: &str, ns: Option<&str>, strip: bool) -> Route {
+        Route {
+            name: name.into(),
+            format: by_name(format).unwrap(),
+            path: path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| if s == "{namespace}" { PathPart::Namespace } else { PathPart::Literal(s.into()) })
+                .collect(),
+            namespace: ns.map_or(NamespaceSource::Placeholder, |n| NamespaceSource::Fixed(n.into())),
+            upstream: upstream(""),
+            strip_prefix: strip,
+            access_rules: vec![],
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(vec![
+            route("acme-npm", "npm", "/npm/acme", Some("acme"), true),
+            route("web-npm", "npm", "/npm/acme/web", Some("acme/web"), true),
+            route("gl", "generic", "/api/v4/projects/{namespace}/packages/generic", None, true),
+            route("files", "generic", "/files", Some("acme"), false),
+        ])
+    }
+
+    fn find(t: &RouteTable, raw: &str) -> Result<(String, String, String), MatchError> {
+        let path = NormalizedPath::parse(raw)?;
+        let m = t.find(&path)?;
+        Ok((m.route.name.to_string(), m.namespace.to_string(), m.upstream_path_and_query(&path, None)))
+    }
+
+    #[test]
+    fn longest_prefix_wins_on_segment_boundaries() {
+        let t = table();
+        assert_eq!(find(&t, "/npm/acme/web/left-pad").unwrap().0, "web-npm");
+        assert_eq!(find(&t, "/npm/acme/webby/left-pad").unwrap().0, "acme-npm");
+        assert_eq!(find(&t, "/npm/acme").unwrap().0, "acme-npm");
+        assert_eq!(find(&t, "/npm/acme-other/x"), Err(MatchError::NoRoute));
+        assert_eq!(find(&t, "/NPM/acme/x"), Err(MatchError::NoRoute));
+        assert_eq!(find(&t, "/"), Err(MatchError::NoRoute));
+    }
+
+    #[test]
+    fn strip_prefix_and_canonical_forwarding() {
+        let t = table();
+        assert_eq!(find(&t, "/npm/acme/web/left-pad").unwrap().2, "/left-pad");
+        assert_eq!(find(&t, "/npm/acme/web").unwrap().2, "/");
+        assert_eq!(find(&t, "/npm/acme/web/").unwrap().2, "/");
+        assert_eq!(find(&t, "/files/a%20b.txt").unwrap().2, "/files/a%20b.txt");
+        assert_eq!(find(&t, "/npm/acme/web/@s%2fpkg").unwrap().2, "/@s%2Fpkg");
+    }
+
+    #[test]
+    fn placeholder_takes_one_decoded_segment() {
+        let t = table();
+        let (name, ns, fwd) = find(&t, "/api/v4/projects/acme%2Fweb/packages/generic/pkg/1.0/f.bin").unwrap();
+        assert_eq!((name.as_str(), ns.as_str()), ("gl", "acme/web"));
+        assert_eq!(fwd, "/pkg/1.0/f.bin");
+        assert_eq!(find(&t, "/api/v4/projects/acme/packages/generic/x").unwrap().1, "acme");
+        assert_eq!(
+            find(&t, "/api/v4/projects/acme%2F..%2Fx/packages/generic/x"),
+            Err(MatchError::InvalidNamespace)
+        );
+    }
+
+    #[test]
+    fn encoded_slashes_only_where_allowed() {
+        let t = table();
+        assert_eq!(find(&t, "/files/a%2Fb"), Err(MatchError::Path(PathError::EncodedSlash)));
+        assert_eq!(find(&t, "/npm/acme/web/left%2fpad"), Err(MatchError::Path(PathError::EncodedSlash)));
+        assert_eq!(find(&t, "/npm%2Facme/web/x"), Err(MatchError::Path(PathError::EncodedSlash)));
+        assert_eq!(
+            find(&t, "/api/v4/projects/acme/packages/generic/a%2Fb"),
+            Err(MatchError::Path(PathError::EncodedSlash))
+        );
+    }
+
+    #[test]
+    fn access_overrides_come_first() {
+        let mut r = route("m", "maven", "/maven", Some("acme"), true);
+        r.access_rules.push(AccessRule {
+            method: Some(Method::GET),
+            pattern: vec![PatternPart::AnyRest],
+            access: Access::Write,
+        });
+        r.access_rules.push(AccessRule {
+            method: None,
+            pattern: vec![PatternPart::Literal("admin".into()), PatternPart::AnySegment],
+            access: Access::Refused,
+        });
+        assert_eq!(r.access(&Method::GET, &["a", "b"]), Access::Write);
+        assert_eq!(r.access(&Method::PUT, &["admin", "x"]), Access::Refused);
+        assert_eq!(r.access(&Method::PUT, &["admin", "x", "y"]), Access::Write);
+        assert_eq!(r.access(&Method::HEAD, &["a"]), Access::Read);
+    }
+}

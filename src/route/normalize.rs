@@ -1,0 +1,293 @@
+//! Request-target normalization: the one place where a raw path becomes the
+//! decoded segments that are matched *and* forwarded.
+//!
+//! Every ambiguity that let proxies and upstreams disagree about a path
+//! (dot segments, encoded slashes and backslashes, `;` parameters, `%00`,
+//! double encoding, empty segments) is refused here rather than interpreted,
+//! so the route matcher and the upstream can never see different paths.
+
+use std::fmt::Write;
+
+/// Why a request target was refused. Each maps to a 400 response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request target must be a path starting with '/'")]
+    NotOriginForm,
+    #[error("empty path segments ('//') are not allowed")]
+    EmptySegment,
+    #[error("dot segments ('.' and '..') are not allowed")]
+    DotSegment,
+    #[error("invalid percent-encoding in the request target")]
+    BadEncoding,
+    #[error("NUL and control characters are not allowed in the request target")]
+    ControlCharacter,
+    #[error("backslashes are not allowed in the path")]
+    Backslash,
+    #[error("';' path parameters are not allowed")]
+    PathParameter,
+    #[error("'#', an encoded '?' or an encoded '%' is not allowed in the path")]
+    ReservedCharacter,
+    #[error("an encoded '/' (%2F) is not allowed here")]
+    EncodedSlash,
+    #[error("the path is too long or has too many segments")]
+    TooLong,
+}
+
+const MAX_SEGMENTS: usize = 64;
+const MAX_PATH: usize = 8192;
+
+/// One decoded path segment, and whether it was written with an encoded `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub decoded: String,
+    pub had_encoded_slash: bool,
+}
+
+/// A normalized path: decoded segments plus whether it ended in `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath {
+    pub segments: Vec<Segment>,
+    pub trailing_slash: bool,
+}
+
+impl NormalizedPath {
+    /// Parses and checks a raw origin-form path (without the query).
+    pub fn parse(raw: &str) -> Result<NormalizedPath, PathError> {
+        if raw.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        let body = raw.strip_prefix('/').ok_or(PathError::NotOriginForm)?;
+        let mut segments = Vec::new();
+        let mut trailing_slash = false;
+        if !body.is_empty() {
+            let mut parts = body.split('/').peekable();
+            while let Some(part) = parts.next() {
+                if part.is_empty() {
+                    if parts.peek().is_none() {
+                        trailing_slash = true;
+                        break;
+                    }
+                    return Err(PathError::EmptySegment);
+                }
+                if segments.len() == MAX_SEGMENTS {
+                    return Err(PathError::TooLong);
+                }
+                segments.push(decode_segment(part)?);
+            }
+        }
+        Ok(NormalizedPath {
+            segments,
+            trailing_slash,
+        })
+    }
+
+    /// Writes `segments[from..]` re-encoded canonically, as forwarded upstream.
+    pub fn encode_from(&self, from: usize, out: &mut String) {
+        for seg in &self.segments[from..] {
+            out.push('/');
+            encode_segment(&seg.decoded, out);
+        }
+        if self.trailing_slash {
+            out.push('/');
+        }
+    }
+
+    /// Writes `segments[..to]` re-encoded: the matched route prefix.
+    pub fn encode_prefix(&self, to: usize, out: &mut String) {
+        for seg in &self.segments[..to] {
+            out.push('/');
+            encode_segment(&seg.decoded, out);
+        }
+    }
+
+    pub fn decoded(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().map(|s| s.decoded.as_str())
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Checks a raw byte of the target, before or after decoding.
+fn check_byte(b: u8, encoded: bool) -> Result<(), PathError> {
+    match b {
+        0x00..=0x1f | 0x7f => Err(PathError::ControlCharacter),
+        b'\\' => Err(PathError::Backslash),
+        b';' => Err(PathError::PathParameter),
+        b'#' => Err(PathError::ReservedCharacter),
+        b'?' | b'%' if encoded => Err(PathError::ReservedCharacter),
+        b' ' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^' if !encoded => {
+            Err(PathError::BadEncoding)
+        }
+        0x80..=0xff if !encoded => Err(PathError::BadEncoding),
+        _ => Ok(()),
+    }
+}
+
+fn decode_segment(raw: &str) -> Result<Segment, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut had_encoded_slash = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_value);
+            let lo = bytes.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEncoding);
+            };
+            let decoded = hi << 4 | lo;
+            check_byte(decoded, true)?;
+            had_encoded_slash |= decoded == b'/';
+            out.push(decoded);
+            i += 3;
+        } else {
+            check_byte(b, false)?;
+            out.push(b);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(out).map_err(|_| PathError::BadEncoding)?;
+    if decoded == "." || decoded == ".." {
+        return Err(PathError::DotSegment);
+    }
+    Ok(Segment {
+        decoded,
+        had_encoded_slash,
+    })
+}
+
+/// Bytes that stay literal in a forwarded segment: RFC 3986 `pchar` minus `;`.
+fn is_segment_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+                | b',' | b'=' | b':' | b'@'
+        )
+}
+
+/// Percent-encodes one decoded segment (uppercase hex) for forwarding.
+pub fn encode_segment(decoded: &str, out: &mut String) {
+    for &b in decoded.as_bytes() {
+        if is_segment_safe(b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Checks a raw query string: forwarded verbatim, so it must hold nothing
+/// that an upstream could read as a fragment or a control character.
+pub fn check_query(query: &str) -> Result<(), PathError> {
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value);
+                let lo = bytes.get(i + 2).copied().and_then(hex_value);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadEncoding);
+                };
+                if matches!(hi << 4 | lo, 0x00..=0x1f | 0x7f) {
+                    return Err(PathError::ControlCharacter);
+                }
+                i += 3;
+            }
+            0x00..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            b'#' => return Err(PathError::ReservedCharacter),
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(raw: &str) -> Vec<String> {
+        NormalizedPath::parse(raw)
+            .unwrap()
+            .decoded()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn plain_paths_decode_to_segments() {
+        assert_eq!(decoded("/npm/acme/web"), ["npm", "acme", "web"]);
+        assert_eq!(decoded("/"), Vec::<String>::new());
+        assert_eq!(decoded("/a%20b/c+d"), ["a b", "c+d"]);
+        let p = NormalizedPath::parse("/simple/pkg/").unwrap();
+        assert!(p.trailing_slash);
+    }
+
+    #[test]
+    fn encoded_slash_is_recorded_not_split() {
+        let p = NormalizedPath::parse("/@scope%2fname").unwrap();
+        assert_eq!(p.segments.len(), 1);
+        assert_eq!(p.segments[0].decoded, "@scope/name");
+        assert!(p.segments[0].had_encoded_slash);
+    }
+
+    #[test]
+    fn attacks_are_refused() {
+        let cases: &[(&str, PathError)] = &[
+            ("npm/x", PathError::NotOriginForm),
+            ("*", PathError::NotOriginForm),
+            ("/a//b", PathError::EmptySegment),
+            ("//a", PathError::EmptySegment),
+            ("/a/../b", PathError::DotSegment),
+            ("/a/./b", PathError::DotSegment),
+            ("/a/%2e%2e/b", PathError::DotSegment),
+            ("/a/%2E/b", PathError::DotSegment),
+            ("/a/.%2e/b", PathError::DotSegment),
+            ("/a%00b", PathError::ControlCharacter),
+            ("/a%0ab", PathError::ControlCharacter),
+            ("/a%7f", PathError::ControlCharacter),
+            ("/a\\b", PathError::Backslash),
+            ("/a%5cb", PathError::Backslash),
+            ("/a;jsessionid=1", PathError::PathParameter),
+            ("/a%3bb", PathError::PathParameter),
+            ("/a%3fb", PathError::ReservedCharacter),
+            ("/a%23b", PathError::ReservedCharacter),
+            ("/a#b", PathError::ReservedCharacter),
+            ("/a%252e%252e", PathError::ReservedCharacter),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%2", PathError::BadEncoding),
+            ("/a%ff", PathError::BadEncoding),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(NormalizedPath::parse(raw), Err(*want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn forwarding_re_encodes_canonically() {
+        let p = NormalizedPath::parse("/npm/acme/%40scope%2fname/x%20y/sha256:ab@c/").unwrap();
+        let mut out = String::new();
+        p.encode_from(2, &mut out);
+        assert_eq!(out, "/%40scope%2Fname/x%20y/sha256:ab@c/".replace("%40", "@"));
+        let mut prefix = String::new();
+        p.encode_prefix(2, &mut prefix);
+        assert_eq!(prefix, "/npm/acme");
+    }
+
+    #[test]
+    fn queries_are_checked() {
+        assert!(check_query("a=1&b=%2F").is_ok());
+        assert_eq!(check_query("a=%00"), Err(PathError::ControlCharacter));
+        assert_eq!(check_query("a=%zz"), Err(PathError::BadEncoding));
+        assert_eq!(check_query("a#b"), Err(PathError::ReservedCharacter));
+    }
+}

@@ -1,0 +1,352 @@
+//! The token store: the source of truth for deploy tokens, SQLite by default
+//! and PostgreSQL for many instances, through one `sqlx::Any` implementation.
+//! Secrets are stored only as SHA-256 digests. Every create and revoke also
+//! appends to a change feed, which instances poll to drop stale cache entries.
+
+mod migrations;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::token::{default_username, Digest, OwnerKind, ScopeSet, TokenRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("token store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("token store holds a corrupt row: {0}")]
+    Corrupt(String),
+    #[error("unsupported store URL {0:?}")]
+    BadUrl(String),
+}
+
+/// SQL dialect differences the store has to know about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// What a new token is made of; the caller generates the secret.
+pub struct NewToken {
+    pub name: String,
+    pub username: Option<String>,
+    pub owner_kind: OwnerKind,
+    pub owner_path: String,
+    pub scopes: ScopeSet,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub digest: Digest,
+}
+
+/// Which tokens to list.
+#[derive(Default)]
+pub struct ListFilter<'a> {
+    pub owner: Option<(OwnerKind, &'a str)>,
+    pub active_only: bool,
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: i64,
+    pub token_id: i64,
+    pub digest: Digest,
+}
+
+#[derive(Clone)]
+pub struct TokenStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const COLUMNS: &str =
+    "id, name, username, owner_kind, owner_path, scopes, expires_at, revoked, created_at, last_used_at";
+
+impl TokenStore {
+    /// Connects (creating a SQLite file if needed) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<TokenStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let mut url = format!("sqlite:{rest}");
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+            (Dialect::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect(&url)
+            .await?;
+        if dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA busy_timeout=5000").execute(&pool).await?;
+        }
+        let store = TokenStore { pool, dialect };
+        migrations::apply(&store.pool, dialect).await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Inserts a token; the username defaults to `tokengate+deploy-token-{id}`.
+    pub async fn create(&self, new: NewToken) -> Result<TokenRecord, StoreError> {
+        let now = Utc::now().timestamp();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO deploy_tokens (name, username, owner_kind, owner_path, scopes, token_digest, expires_at, revoked, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) RETURNING id",
+        )
+        .bind(&new.name)
+        .bind(new.username.as_deref().unwrap_or(""))
+        .bind(new.owner_kind.as_str())
+        .bind(&new.owner_path)
+        .bind(new.scopes.to_string())
+        .bind(new.digest.to_hex())
+        .bind(new.expires_at.map(|t| t.timestamp()))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        if new.username.is_none() {
+            sqlx::query("UPDATE deploy_tokens SET username = $1 WHERE id = $2")
+                .bind(default_username(id))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        record_change(&mut tx, id, &new.digest.to_hex(), now).await?;
+        tx.commit().await?;
+        self.get(id).await?.ok_or_else(|| StoreError::Corrupt(format!("token {id} vanished")))
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// The hot-path lookup, by digest (a unique index).
+    pub async fn find_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens WHERE token_digest = $1"))
+            .bind(digest.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    pub async fn list(&self, filter: ListFilter<'_>) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = match filter.owner {
+            Some((kind, path)) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM deploy_tokens WHERE owner_kind = $1 AND owner_path = $2 ORDER BY id"
+                ))
+                .bind(kind.as_str())
+                .bind(path)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens ORDER BY id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record = from_row(row)?;
+            if !filter.active_only || record.is_active(now) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a token; `None` when no such token exists. Revoking twice is not an error.
+    pub async fn revoke(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
+        let now = Utc::now().timestamp();
+        let mut tx = self.pool.begin().await?;
+        let digest: Option<String> = sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(digest) = digest else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        record_change(&mut tx, id, &digest, now).await?;
+        tx.commit().await?;
+        self.get(id).await
+    }
+
+    /// The newest change-feed position.
+    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM token_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Changes after `seq`, oldest first.
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query("SELECT seq, token_id, token_digest FROM token_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let hex: String = r.try_get(2)?;
+                Ok(Change {
+                    seq: r.try_get(0)?,
+                    token_id: r.try_get(1)?,
+                    digest: Digest::from_hex(&hex).ok_or_else(|| StoreError::Corrupt(format!("digest {hex:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+async fn record_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: i64,
+    digest: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO token_changes (token_id, token_digest, changed_at) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn timestamp(secs: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_opt(secs, 0)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {secs}")))
+}
+
+fn from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    let kind: String = row.try_get("owner_kind")?;
+    let scopes: String = row.try_get("scopes")?;
+    let revoked: i64 = row.try_get("revoked")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        username: row.try_get("username")?,
+        owner_kind: OwnerKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("owner kind {kind:?}")))?,
+        owner_path: row.try_get("owner_path")?,
+        scopes: ScopeSet::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(timestamp).transpose()?,
+        revoked: revoked != 0,
+        created_at: timestamp(row.try_get("created_at")?)?,
+        last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(timestamp).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Secret;
+
+    async fn temp_store() -> (tempfile::TempDir, TokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = TokenStore::connect(&url).await.unwrap();
+        (dir, store)
+    }
+
+    fn new_token(path: &str, username: Option<&str>) -> (Secret, NewToken) {
+        let secret = Secret::generate();
+        let digest = secret.digest();
+        (
+            secret,
+            NewToken {
+                name: "ci".into(),
+                username: username.map(str::to_string),
+                owner_kind: OwnerKind::Project,
+                owner_path: path.into(),
+                scopes: ScopeSet::parse_list("read_package_registry").unwrap(),
+                expires_at: None,
+                digest,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn create_find_list_revoke_and_feed() {
+        let (_dir, store) = temp_store().await;
+        let start = store.latest_change().await.unwrap();
+        let (secret, new) = new_token("acme/web", None);
+        let t = store.create(new).await.unwrap();
+        assert_eq!(t.username, default_username(t.id));
+        let found = store.find_by_digest(&secret.digest()).await.unwrap().unwrap();
+        assert_eq!(found, t);
+        assert!(store.find_by_digest(&Digest::of("nope")).await.unwrap().is_none());
+
+        let (_, named) = new_token("acme/api", Some("bot"));
+        let t2 = store.create(named).await.unwrap();
+        assert_eq!(t2.username, "bot");
+        let only_web = store
+            .list(ListFilter { owner: Some((OwnerKind::Project, "acme/web")), active_only: false })
+            .await
+            .unwrap();
+        assert_eq!(only_web.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t.id]);
+
+        let revoked = store.revoke(t.id).await.unwrap().unwrap();
+        assert!(revoked.revoked);
+        assert!(store.revoke(9999).await.unwrap().is_none());
+        let active = store.list(ListFilter { active_only: true, ..Default::default() }).await.unwrap();
+        assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
+
+        let changes = store.changes_since(start).await.unwrap();
+        assert_eq!(changes.iter().map(|c| c.token_id).collect::<Vec<_>>(), vec![t.id, t2.id, t.id]);
+        assert_eq!(changes[2].digest, secret.digest());
+        assert_eq!(store.changes_since(changes[2].seq).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_secret_is_never_stored() {
+        let (dir, store) = temp_store().await;
+        let (secret, new) = new_token("acme/web", None);
+        store.create(new).await.unwrap();
+        store.pool.close().await;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(secret.expose()));
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_tokens_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let (secret, new) = new_token("acme", None);
+        TokenStore::connect(&url).await.unwrap().create(new).await.unwrap();
+        let again = TokenStore::connect(&url).await.unwrap();
+        assert!(again.find_by_digest(&secret.digest()).await.unwrap().is_some());
+    }
+}
