@@ -1,0 +1,253 @@
+//! Test support: the real `tokengate` binary on loopback, its CLI, and a raw
+//! HTTP/1.1 client that sends exactly the bytes a test writes (attack tests
+//! need targets that a normal client library would clean up).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tokengate")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < timeout, "port {port} did not open within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `tokengate serve` with its own config, store and log file.
+pub struct Gate {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gate {
+    /// Starts the proxy; `body` holds the `[upstream.*]` and `[[route]]` sections.
+    pub fn start(body: &str) -> Gate {
+        Gate::start_with(body, &[])
+    }
+
+    pub fn start_with(body: &str, env: &[(&str, &str)]) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("proxy.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n\n[store]\nurl = \"sqlite://{}\"\n\n{body}",
+            dir.path().join("tokens.db").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut gate = Gate { dir, port, config, child: None };
+        // Create the store before serving, so the proxy and the CLI never race on migrations.
+        gate.cli(&["token", "list"]);
+        let log = std::fs::File::create(gate.log_path()).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&gate.config)
+            .env("TOKENGATE_LOG", "debug,hyper=info,sqlx=warn,h2=info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        gate.child = Some(child);
+        wait_for_port(port, Duration::from_secs(20));
+        gate
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tokengate.log")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Runs a CLI command against this proxy's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(bin()).args(args).arg("--config").arg(&self.config).output().unwrap();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cli.log")).unwrap();
+        let _ = log.write_all(&out.stdout);
+        let _ = log.write_all(&out.stderr);
+        out
+    }
+
+    /// Creates a token and returns (id, username, secret).
+    pub fn token(&self, owner: &str, scopes: &str, extra: &[&str]) -> Token {
+        let (flag, path) = owner.split_once(':').expect("owner like project:acme/web");
+        let flag = format!("--{flag}");
+        let mut args = vec!["token", "create", flag.as_str(), path, "--name", "ci", "--scopes", scopes, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Token {
+            id: json["id"].as_i64().unwrap(),
+            username: json["username"].as_str().unwrap().to_string(),
+            secret: json["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub fn revoke(&self, id: i64) {
+        let out = self.cli(&["token", "revoke", &id.to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Resident memory of the proxy: (current, peak) in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_kill(child.id(), "TERM");
+        child.wait().unwrap()
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub id: i64,
+    pub username: String,
+    pub secret: String,
+}
+
+impl Token {
+    pub fn basic(&self) -> String {
+        basic(&self.username, &self.secret)
+    }
+}
+
+pub fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `METHOD target` with `headers` and `body` as exact bytes, with `Connection: close`.
+pub fn send(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "PUT" | "POST") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(port, &bytes)
+}
+
+/// Writes raw bytes and reads one response until the server closes.
+pub fn send_raw(port: u16, bytes: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(bytes).unwrap();
+    read_response(&mut BufReader::new(stream))
+}
+
+pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {line:?}")).parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut body = Vec::new();
+    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if let Some(len) = len {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).unwrap();
+    } else if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let _ = reader.read_to_end(&mut body);
+    }
+    RawResponse { status, headers, body }
+}
+
+/// Writes a file and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
