@@ -60,7 +60,11 @@ impl Denial {
 
 /// Allows the request iff the token exists, is live, the username matches,
 /// the scope is held and the owner covers the namespace.
-pub fn decide(token: Option<&TokenRecord>, ask: &Ask<'_>, now: DateTime<Utc>) -> Result<(), Denial> {
+pub fn decide(
+    token: Option<&TokenRecord>,
+    ask: &Ask<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), Denial> {
     let token = token.ok_or(Denial::UnknownToken)?;
     if token.revoked {
         return Err(Denial::Revoked);
@@ -90,7 +94,9 @@ mod tests {
     use chrono::Duration;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn token(owner: &str, scopes: &str) -> TokenRecord {
@@ -98,7 +104,11 @@ mod tests {
             id: 7,
             name: "ci".into(),
             username: "tokengate+deploy-token-7".into(),
-            owner_kind: if owner.contains('/') { OwnerKind::Project } else { OwnerKind::Group },
+            owner_kind: if owner.contains('/') {
+                OwnerKind::Project
+            } else {
+                OwnerKind::Group
+            },
             owner_path: owner.into(),
             scopes: ScopeSet::parse_list(scopes).unwrap(),
             expires_at: None,
@@ -111,7 +121,12 @@ mod tests {
     fn ask<'a>(namespace: &'a str, access: Access, scopes: &[Scope]) -> Ask<'a> {
         let mut set = ScopeSet::default();
         scopes.iter().for_each(|s| set.insert(*s));
-        Ask { username: None, namespace, access, scopes: set }
+        Ask {
+            username: None,
+            namespace,
+            access,
+            scopes: set,
+        }
     }
 
     fn missing(scopes: &[Scope]) -> Result<(), Denial> {
@@ -129,22 +144,120 @@ mod tests {
         use Access::*;
         let cases: &[(&str, &str, &str, Access, &[Scope], Result<(), Denial>)] = &[
             // owner, scopes, namespace, access, scope, expected
-            ("acme/web", "read_package_registry", "acme/web", Read, R, Ok(())),
-            ("acme/web", "read_package_registry", "acme/web", Write, W, missing(W)),
-            ("acme/web", "write_package_registry", "acme/web", Write, W, Ok(())),
-            ("acme/web", "write_package_registry", "acme/web", Read, R, missing(R)),
+            (
+                "acme/web",
+                "read_package_registry",
+                "acme/web",
+                Read,
+                R,
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_package_registry",
+                "acme/web",
+                Write,
+                W,
+                missing(W),
+            ),
+            (
+                "acme/web",
+                "write_package_registry",
+                "acme/web",
+                Write,
+                W,
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "write_package_registry",
+                "acme/web",
+                Read,
+                R,
+                missing(R),
+            ),
             ("acme", "read_package_registry", "acme/web", Read, R, Ok(())),
-            ("acme", "read_package_registry", "acme/web/deep/er", Read, R, Ok(())),
-            ("acme/web", "read_package_registry", "acme/api", Read, R, Err(Denial::NamespaceNotCovered("acme/api".into()))),
-            ("acme/web", "read_package_registry", "acme", Read, R, Err(Denial::NamespaceNotCovered("acme".into()))),
-            ("acme", "read_package_registry", "acme-other/web", Read, R, Err(Denial::NamespaceNotCovered("acme-other/web".into()))),
+            (
+                "acme",
+                "read_package_registry",
+                "acme/web/deep/er",
+                Read,
+                R,
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_package_registry",
+                "acme/api",
+                Read,
+                R,
+                Err(Denial::NamespaceNotCovered("acme/api".into())),
+            ),
+            (
+                "acme/web",
+                "read_package_registry",
+                "acme",
+                Read,
+                R,
+                Err(Denial::NamespaceNotCovered("acme".into())),
+            ),
+            (
+                "acme",
+                "read_package_registry",
+                "acme-other/web",
+                Read,
+                R,
+                Err(Denial::NamespaceNotCovered("acme-other/web".into())),
+            ),
             ("acme/web", "read_registry", "acme/web", Read, R, missing(R)),
-            ("acme/web", "read_registry,write_registry", "acme/web/img", Write, &[Scope::WriteRegistry], Ok(())),
-            ("acme/web", "read_repository", "acme/web", Read, &[Scope::ReadRepository], Ok(())),
-            ("acme/web", "read_package_registry,write_package_registry", "acme/web", Refused, &[], Err(Denial::AccessRefused)),
-            ("acme/web", "write_package_registry", "acme/web", ReadForWrite, RW, Ok(())),
-            ("acme/web", "read_package_registry", "acme/web", ReadForWrite, RW, Ok(())),
-            ("acme/web", "read_registry", "acme/web", ReadForWrite, RW, missing(RW)),
+            (
+                "acme/web",
+                "read_registry,write_registry",
+                "acme/web/img",
+                Write,
+                &[Scope::WriteRegistry],
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_repository",
+                "acme/web",
+                Read,
+                &[Scope::ReadRepository],
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_package_registry,write_package_registry",
+                "acme/web",
+                Refused,
+                &[],
+                Err(Denial::AccessRefused),
+            ),
+            (
+                "acme/web",
+                "write_package_registry",
+                "acme/web",
+                ReadForWrite,
+                RW,
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_package_registry",
+                "acme/web",
+                ReadForWrite,
+                RW,
+                Ok(()),
+            ),
+            (
+                "acme/web",
+                "read_registry",
+                "acme/web",
+                ReadForWrite,
+                RW,
+                missing(RW),
+            ),
         ];
         for (owner, scopes, ns, access, scope, want) in cases {
             let t = token(owner, scopes);
@@ -169,12 +282,24 @@ mod tests {
         assert_eq!(decide(Some(&t), &a, now()), Ok(()));
 
         let t = token("acme/web", "read_package_registry");
-        let good = Ask { username: Some("tokengate+deploy-token-7"), ..a };
+        let good = Ask {
+            username: Some("tokengate+deploy-token-7"),
+            ..a
+        };
         assert_eq!(decide(Some(&t), &good, now()), Ok(()));
-        let bad = Ask { username: Some("tokengate+deploy-token-8"), ..a };
+        let bad = Ask {
+            username: Some("tokengate+deploy-token-8"),
+            ..a
+        };
         assert_eq!(decide(Some(&t), &bad, now()), Err(Denial::UsernameMismatch));
-        let case = Ask { username: Some("Tokengate+deploy-token-7"), ..a };
-        assert_eq!(decide(Some(&t), &case, now()), Err(Denial::UsernameMismatch));
+        let case = Ask {
+            username: Some("Tokengate+deploy-token-7"),
+            ..a
+        };
+        assert_eq!(
+            decide(Some(&t), &case, now()),
+            Err(Denial::UsernameMismatch)
+        );
     }
 
     #[test]

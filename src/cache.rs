@@ -89,7 +89,11 @@ pub struct TokenResolver {
 
 impl TokenResolver {
     /// `shared` are the layers below the in-process one, nearest first.
-    pub fn new(config: &CacheConfig, shared: Vec<Arc<dyn TokenCache>>, store: TokenStore) -> TokenResolver {
+    pub fn new(
+        config: &CacheConfig,
+        shared: Vec<Arc<dyn TokenCache>>,
+        store: TokenStore,
+    ) -> TokenResolver {
         TokenResolver {
             local: LocalCache::new(config),
             shared,
@@ -154,7 +158,11 @@ impl TokenResolver {
                 Ok(changes) => {
                     for change in changes {
                         self.local.invalidate(&change.digest).await;
-                        tracing::debug!(token_id = change.token_id, seq = change.seq, "token changed; cache entry dropped");
+                        tracing::debug!(
+                            token_id = change.token_id,
+                            seq = change.seq,
+                            "token changed; cache entry dropped"
+                        );
                         seq = change.seq;
                     }
                 }
@@ -201,11 +209,20 @@ mod tests {
     async fn negative_entries_expire_quickly() {
         let (_dir, resolver) = setup().await;
         let secret = Secret::generate();
-        assert!(matches!(resolver.resolve(secret.digest()).await.unwrap(), Lookup::Absent));
+        assert!(matches!(
+            resolver.resolve(secret.digest()).await.unwrap(),
+            Lookup::Absent
+        ));
         resolver.store().create(new_token(&secret)).await.unwrap();
-        assert!(matches!(resolver.resolve(secret.digest()).await.unwrap(), Lookup::Absent));
+        assert!(matches!(
+            resolver.resolve(secret.digest()).await.unwrap(),
+            Lookup::Absent
+        ));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(matches!(resolver.resolve(secret.digest()).await.unwrap(), Lookup::Found(_)));
+        assert!(matches!(
+            resolver.resolve(secret.digest()).await.unwrap(),
+            Lookup::Found(_)
+        ));
     }
 
     #[tokio::test]
@@ -214,12 +231,16 @@ mod tests {
         let secret = Secret::generate();
         let record = resolver.store().create(new_token(&secret)).await.unwrap();
         let follower = tokio::spawn(resolver.clone().follow_changes(Duration::from_millis(50)));
-        let Lookup::Found(cached) = resolver.resolve(secret.digest()).await.unwrap() else { panic!() };
+        let Lookup::Found(cached) = resolver.resolve(secret.digest()).await.unwrap() else {
+            panic!()
+        };
         assert!(!cached.revoked);
         tokio::time::sleep(Duration::from_millis(100)).await;
         resolver.store().revoke(record.id).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let Lookup::Found(fresh) = resolver.resolve(secret.digest()).await.unwrap() else { panic!() };
+        let Lookup::Found(fresh) = resolver.resolve(secret.digest()).await.unwrap() else {
+            panic!()
+        };
         assert!(fresh.revoked, "the revoked record replaced the cached one");
         follower.abort();
     }

@@ -16,7 +16,11 @@ use crate::store::{ListFilter, NewToken, StoreError, TokenStore};
 use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError};
 
 #[derive(Parser)]
-#[command(name = "tokengate", version, about = "Deploy tokens for any package or container registry")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Deploy tokens for any package or container registry"
+)]
 struct Cli {
     /// Config file (default: $TOKENGATE_CONFIG, else ./proxy.toml, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -119,7 +123,10 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokengate: cannot start the runtime: {e}");
@@ -137,8 +144,13 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if std::env::var("TOKENGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -148,6 +160,11 @@ fn init_tracing() {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let config_path = Config::locate(cli.config.as_deref());
+    if let Command::Token(cmd) = cli.command {
+        // Token commands need only the store: not the upstreams' secrets.
+        let store = TokenStore::connect(&Config::store_url(config_path.as_deref())?).await?;
+        return token_command(&store, cmd).await;
+    }
     let config = Config::load(config_path.as_deref())?;
     match cli.command {
         Command::Serve => serve(config).await,
@@ -157,10 +174,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Explain { method, path } => explain(&config, &method, &path),
-        Command::Token(cmd) => {
-            let store = TokenStore::connect(&config.store_url).await?;
-            token_command(&store, cmd).await
-        }
+        Command::Token(_) => unreachable!("handled above"),
     }
 }
 
@@ -242,7 +256,11 @@ async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliE
             let (owner_kind, owner_path) = match (owner.project, owner.group) {
                 (Some(p), None) => (OwnerKind::Project, p),
                 (None, Some(g)) => (OwnerKind::Group, g),
-                _ => return Err(CliError::Usage("give exactly one of --project or --group".into())),
+                _ => {
+                    return Err(CliError::Usage(
+                        "give exactly one of --project or --group".into(),
+                    ))
+                }
             };
             token::validate_namespace(&owner_path)?;
             if name.is_empty() || name.len() > 255 {
@@ -252,7 +270,9 @@ async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliE
                 token::validate_username(u)?;
             }
             let scopes = ScopeSet::parse_list(&scopes)?;
-            let expires_at = expires_at.map(|e| token::parse_expiry(&e, now)).transpose()?;
+            let expires_at = expires_at
+                .map(|e| token::parse_expiry(&e, now))
+                .transpose()?;
             let secret = Secret::generate();
             let record = store
                 .create(NewToken {
@@ -293,14 +313,28 @@ async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliE
                 (_, Some(g)) => Some((OwnerKind::Group, g.as_str())),
                 _ => None,
             };
-            let tokens = store.list(ListFilter { owner, active_only: active }).await?;
+            let tokens = store
+                .list(ListFilter {
+                    owner,
+                    active_only: active,
+                })
+                .await?;
             if json {
                 let list: Vec<_> = tokens.iter().map(|t| t.to_gitlab_json(now, None)).collect();
                 println!("{}", serde_json::Value::from(list));
             } else {
-                println!("{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} STATE", "ID", "NAME", "USERNAME", "OWNER", "SCOPES", "EXPIRES");
+                println!(
+                    "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} STATE",
+                    "ID", "NAME", "USERNAME", "OWNER", "SCOPES", "EXPIRES"
+                );
                 for t in &tokens {
-                    let state = if t.revoked { "revoked" } else if t.is_expired(now) { "expired" } else { "active" };
+                    let state = if t.revoked {
+                        "revoked"
+                    } else if t.is_expired(now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} {state}",
                         t.id,

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::format::{self, Access};
-use crate::route::{AccessRule, NamespaceSource, PathPart, PatternPart, Route, RouteTable, Upstream};
+use crate::route::{
+    AccessRule, NamespaceSource, PathPart, PatternPart, Route, RouteTable, Upstream,
+};
 use crate::token::validate_namespace;
 
 /// A refused config: where, which key, and why.
@@ -35,10 +37,18 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
-    fn error(&self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.name.clone(),
             line: self.line_of(span.start),
@@ -47,7 +57,12 @@ impl Source<'_> {
         }
     }
 
-    fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.error(value.span(), key, message)
     }
 }
@@ -188,15 +203,7 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
             None => Config::parse("<defaults>", ""),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    file: path.display().to_string(),
-                    line: 0,
-                    key: "-".into(),
-                    message: format!("cannot read: {e}"),
-                })?;
-                Config::parse(&path.display().to_string(), &text)
-            }
+            Some(path) => Config::parse(&path.display().to_string(), &read(path)?),
         }
     }
 
@@ -206,22 +213,47 @@ impl Config {
             name: name.to_string(),
             text,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            let key = message
-                .split('`')
-                .nth(1)
-                .map_or_else(|| "-".to_string(), str::to_string);
-            src.error(e.span().unwrap_or(0..0), key, message)
-        })?;
-        build(&src, raw)
+        build(&src, parse_raw(&src)?)
+    }
+
+    /// Only the store URL, for commands that manage tokens: the file must
+    /// parse, but upstream secrets need not be in the environment.
+    pub fn store_url(path: Option<&Path>) -> Result<String, ConfigError> {
+        let Some(path) = path else {
+            return Ok(DEFAULT_STORE_URL.to_string());
+        };
+        let text = read(path)?;
+        let src = Source {
+            name: path.display().to_string(),
+            text: &text,
+        };
+        store_url(&src, &parse_raw(&src)?.store)
     }
 }
 
-fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    let server = build_server(src, &raw.server)?;
-    let store_url = match &raw.store.url {
-        None => DEFAULT_STORE_URL.to_string(),
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        key: "-".into(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn parse_raw(src: &Source<'_>) -> Result<RawConfig, ConfigError> {
+    toml::from_str(src.text).map_err(|e| {
+        let message = e.message().to_string();
+        let key = message
+            .split('`')
+            .nth(1)
+            .map_or_else(|| "-".to_string(), str::to_string);
+        src.error(e.span().unwrap_or(0..0), key, message)
+    })
+}
+
+fn store_url(src: &Source<'_>, raw: &RawStore) -> Result<String, ConfigError> {
+    match &raw.url {
+        None => Ok(DEFAULT_STORE_URL.to_string()),
         Some(url) => {
             let ok = ["sqlite://", "sqlite:", "postgres://", "postgresql://"]
                 .iter()
@@ -229,9 +261,14 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             if !ok {
                 return Err(src.at(url, "store.url", "expected a sqlite:// or postgres:// URL"));
             }
-            url.get_ref().clone()
+            Ok(url.get_ref().clone())
         }
-    };
+    }
+}
+
+fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = build_server(src, &raw.server)?;
+    let store_url = store_url(src, &raw.store)?;
     let cache = CacheConfig {
         ttl: Duration::from_secs(raw.cache.ttl_seconds.unwrap_or(60)),
         negative_ttl: Duration::from_secs(raw.cache.negative_ttl_seconds.unwrap_or(5)),
@@ -248,38 +285,66 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         let r = route.get_ref();
         let key = |field: &str| format!("route[{i}].{field}");
         if r.name.get_ref().is_empty() || !names.insert(r.name.get_ref().clone()) {
-            return Err(src.at(&r.name, key("name"), "route names must be non-empty and unique"));
+            return Err(src.at(
+                &r.name,
+                key("name"),
+                "route names must be non-empty and unique",
+            ));
         }
         let format = format::by_name(r.format.get_ref()).ok_or_else(|| {
-            let msg = format!("unknown format {:?}; expected one of {}", r.format.get_ref(), format::NAMES.join(", "));
+            let msg = format!(
+                "unknown format {:?}; expected one of {}",
+                r.format.get_ref(),
+                format::NAMES.join(", ")
+            );
             src.at(&r.format, key("format"), msg)
         })?;
-        let path = parse_route_path(r.path.get_ref()).map_err(|m| src.at(&r.path, key("path"), m))?;
+        let path =
+            parse_route_path(r.path.get_ref()).map_err(|m| src.at(&r.path, key("path"), m))?;
         if !paths.insert(path.clone()) {
             return Err(src.at(&r.path, key("path"), "another route has the same path"));
         }
         let has_placeholder = path.contains(&PathPart::Namespace);
         let namespace = match (&r.namespace, has_placeholder) {
             (Some(ns), false) => {
-                validate_namespace(ns.get_ref()).map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
+                validate_namespace(ns.get_ref())
+                    .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
                 NamespaceSource::Fixed(ns.get_ref().clone())
             }
             (None, true) => NamespaceSource::Placeholder,
             (Some(ns), true) => {
-                return Err(src.at(ns, key("namespace"), "give either `namespace` or a {namespace} placeholder in `path`, not both"))
+                return Err(src.at(
+                    ns,
+                    key("namespace"),
+                    "give either `namespace` or a {namespace} placeholder in `path`, not both",
+                ))
             }
             (None, false) => {
-                return Err(src.at(route, key("namespace"), "missing: give `namespace` or a {namespace} placeholder in `path`"))
+                return Err(src.at(
+                    route,
+                    key("namespace"),
+                    "missing: give `namespace` or a {namespace} placeholder in `path`",
+                ))
             }
         };
-        let upstream = upstreams.get(r.upstream.get_ref()).cloned().ok_or_else(|| {
-            src.at(&r.upstream, key("upstream"), format!("unknown upstream {:?}", r.upstream.get_ref()))
-        })?;
+        let upstream = upstreams
+            .get(r.upstream.get_ref())
+            .cloned()
+            .ok_or_else(|| {
+                src.at(
+                    &r.upstream,
+                    key("upstream"),
+                    format!("unknown upstream {:?}", r.upstream.get_ref()),
+                )
+            })?;
         let access_rules = r
             .access
             .iter()
             .enumerate()
-            .map(|(j, rule)| parse_access_rule(rule.get_ref()).map_err(|m| src.at(rule, key(&format!("access[{j}]")), m)))
+            .map(|(j, rule)| {
+                parse_access_rule(rule.get_ref())
+                    .map_err(|m| src.at(rule, key(&format!("access[{j}]")), m))
+            })
             .collect::<Result<_, _>>()?;
         routes.push(Route {
             name: r.name.get_ref().as_str().into(),
@@ -300,10 +365,17 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 }
 
 fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
-    let listen_text = raw.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.get_ref().as_str());
+    let listen_text = raw
+        .listen
+        .as_ref()
+        .map_or(DEFAULT_LISTEN, |l| l.get_ref().as_str());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         let span = raw.listen.as_ref().map_or(0..0, |l| l.span());
-        src.error(span, "server.listen", format!("{listen_text:?} is not an address like 127.0.0.1:8080"))
+        src.error(
+            span,
+            "server.listen",
+            format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+        )
     })?;
     let public_url = match &raw.public_url {
         None => PublicUrl {
@@ -311,7 +383,9 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
             base_path: String::new(),
             https: false,
         },
-        Some(url) => parse_public_url(url.get_ref()).map_err(|m| src.at(url, "server.public_url", m))?,
+        Some(url) => {
+            parse_public_url(url.get_ref()).map_err(|m| src.at(url, "server.public_url", m))?
+        }
     };
     let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
     Ok(ServerConfig {
@@ -332,7 +406,9 @@ fn parse_public_url(text: &str) -> Result<PublicUrl, String> {
         Some("https") => true,
         _ => return Err(format!("{text:?} must start with http:// or https://")),
     };
-    let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{text:?} has no host"))?;
     if authority.as_str().contains('@') || uri.query().is_some() {
         return Err(format!("{text:?} must not contain credentials or a query"));
     }
@@ -343,7 +419,11 @@ fn parse_public_url(text: &str) -> Result<PublicUrl, String> {
     })
 }
 
-fn build_upstream(src: &Source<'_>, name: &str, raw: &Spanned<RawUpstream>) -> Result<Upstream, ConfigError> {
+fn build_upstream(
+    src: &Source<'_>,
+    name: &str,
+    raw: &Spanned<RawUpstream>,
+) -> Result<Upstream, ConfigError> {
     let up = raw.get_ref();
     let key = |field: &str| format!("upstream.{name}.{field}");
     let text = up.url.get_ref();
@@ -351,30 +431,55 @@ fn build_upstream(src: &Source<'_>, name: &str, raw: &Spanned<RawUpstream>) -> R
         .parse()
         .map_err(|_| src.at(&up.url, key("url"), format!("{text:?} is not a URL")))?;
     if uri.scheme_str() != Some("http") {
-        return Err(src.at(&up.url, key("url"), format!("{text:?}: only http:// upstreams are supported")));
+        return Err(src.at(
+            &up.url,
+            key("url"),
+            format!("{text:?}: only http:// upstreams are supported"),
+        ));
     }
     let authority = uri
         .authority()
         .filter(|a| !a.as_str().contains('@'))
-        .ok_or_else(|| src.at(&up.url, key("url"), format!("{text:?} needs a host and no credentials")))?
+        .ok_or_else(|| {
+            src.at(
+                &up.url,
+                key("url"),
+                format!("{text:?} needs a host and no credentials"),
+            )
+        })?
         .clone();
     if uri.query().is_some() {
         return Err(src.at(&up.url, key("url"), "an upstream URL must not have a query"));
     }
     let env = |var: &str, span: &dyn Fn() -> ConfigError| std::env::var(var).map_err(|_| span());
     let authorization = match (&up.basic, &up.token_env) {
-        (Some(_), Some(t)) => return Err(src.at(t, key("token_env"), "give either `basic` or `token_env`, not both")),
+        (Some(_), Some(t)) => {
+            return Err(src.at(
+                t,
+                key("token_env"),
+                "give either `basic` or `token_env`, not both",
+            ))
+        }
         (Some(basic), None) => {
             let b = basic.get_ref();
             let password = env(&b.password_env, &|| {
-                src.at(basic, key("basic.password_env"), format!("environment variable {} is not set", b.password_env))
+                src.at(
+                    basic,
+                    key("basic.password_env"),
+                    format!("environment variable {} is not set", b.password_env),
+                )
             })?;
-            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", b.username));
+            let pair = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{password}", b.username));
             Some(format!("Basic {pair}"))
         }
         (None, Some(var)) => {
             let token = env(var.get_ref(), &|| {
-                src.at(var, key("token_env"), format!("environment variable {} is not set", var.get_ref()))
+                src.at(
+                    var,
+                    key("token_env"),
+                    format!("environment variable {} is not set", var.get_ref()),
+                )
             })?;
             Some(format!("Bearer {token}"))
         }
@@ -382,8 +487,13 @@ fn build_upstream(src: &Source<'_>, name: &str, raw: &Spanned<RawUpstream>) -> R
     };
     let authorization = authorization
         .map(|v| {
-            let mut value = HeaderValue::from_str(&v)
-                .map_err(|_| src.at(raw, name, "upstream credentials contain characters not allowed in a header"))?;
+            let mut value = HeaderValue::from_str(&v).map_err(|_| {
+                src.at(
+                    raw,
+                    name,
+                    "upstream credentials contain characters not allowed in a header",
+                )
+            })?;
             value.set_sensitive(true);
             Ok(value)
         })
@@ -402,9 +512,9 @@ fn is_literal(seg: &str) -> bool {
     !seg.is_empty()
         && seg != "."
         && seg != ".."
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'@' | b':' | b'+'))
+        && seg.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'@' | b':' | b'+')
+        })
 }
 
 fn parse_route_path(path: &str) -> Result<Vec<PathPart>, String> {
@@ -430,10 +540,16 @@ fn parse_route_path(path: &str) -> Result<Vec<PathPart>, String> {
 fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
     let method = match raw.method.as_deref() {
         None | Some("*") => None,
-        Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}"))?),
+        Some(m) => {
+            Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}"))?)
+        }
     };
-    let access = Access::parse(&raw.access)
-        .ok_or_else(|| format!("access {:?}: expected read, write, read_or_write or deny", raw.access))?;
+    let access = Access::parse(&raw.access).ok_or_else(|| {
+        format!(
+            "access {:?}: expected read, write, read_or_write or deny",
+            raw.access
+        )
+    })?;
     let body = raw
         .path
         .strip_prefix('/')
@@ -449,7 +565,11 @@ fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
             other => return Err(format!("invalid pattern segment {other:?}")),
         });
     }
-    Ok(AccessRule { method, pattern, access })
+    Ok(AccessRule {
+        method,
+        pattern,
+        access,
+    })
 }
 
 #[cfg(test)]
@@ -501,7 +621,13 @@ access = "read"
         assert_eq!(c.routes.routes().len(), 2);
         assert_eq!(c.server.public_url.origin, "http://proxy.test:8080");
         assert_eq!(c.store_url, DEFAULT_STORE_URL);
-        let files = &c.routes.routes().iter().find(|r| &*r.name == "generic").unwrap().upstream;
+        let files = &c
+            .routes
+            .routes()
+            .iter()
+            .find(|r| &*r.name == "generic")
+            .unwrap()
+            .upstream;
         assert_eq!(files.base_path, "/store");
     }
 
@@ -525,23 +651,33 @@ access = "read"
             let e = err(text);
             assert_eq!((e.key.as_str(), e.line), (*key, *line), "{e}");
             assert!(e.to_string().contains(msg), "{e}");
-            assert!(e.to_string().starts_with(&format!("proxy.toml:{line}: ")), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("proxy.toml:{line}: ")),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn route_errors_point_at_the_route() {
         let with = |from: &str, to: &str| GOOD.replacen(from, to, 1);
-        let line_of = |text: &str, needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
+        let line_of =
+            |text: &str, needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
 
         let t = with("upstream = \"verdaccio\"", "upstream = \"nope\"");
         let e = err(&t);
-        assert_eq!((e.key.as_str(), e.line), ("route[0].upstream", line_of(&t, "\"nope\"")));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("route[0].upstream", line_of(&t, "\"nope\""))
+        );
 
         let t = with("format = \"npm\"", "format = \"cobol\"");
         assert_eq!(err(&t).key, "route[0].format");
 
-        let t = with("path = \"/api/v4/projects/{namespace}/packages/generic\"", "path = \"/npm/acme/web\"\nnamespace = \"acme\"");
+        let t = with(
+            "path = \"/api/v4/projects/{namespace}/packages/generic\"",
+            "path = \"/npm/acme/web\"\nnamespace = \"acme\"",
+        );
         let e = err(&t);
         assert_eq!(e.key, "route[1].path");
         assert!(e.message.contains("same path"));

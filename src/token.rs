@@ -69,7 +69,9 @@ impl Scope {
     /// What the scope grants, as shown to people choosing scopes.
     pub fn description(self) -> &'static str {
         match self {
-            Scope::ReadRepository => "Allows read-only access to the repository (git clone and fetch).",
+            Scope::ReadRepository => {
+                "Allows read-only access to the repository (git clone and fetch)."
+            }
             Scope::ReadRegistry => "Allows read-only access to container registry images.",
             Scope::WriteRegistry => "Allows write access to container registry images.",
             Scope::ReadPackageRegistry => "Allows read-only access to the package registry.",
@@ -126,7 +128,9 @@ impl ScopeSet {
         Self::from_names(list.split([',', ' ']).filter(|s| !s.trim().is_empty()))
     }
 
-    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<ScopeSet, TokenError> {
+    pub fn from_names<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<ScopeSet, TokenError> {
         let mut set = ScopeSet::default();
         for name in names {
             set.insert(Scope::parse(name)?);
@@ -221,7 +225,9 @@ pub fn default_username(id: i64) -> String {
 /// Parses an expiry given as `YYYY-MM-DD` (midnight UTC) or RFC 3339, refusing the past.
 pub fn parse_expiry(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TokenError> {
     let at = if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+        date.and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
     } else {
         DateTime::parse_from_rfc3339(text)
             .map_err(|_| TokenError::InvalidExpiry(text.to_string()))?
@@ -408,7 +414,10 @@ mod tests {
         assert!(!set.contains(Scope::WriteRegistry));
         assert_eq!(set.to_string(), "read_registry,write_package_registry");
         assert_eq!(ScopeSet::parse_list(""), Err(TokenError::NoScopes));
-        assert!(matches!(ScopeSet::parse_list("api"), Err(TokenError::UnknownScope(_))));
+        assert!(matches!(
+            ScopeSet::parse_list("api"),
+            Err(TokenError::UnknownScope(_))
+        ));
     }
 
     #[test]
@@ -423,7 +432,15 @@ mod tests {
     #[test]
     fn namespaces_and_usernames_are_validated() {
         assert!(validate_namespace("acme/platform/web").is_ok());
-        for bad in ["", "/acme", "acme/", "acme//web", "acme/../x", "ac me", "acme/."] {
+        for bad in [
+            "",
+            "/acme",
+            "acme/",
+            "acme//web",
+            "acme/../x",
+            "ac me",
+            "acme/.",
+        ] {
             assert!(validate_namespace(bad).is_err(), "{bad}");
         }
         assert!(validate_username("tokengate+deploy-token-1").is_ok());
@@ -433,11 +450,19 @@ mod tests {
 
     #[test]
     fn expiry_parses_dates_and_refuses_the_past() {
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let at = parse_expiry("2027-01-31", now).unwrap();
         assert_eq!(at.to_rfc3339(), "2027-01-31T00:00:00+00:00");
         assert!(parse_expiry("2027-01-31T12:00:00Z", now).is_ok());
-        assert!(matches!(parse_expiry("2025-01-01", now), Err(TokenError::ExpiryInPast(_))));
-        assert!(matches!(parse_expiry("tomorrow", now), Err(TokenError::InvalidExpiry(_))));
+        assert!(matches!(
+            parse_expiry("2025-01-01", now),
+            Err(TokenError::ExpiryInPast(_))
+        ));
+        assert!(matches!(
+            parse_expiry("tomorrow", now),
+            Err(TokenError::InvalidExpiry(_))
+        ));
     }
 }

@@ -120,7 +120,9 @@ fn authorization<'h>(
             .decode(rest.trim())
             .map_err(|_| CredentialError::MalformedBasic)?;
         let text = String::from_utf8(decoded).map_err(|_| CredentialError::MalformedBasic)?;
-        let (user, secret) = text.split_once(':').ok_or(CredentialError::MalformedBasic)?;
+        let (user, secret) = text
+            .split_once(':')
+            .ok_or(CredentialError::MalformedBasic)?;
         if user.is_empty() || secret.is_empty() {
             return Err(CredentialError::MalformedBasic);
         }
@@ -156,7 +158,10 @@ mod tests {
     }
 
     fn basic(s: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
     }
 
     #[test]
@@ -183,14 +188,38 @@ mod tests {
     #[test]
     fn malformed_and_ambiguous_credentials_are_refused() {
         let cases: Vec<(HeaderMap, CredentialError)> = vec![
-            (headers(&[("authorization", "Basic !!!")]), CredentialError::MalformedBasic),
-            (headers(&[("authorization", &basic("nocolon"))]), CredentialError::MalformedBasic),
-            (headers(&[("authorization", &basic(":tok"))]), CredentialError::MalformedBasic),
-            (headers(&[("authorization", &basic("bot:"))]), CredentialError::MalformedBasic),
-            (headers(&[("authorization", "Basic")]), CredentialError::MalformedAuthorization),
-            (headers(&[("authorization", "")]), CredentialError::MalformedAuthorization),
-            (headers(&[("authorization", "Bearer a b")]), CredentialError::MalformedAuthorization),
-            (headers(&[("authorization", "Digest x")]), CredentialError::MalformedAuthorization),
+            (
+                headers(&[("authorization", "Basic !!!")]),
+                CredentialError::MalformedBasic,
+            ),
+            (
+                headers(&[("authorization", &basic("nocolon"))]),
+                CredentialError::MalformedBasic,
+            ),
+            (
+                headers(&[("authorization", &basic(":tok"))]),
+                CredentialError::MalformedBasic,
+            ),
+            (
+                headers(&[("authorization", &basic("bot:"))]),
+                CredentialError::MalformedBasic,
+            ),
+            (
+                headers(&[("authorization", "Basic")]),
+                CredentialError::MalformedAuthorization,
+            ),
+            (
+                headers(&[("authorization", "")]),
+                CredentialError::MalformedAuthorization,
+            ),
+            (
+                headers(&[("authorization", "Bearer a b")]),
+                CredentialError::MalformedAuthorization,
+            ),
+            (
+                headers(&[("authorization", "Digest x")]),
+                CredentialError::MalformedAuthorization,
+            ),
             (
                 headers(&[("authorization", &format!("Bearer {}", "a".repeat(5000)))]),
                 CredentialError::MalformedAuthorization,
@@ -213,7 +242,10 @@ mod tests {
     #[test]
     fn schemes_outside_the_format_are_refused_or_ignored() {
         let h = headers(&[("authorization", "Bearer tok")]);
-        assert_eq!(extract(&[Basic], &h).unwrap_err(), CredentialError::UnsupportedScheme("Bearer"));
+        assert_eq!(
+            extract(&[Basic], &h).unwrap_err(),
+            CredentialError::UnsupportedScheme("Bearer")
+        );
         let h = headers(&[("deploy-token", "tok")]);
         assert!(extract(&[Basic], &h).unwrap().is_none());
     }

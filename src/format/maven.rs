@@ -20,7 +20,9 @@ impl Format for Maven {
     /// write-only token may read it.
     fn access(&self, method: &Method, rest: &[&str]) -> Access {
         let access = read_or_write(method, &[Method::PUT, Method::POST, Method::DELETE]);
-        let is_metadata = rest.last().is_some_and(|f| f.starts_with("maven-metadata.xml"));
+        let is_metadata = rest
+            .last()
+            .is_some_and(|f| f.starts_with("maven-metadata.xml"));
         if access == Access::Read && is_metadata {
             Access::ReadForWrite
         } else {

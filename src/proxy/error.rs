@@ -66,7 +66,9 @@ impl ProxyError {
             ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -101,9 +103,15 @@ impl ProxyError {
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokengate\""));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tokengate\""),
+            );
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

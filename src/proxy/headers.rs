@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-
 use crate::token::TokenRecord;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones).
@@ -24,7 +23,13 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Credential headers of any format: never forwarded.
-const CREDENTIALS: &[&str] = &["authorization", "deploy-token", "x-nuget-apikey", "job-token", "private-token"];
+const CREDENTIALS: &[&str] = &[
+    "authorization",
+    "deploy-token",
+    "x-nuget-apikey",
+    "job-token",
+    "private-token",
+];
 
 /// Forwarding headers the proxy alone sets.
 const FORWARDING: &[&str] = &[
@@ -105,7 +110,10 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
     if fwd.identity_encoding {
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
 }
 
@@ -148,7 +156,10 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-tokengate-token-id", "1"),
             ("x-tokengate-admin", "yes"),
-            ("connection", "x-tokengate-user, x-forwarded-for, content-length, x-custom"),
+            (
+                "connection",
+                "x-tokengate-user, x-forwarded-for, content-length, x-custom",
+            ),
             ("x-custom", "gone"),
             ("content-length", "5"),
             ("keep-alive", "timeout=5"),
@@ -172,7 +183,17 @@ mod tests {
         );
         assert_eq!(h["authorization"], "Basic cHJveHk6cHc=");
         assert_eq!(h.get_all("authorization").iter().count(), 1);
-        for gone in ["deploy-token", "private-token", "job-token", "x-nuget-apikey", "forwarded", "x-custom", "keep-alive", "connection", "x-tokengate-admin"] {
+        for gone in [
+            "deploy-token",
+            "private-token",
+            "job-token",
+            "x-nuget-apikey",
+            "forwarded",
+            "x-custom",
+            "keep-alive",
+            "connection",
+            "x-tokengate-admin",
+        ] {
             assert!(h.get(gone).is_none(), "{gone} was forwarded");
         }
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");

@@ -60,7 +60,11 @@ impl Proxy {
     }
 
     /// Handles one request and logs its outcome. Never fails: errors become responses here.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let raw_path = req.uri().path().to_string();
@@ -82,9 +86,9 @@ impl Proxy {
             client = %peer.ip(),
             %method,
             path = %raw_path,
-            route = outcome.route.as_deref().unwrap_or("-"),
+            route = %outcome.route.as_deref().unwrap_or("-"),
             token_id = outcome.token_id,
-            decision = outcome.decision,
+            decision = %outcome.decision,
             status = response.status().as_u16(),
             elapsed_us = started.elapsed().as_micros() as u64,
         );
@@ -108,7 +112,8 @@ impl Proxy {
         outcome.route = Some(route.name.clone());
         let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(req.method(), &rest);
-        let presented = format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+        let presented =
+            format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
         if !token::well_formed(&presented.secret) {
             return Err(auth::Denial::UnknownToken.into());
         }
@@ -129,11 +134,13 @@ impl Proxy {
             scopes: route.format.scopes_for(access),
         };
         let now = chrono::Utc::now();
-        let token = auth::decide(record, &ask, now).map(|()| record.expect("allowed implies a record"))?;
+        let token =
+            auth::decide(record, &ask, now).map(|()| record.expect("allowed implies a record"))?;
         outcome.decision = "allowed";
         let rewrite = route.format.rewrites_metadata(req.method(), &rest);
         drop(rest);
-        self.forward(req, &path, query, &matched, token, peer, rewrite).await
+        self.forward(req, &path, query, &matched, token, peer, rewrite)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -151,7 +158,11 @@ impl Proxy {
         let upstream = &*route.upstream;
         let public = &self.config.server.public_url;
         let (mut parts, body) = req.into_parts();
-        let target = format!("{}{}", upstream.origin(), matched.upstream_path_and_query(path, query));
+        let target = format!(
+            "{}{}",
+            upstream.origin(),
+            matched.upstream_path_and_query(path, query)
+        );
         parts.uri = target
             .parse::<Uri>()
             .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
@@ -170,13 +181,16 @@ impl Proxy {
             },
         );
         let timeout = self.config.server.upstream_response_timeout;
-        let response = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body)))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
-            .map_err(|e| {
-                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-                ProxyError::UpstreamUnreachable(upstream.name.clone())
-            })?;
+        let response = tokio::time::timeout(
+            timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
+        .map_err(|e| {
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+            ProxyError::UpstreamUnreachable(upstream.name.clone())
+        })?;
         let (mut parts, body) = response.into_parts();
         headers::to_downstream(&mut parts.headers);
         let needs_map = rewrite || parts.headers.contains_key(header::LOCATION);
@@ -185,10 +199,18 @@ impl Proxy {
             if route.strip_prefix {
                 path.encode_prefix(matched.prefix_len, &mut public_path);
             }
-            UrlMap::new(upstream.authority.as_str(), &upstream.base_path, &public.origin, public_path)
+            UrlMap::new(
+                upstream.authority.as_str(),
+                &upstream.base_path,
+                &public.origin,
+                public_path,
+            )
         });
         if let Some(map) = &map {
-            let location = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok());
+            let location = parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok());
             if let Some(new) = location.and_then(|l| map.location(l)) {
                 if let Ok(value) = HeaderValue::from_str(&new) {
                     parts.headers.insert(header::LOCATION, value);
@@ -207,7 +229,9 @@ impl Proxy {
                     Ok(text) => Bytes::from(map.body(text)),
                     Err(_) => bytes,
                 };
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))))
             }
             _ => Ok(Response::from_parts(parts, Either::Left(body))),
@@ -221,7 +245,12 @@ fn is_rewritable(parts: &http::response::Parts) -> bool {
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json") || ct.contains("html") || ct.contains("xml") || ct.starts_with("text/"));
+        .is_some_and(|ct| {
+            ct.contains("json")
+                || ct.contains("html")
+                || ct.contains("xml")
+                || ct.starts_with("text/")
+        });
     let encoded = parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -232,7 +261,10 @@ fn is_rewritable(parts: &http::response::Parts) -> bool {
 /// Splits an origin-form target into path and query. Absolute-form is
 /// accepted only for the proxy's own public origin (RFC 9112 §3.2.2);
 /// authority-form and `*` are refused.
-fn origin_form<'u>(uri: &'u Uri, config: &Config) -> Result<(&'u str, Option<&'u str>), ProxyError> {
+fn origin_form<'u>(
+    uri: &'u Uri,
+    config: &Config,
+) -> Result<(&'u str, Option<&'u str>), ProxyError> {
     if let Some(authority) = uri.authority() {
         let public = &config.server.public_url.origin;
         let same = public.ends_with(authority.as_str())
@@ -272,7 +304,10 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.config.server.header_read_timeout)
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -293,7 +328,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -304,7 +341,10 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
     drop(listener);
     let grace = proxy.config.server.shutdown_grace;
     tracing::info!(in_flight = graceful.count(), ?grace, "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline passed; closing remaining connections");
     }
 }

@@ -16,9 +16,17 @@ pub struct UrlMap {
 }
 
 impl UrlMap {
-    pub fn new(upstream_authority: &str, upstream_base: &str, public_origin: &str, public_path: String) -> UrlMap {
+    pub fn new(
+        upstream_authority: &str,
+        upstream_base: &str,
+        public_origin: &str,
+        public_path: String,
+    ) -> UrlMap {
         UrlMap {
-            upstream_origins: [format!("http://{upstream_authority}"), format!("https://{upstream_authority}")],
+            upstream_origins: [
+                format!("http://{upstream_authority}"),
+                format!("https://{upstream_authority}"),
+            ],
             public_origin: public_origin.to_string(),
             upstream_base: upstream_base.to_string(),
             public_path,
@@ -28,7 +36,8 @@ impl UrlMap {
     /// Maps an upstream-space path to a public one, if it lies under the upstream base.
     fn map_path<'a>(&self, path: &'a str) -> Option<(&str, &'a str)> {
         let rest = path.strip_prefix(self.upstream_base.as_str())?;
-        (rest.is_empty() || rest.starts_with(['/', '?'])).then_some((self.public_path.as_str(), rest))
+        (rest.is_empty() || rest.starts_with(['/', '?']))
+            .then_some((self.public_path.as_str(), rest))
     }
 
     /// Rewrites a `Location` value; `None` leaves it as it is (another host).
@@ -37,8 +46,17 @@ impl UrlMap {
             .upstream_origins
             .iter()
             .chain(std::iter::once(&self.public_origin))
-            .find_map(|origin| value.strip_prefix(origin.as_str()).filter(|p| p.is_empty() || p.starts_with('/')))
-            .or_else(|| value.starts_with('/').then_some(value).filter(|v| !v.starts_with("//")))?;
+            .find_map(|origin| {
+                value
+                    .strip_prefix(origin.as_str())
+                    .filter(|p| p.is_empty() || p.starts_with('/'))
+            })
+            .or_else(|| {
+                value
+                    .starts_with('/')
+                    .then_some(value)
+                    .filter(|v| !v.starts_with("//"))
+            })?;
         let (public, rest) = self.map_path(if path.is_empty() { "/" } else { path })?;
         Some(format!("{}{public}{rest}", self.public_origin))
     }
@@ -66,16 +84,33 @@ mod tests {
     use super::*;
 
     fn map() -> UrlMap {
-        UrlMap::new("127.0.0.1:4873", "", "http://proxy.test:8080", "/npm/acme/web".into())
+        UrlMap::new(
+            "127.0.0.1:4873",
+            "",
+            "http://proxy.test:8080",
+            "/npm/acme/web".into(),
+        )
     }
 
     #[test]
     fn locations_move_under_the_route_prefix() {
         let m = map();
-        assert_eq!(m.location("http://127.0.0.1:4873/x/y?z=1").as_deref(), Some("http://proxy.test:8080/npm/acme/web/x/y?z=1"));
-        assert_eq!(m.location("https://127.0.0.1:4873/x").as_deref(), Some("http://proxy.test:8080/npm/acme/web/x"));
-        assert_eq!(m.location("http://proxy.test:8080/simple/p/").as_deref(), Some("http://proxy.test:8080/npm/acme/web/simple/p/"));
-        assert_eq!(m.location("/simple/p/").as_deref(), Some("http://proxy.test:8080/npm/acme/web/simple/p/"));
+        assert_eq!(
+            m.location("http://127.0.0.1:4873/x/y?z=1").as_deref(),
+            Some("http://proxy.test:8080/npm/acme/web/x/y?z=1")
+        );
+        assert_eq!(
+            m.location("https://127.0.0.1:4873/x").as_deref(),
+            Some("http://proxy.test:8080/npm/acme/web/x")
+        );
+        assert_eq!(
+            m.location("http://proxy.test:8080/simple/p/").as_deref(),
+            Some("http://proxy.test:8080/npm/acme/web/simple/p/")
+        );
+        assert_eq!(
+            m.location("/simple/p/").as_deref(),
+            Some("http://proxy.test:8080/npm/acme/web/simple/p/")
+        );
         assert_eq!(m.location("http://127.0.0.1:48730/x"), None);
         assert_eq!(m.location("https://elsewhere.test/x"), None);
         assert_eq!(m.location("//elsewhere.test/x"), None);
@@ -83,8 +118,16 @@ mod tests {
 
     #[test]
     fn upstream_base_paths_are_swapped() {
-        let m = UrlMap::new("store:9000", "/repo", "https://p.test", "/maven/acme".into());
-        assert_eq!(m.location("http://store:9000/repo/a/b").as_deref(), Some("https://p.test/maven/acme/a/b"));
+        let m = UrlMap::new(
+            "store:9000",
+            "/repo",
+            "https://p.test",
+            "/maven/acme".into(),
+        );
+        assert_eq!(
+            m.location("http://store:9000/repo/a/b").as_deref(),
+            Some("https://p.test/maven/acme/a/b")
+        );
         assert_eq!(m.location("http://store:9000/repository/a"), None);
         assert_eq!(m.location("http://store:9000/other"), None);
     }

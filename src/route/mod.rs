@@ -108,7 +108,10 @@ impl Route {
     }
 
     fn literal_count(&self) -> usize {
-        self.path.iter().filter(|p| matches!(p, PathPart::Literal(_))).count()
+        self.path
+            .iter()
+            .filter(|p| matches!(p, PathPart::Literal(_)))
+            .count()
     }
 
     /// The path pattern as written in config.
@@ -137,7 +140,11 @@ impl Matched<'_> {
     pub fn upstream_path_and_query(&self, path: &NormalizedPath, query: Option<&str>) -> String {
         let mut out = String::with_capacity(128);
         out.push_str(&self.route.upstream.base_path);
-        let from = if self.route.strip_prefix { self.prefix_len } else { 0 };
+        let from = if self.route.strip_prefix {
+            self.prefix_len
+        } else {
+            0
+        };
         path.encode_from(from, &mut out);
         if out.is_empty() {
             out.push('/');
@@ -210,7 +217,9 @@ impl RouteTable {
                 validate_namespace(ns).map_err(|_| MatchError::InvalidNamespace)?;
                 ns
             }
-            (NamespaceSource::Placeholder, None) => unreachable!("validated: placeholder routes have {{namespace}}"),
+            (NamespaceSource::Placeholder, None) => {
+                unreachable!("validated: placeholder routes have {{namespace}}")
+            }
         };
         Ok(Matched {
             route,
@@ -258,9 +267,17 @@ mod tests {
             path: path
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| if s == "{namespace}" { PathPart::Namespace } else { PathPart::Literal(s.into()) })
+                .map(|s| {
+                    if s == "{namespace}" {
+                        PathPart::Namespace
+                    } else {
+                        PathPart::Literal(s.into())
+                    }
+                })
                 .collect(),
-            namespace: ns.map_or(NamespaceSource::Placeholder, |n| NamespaceSource::Fixed(n.into())),
+            namespace: ns.map_or(NamespaceSource::Placeholder, |n| {
+                NamespaceSource::Fixed(n.into())
+            }),
             upstream: upstream(""),
             strip_prefix: strip,
             access_rules: vec![],
@@ -271,7 +288,13 @@ mod tests {
         RouteTable::new(vec![
             route("acme-npm", "npm", "/npm/acme", Some("acme"), true),
             route("web-npm", "npm", "/npm/acme/web", Some("acme/web"), true),
-            route("gl", "generic", "/api/v4/projects/{namespace}/packages/generic", None, true),
+            route(
+                "gl",
+                "generic",
+                "/api/v4/projects/{namespace}/packages/generic",
+                None,
+                true,
+            ),
             route("files", "generic", "/files", Some("acme"), false),
         ])
     }
@@ -279,7 +302,11 @@ mod tests {
     fn find(t: &RouteTable, raw: &str) -> Result<(String, String, String), MatchError> {
         let path = NormalizedPath::parse(raw)?;
         let m = t.find(&path)?;
-        Ok((m.route.name.to_string(), m.namespace.to_string(), m.upstream_path_and_query(&path, None)))
+        Ok((
+            m.route.name.to_string(),
+            m.namespace.to_string(),
+            m.upstream_path_and_query(&path, None),
+        ))
     }
 
     #[test]
@@ -306,10 +333,19 @@ mod tests {
     #[test]
     fn placeholder_takes_one_decoded_segment() {
         let t = table();
-        let (name, ns, fwd) = find(&t, "/api/v4/projects/acme%2Fweb/packages/generic/pkg/1.0/f.bin").unwrap();
+        let (name, ns, fwd) = find(
+            &t,
+            "/api/v4/projects/acme%2Fweb/packages/generic/pkg/1.0/f.bin",
+        )
+        .unwrap();
         assert_eq!((name.as_str(), ns.as_str()), ("gl", "acme/web"));
         assert_eq!(fwd, "/pkg/1.0/f.bin");
-        assert_eq!(find(&t, "/api/v4/projects/acme/packages/generic/x").unwrap().1, "acme");
+        assert_eq!(
+            find(&t, "/api/v4/projects/acme/packages/generic/x")
+                .unwrap()
+                .1,
+            "acme"
+        );
         assert_eq!(
             find(&t, "/api/v4/projects/acme%2F..%2Fx/packages/generic/x"),
             Err(MatchError::InvalidNamespace)
@@ -319,9 +355,18 @@ mod tests {
     #[test]
     fn encoded_slashes_only_where_allowed() {
         let t = table();
-        assert_eq!(find(&t, "/files/a%2Fb"), Err(MatchError::Path(PathError::EncodedSlash)));
-        assert_eq!(find(&t, "/npm/acme/web/left%2fpad"), Err(MatchError::Path(PathError::EncodedSlash)));
-        assert_eq!(find(&t, "/npm%2Facme/web/x"), Err(MatchError::Path(PathError::EncodedSlash)));
+        assert_eq!(
+            find(&t, "/files/a%2Fb"),
+            Err(MatchError::Path(PathError::EncodedSlash))
+        );
+        assert_eq!(
+            find(&t, "/npm/acme/web/left%2fpad"),
+            Err(MatchError::Path(PathError::EncodedSlash))
+        );
+        assert_eq!(
+            find(&t, "/npm%2Facme/web/x"),
+            Err(MatchError::Path(PathError::EncodedSlash))
+        );
         assert_eq!(
             find(&t, "/api/v4/projects/acme/packages/generic/a%2Fb"),
             Err(MatchError::Path(PathError::EncodedSlash))
@@ -338,7 +383,10 @@ mod tests {
         });
         r.access_rules.push(AccessRule {
             method: None,
-            pattern: vec![PatternPart::Literal("admin".into()), PatternPart::AnySegment],
+            pattern: vec![
+                PatternPart::Literal("admin".into()),
+                PatternPart::AnySegment,
+            ],
             access: Access::Refused,
         });
         assert_eq!(r.access(&Method::GET, &["a", "b"]), Access::Write);

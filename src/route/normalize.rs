@@ -169,8 +169,21 @@ fn is_segment_safe(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
-                | b',' | b'=' | b':' | b'@'
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -277,7 +290,10 @@ mod tests {
         let p = NormalizedPath::parse("/npm/acme/%40scope%2fname/x%20y/sha256:ab@c/").unwrap();
         let mut out = String::new();
         p.encode_from(2, &mut out);
-        assert_eq!(out, "/%40scope%2Fname/x%20y/sha256:ab@c/".replace("%40", "@"));
+        assert_eq!(
+            out,
+            "/%40scope%2Fname/x%20y/sha256:ab@c/".replace("%40", "@")
+        );
         let mut prefix = String::new();
         p.encode_prefix(2, &mut prefix);
         assert_eq!(prefix, "/npm/acme");

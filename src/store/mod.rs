@@ -70,7 +70,11 @@ impl TokenStore {
         let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let mut url = format!("sqlite:{rest}");
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
             }
             (Dialect::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -84,8 +88,12 @@ impl TokenStore {
             .connect(&url)
             .await?;
         if dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA busy_timeout=5000").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA busy_timeout=5000")
+                .execute(&pool)
+                .await?;
         }
         let store = TokenStore { pool, dialect };
         migrations::apply(&store.pool, dialect).await?;
@@ -124,23 +132,29 @@ impl TokenStore {
         }
         record_change(&mut tx, id, &new.digest.to_hex(), now).await?;
         tx.commit().await?;
-        self.get(id).await?.ok_or_else(|| StoreError::Corrupt(format!("token {id} vanished")))
+        self.get(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("token {id} vanished")))
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM deploy_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
     /// The hot-path lookup, by digest (a unique index).
     pub async fn find_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens WHERE token_digest = $1"))
-            .bind(digest.to_hex())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM deploy_tokens WHERE token_digest = $1"
+        ))
+        .bind(digest.to_hex())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| from_row(&r)).transpose()
     }
 
@@ -176,12 +190,13 @@ impl TokenStore {
     pub async fn revoke(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
         let now = Utc::now().timestamp();
         let mut tx = self.pool.begin().await?;
-        let digest: Option<String> = sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
+        let digest: Option<String> =
+            sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
         let Some(digest) = digest else {
             return Ok(None);
         };
@@ -214,7 +229,8 @@ impl TokenStore {
                 Ok(Change {
                     seq: r.try_get(0)?,
                     token_id: r.try_get(1)?,
-                    digest: Digest::from_hex(&hex).ok_or_else(|| StoreError::Corrupt(format!("digest {hex:?}")))?,
+                    digest: Digest::from_hex(&hex)
+                        .ok_or_else(|| StoreError::Corrupt(format!("digest {hex:?}")))?,
                 })
             })
             .collect()
@@ -233,12 +249,14 @@ async fn record_change(
     digest: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO token_changes (token_id, token_digest, changed_at) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(digest)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO token_changes (token_id, token_digest, changed_at) VALUES ($1, $2, $3)",
+    )
+    .bind(id)
+    .bind(digest)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -256,13 +274,20 @@ fn from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         username: row.try_get("username")?,
-        owner_kind: OwnerKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("owner kind {kind:?}")))?,
+        owner_kind: OwnerKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("owner kind {kind:?}")))?,
         owner_path: row.try_get("owner_path")?,
         scopes: ScopeSet::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(timestamp).transpose()?,
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(timestamp)
+            .transpose()?,
         revoked: revoked != 0,
         created_at: timestamp(row.try_get("created_at")?)?,
-        last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(timestamp).transpose()?,
+        last_used_at: row
+            .try_get::<Option<i64>, _>("last_used_at")?
+            .map(timestamp)
+            .transpose()?,
     })
 }
 
@@ -302,27 +327,50 @@ mod tests {
         let (secret, new) = new_token("acme/web", None);
         let t = store.create(new).await.unwrap();
         assert_eq!(t.username, default_username(t.id));
-        let found = store.find_by_digest(&secret.digest()).await.unwrap().unwrap();
+        let found = store
+            .find_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(found, t);
-        assert!(store.find_by_digest(&Digest::of("nope")).await.unwrap().is_none());
+        assert!(store
+            .find_by_digest(&Digest::of("nope"))
+            .await
+            .unwrap()
+            .is_none());
 
         let (_, named) = new_token("acme/api", Some("bot"));
         let t2 = store.create(named).await.unwrap();
         assert_eq!(t2.username, "bot");
         let only_web = store
-            .list(ListFilter { owner: Some((OwnerKind::Project, "acme/web")), active_only: false })
+            .list(ListFilter {
+                owner: Some((OwnerKind::Project, "acme/web")),
+                active_only: false,
+            })
             .await
             .unwrap();
-        assert_eq!(only_web.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t.id]);
+        assert_eq!(
+            only_web.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![t.id]
+        );
 
         let revoked = store.revoke(t.id).await.unwrap().unwrap();
         assert!(revoked.revoked);
         assert!(store.revoke(9999).await.unwrap().is_none());
-        let active = store.list(ListFilter { active_only: true, ..Default::default() }).await.unwrap();
+        let active = store
+            .list(ListFilter {
+                active_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
 
         let changes = store.changes_since(start).await.unwrap();
-        assert_eq!(changes.iter().map(|c| c.token_id).collect::<Vec<_>>(), vec![t.id, t2.id, t.id]);
+        assert_eq!(
+            changes.iter().map(|c| c.token_id).collect::<Vec<_>>(),
+            vec![t.id, t2.id, t.id]
+        );
         assert_eq!(changes[2].digest, secret.digest());
         assert_eq!(store.changes_since(changes[2].seq).await.unwrap().len(), 0);
     }
@@ -345,8 +393,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let (secret, new) = new_token("acme", None);
-        TokenStore::connect(&url).await.unwrap().create(new).await.unwrap();
+        TokenStore::connect(&url)
+            .await
+            .unwrap()
+            .create(new)
+            .await
+            .unwrap();
         let again = TokenStore::connect(&url).await.unwrap();
-        assert!(again.find_by_digest(&secret.digest()).await.unwrap().is_some());
+        assert!(again
+            .find_by_digest(&secret.digest())
+            .await
+            .unwrap()
+            .is_some());
     }
 }

@@ -14,13 +14,20 @@ pub fn bin() -> &'static str {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < timeout, "port {port} did not open within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "port {port} did not open within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -48,7 +55,12 @@ impl Gate {
             dir.path().join("tokens.db").display()
         );
         std::fs::write(&config, text).unwrap();
-        let mut gate = Gate { dir, port, config, child: None };
+        let mut gate = Gate {
+            dir,
+            port,
+            config,
+            child: None,
+        };
         // Create the store before serving, so the proxy and the CLI never race on migrations.
         gate.cli(&["token", "list"]);
         let log = std::fs::File::create(gate.log_path()).unwrap();
@@ -82,11 +94,20 @@ impl Gate {
         self.child.as_ref().unwrap().id()
     }
 
-    /// Runs a CLI command against this proxy's config.
+    /// Runs a CLI command against this proxy's config; its stderr (never stdout,
+    /// which carries new secrets) is appended to `cli.log`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let out = Command::new(bin()).args(args).arg("--config").arg(&self.config).output().unwrap();
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cli.log")).unwrap();
-        let _ = log.write_all(&out.stdout);
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cli.log"))
+            .unwrap();
         let _ = log.write_all(&out.stderr);
         out
     }
@@ -95,10 +116,24 @@ impl Gate {
     pub fn token(&self, owner: &str, scopes: &str, extra: &[&str]) -> Token {
         let (flag, path) = owner.split_once(':').expect("owner like project:acme/web");
         let flag = format!("--{flag}");
-        let mut args = vec!["token", "create", flag.as_str(), path, "--name", "ci", "--scopes", scopes, "--json"];
+        let mut args = vec![
+            "token",
+            "create",
+            flag.as_str(),
+            path,
+            "--name",
+            "ci",
+            "--scopes",
+            scopes,
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let out = self.cli(&args);
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         Token {
             id: json["id"].as_i64().unwrap(),
@@ -109,7 +144,11 @@ impl Gate {
 
     pub fn revoke(&self, id: i64) {
         let out = self.cli(&["token", "revoke", &id.to_string()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Resident memory of the proxy: (current, peak) in KiB.
@@ -135,7 +174,10 @@ impl Gate {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Gate {
@@ -162,7 +204,10 @@ impl Token {
 
 pub fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
 }
 
 /// A parsed HTTP/1.1 response.
@@ -175,7 +220,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -184,8 +232,15 @@ impl RawResponse {
 }
 
 /// Sends `METHOD target` with `headers` and `body` as exact bytes, with `Connection: close`.
-pub fn send(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+pub fn send(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -201,7 +256,9 @@ pub fn send(port: u16, method: &str, target: &str, headers: &[(&str, &str)], bod
 /// Writes raw bytes and reads one response until the server closes.
 pub fn send_raw(port: u16, bytes: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     stream.write_all(bytes).unwrap();
     read_response(&mut BufReader::new(stream))
 }
@@ -209,7 +266,12 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> RawResponse {
 pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {line:?}")).parse().unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+        .parse()
+        .unwrap();
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -222,8 +284,13 @@ pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
     let mut body = Vec::new();
-    let len = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.parse::<usize>().unwrap());
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap());
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if let Some(len) = len {
         body.resize(len, 0);
         reader.read_exact(&mut body).unwrap();
@@ -242,7 +309,11 @@ pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    RawResponse { status, headers, body }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Writes a file and returns its path.

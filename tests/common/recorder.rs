@@ -1,0 +1,166 @@
+//! A small recording upstream: answers every request and remembers what it
+//! saw (method, exact target, headers, body length), so tests can prove what
+//! was — and was not — forwarded.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+pub struct Recorder {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+type Body = http_body_util::Either<
+    Full<Bytes>,
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+>;
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let shared = seen.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = shared.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| handle(req, seen.clone(), port));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Recorder {
+            port,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+/// Responses by path: `/big/N` streams N bytes; `/redirect` answers 302 to an
+/// upstream URL; `/meta` returns a JSON document naming upstream URLs;
+/// anything else echoes `ok`.
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    port: u16,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let target = req.uri().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = req.into_body();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method,
+        target: target.clone(),
+        headers,
+        body_len,
+    });
+    let path = target.split('?').next().unwrap_or("");
+    let tail = path.rsplit('/').next().unwrap_or("");
+    let response = if let Some(n) = path
+        .strip_suffix(tail)
+        .filter(|p| p.ends_with("/big/"))
+        .and(tail.parse::<usize>().ok())
+    {
+        const CHUNK: usize = 1 << 20;
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let frames: Vec<_> = (0..n.div_ceil(CHUNK))
+            .map(|i| Ok(Frame::data(chunk.slice(..CHUNK.min(n - i * CHUNK)))))
+            .collect();
+        Response::builder()
+            .header("content-length", n)
+            .body(http_body_util::Either::Right(StreamBody::new(
+                futures_util::stream::iter(frames),
+            )))
+            .unwrap()
+    } else if path.ends_with("/redirect") {
+        Response::builder()
+            .status(302)
+            .header(
+                "location",
+                format!("http://127.0.0.1:{port}/elsewhere/x?y=1"),
+            )
+            .body(http_body_util::Either::Left(Full::new(Bytes::new())))
+            .unwrap()
+    } else if path.ends_with("/meta") {
+        let doc =
+            format!(r#"{{"dist":{{"tarball":"http://127.0.0.1:{port}/pkg/-/pkg-1.0.0.tgz"}}}}"#);
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from(doc))))
+            .unwrap()
+    } else {
+        Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
+            b"ok",
+        ))))
+    };
+    Ok(response)
+}

@@ -1,0 +1,711 @@
+//! The real binary on loopback in front of a recording upstream: what is
+//! forwarded, what is not, and how.
+
+mod common;
+#[path = "common/recorder.rs"]
+mod recorder;
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{basic, send, Gate};
+use recorder::Recorder;
+
+fn config(up: &Recorder) -> String {
+    format!(
+        r#"
+[upstream.rec]
+url = "{url}/base"
+
+[[route]]
+name = "web"
+format = "generic"
+path = "/generic/acme/web"
+namespace = "acme/web"
+upstream = "rec"
+strip_prefix = true
+
+[[route]]
+name = "npm"
+format = "npm"
+path = "/npm/acme/web"
+namespace = "acme/web"
+upstream = "rec"
+strip_prefix = true
+
+[[route]]
+name = "api"
+format = "generic"
+path = "/api/v4/projects/{{namespace}}/packages/generic"
+upstream = "rec"
+strip_prefix = true
+
+[[route]]
+name = "keep"
+format = "maven"
+path = "/maven"
+namespace = "acme"
+upstream = "rec"
+"#,
+        url = up.url()
+    )
+}
+
+#[test]
+fn credentials_never_reach_the_upstream_and_identity_is_the_proxys() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/file.bin?x=1&y=%2F",
+        &[
+            ("Authorization", &t.basic()),
+            ("Private-Token", "glpat-leak"),
+            ("Job-Token", "job-leak"),
+            ("X-NuGet-ApiKey", "nuget-leak"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.test"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Tokengate-Token-Id", "999"),
+            ("X-Tokengate-Scopes", "write_registry"),
+            ("Connection", "close, X-Tokengate-User, X-Forwarded-For"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Custom", "kept"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.target, "/base/file.bin?x=1&y=%2F");
+    for h in [
+        "authorization",
+        "private-token",
+        "job-token",
+        "x-nuget-apikey",
+        "forwarded",
+        "keep-alive",
+        "connection",
+    ] {
+        assert!(
+            s.header(h).is_empty(),
+            "{h} was forwarded: {:?}",
+            s.header(h)
+        );
+    }
+    assert_eq!(s.header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(
+        s.header("x-forwarded-host"),
+        [format!("127.0.0.1:{}", gate.port)]
+    );
+    assert_eq!(s.header("x-forwarded-proto"), ["http"]);
+    assert_eq!(s.header("x-tokengate-token-id"), [t.id.to_string()]);
+    assert_eq!(s.header("x-tokengate-user"), [t.username.as_str()]);
+    assert_eq!(s.header("x-tokengate-scopes"), ["read_package_registry"]);
+    assert_eq!(s.header("x-custom"), ["kept"]);
+    assert_eq!(s.header("host"), [format!("127.0.0.1:{}", up.port)]);
+    let all = format!("{:?}", s.headers);
+    assert!(!all.contains(&t.secret) && !all.contains("leak"), "{all}");
+}
+
+#[test]
+fn the_upstreams_own_credentials_replace_the_clients() {
+    let up = Recorder::start();
+    let body = config(&up).replace(
+        &format!("url = \"{}/base\"", up.url()),
+        &format!("url = \"{}/base\"\nbasic = {{ username = \"proxy\", password_env = \"TG_TEST_UP_PW\" }}", up.url()),
+    );
+    let gate = Gate::start_with(&body, &[("TG_TEST_UP_PW", "s3cret")]);
+    let t = gate.token("group:acme", "read_package_registry", &[]);
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/f",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.seen()[0].header("authorization"),
+        [basic("proxy", "s3cret")]
+    );
+    assert!(!gate.logs().contains("s3cret"));
+}
+
+#[test]
+fn the_forwarded_path_is_exactly_the_matched_one() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token("group:acme", "read_package_registry", &[]);
+    let auth = [("Deploy-Token", t.secret.as_str())];
+    let cases = [
+        ("/generic/acme/web/a%20b/c", "/base/a%20b/c"),
+        ("/generic/acme/web/%61bc", "/base/abc"),
+        ("/generic/acme/web/x/", "/base/x/"),
+        ("/generic/acme/web/sha256:ab@c+d", "/base/sha256:ab@c+d"),
+        ("/generic/acme/web/%C3%A9t%C3%A9", "/base/%C3%A9t%C3%A9"),
+        (
+            "/api/v4/projects/acme%2Fweb/packages/generic/p/1.0/f.tgz",
+            "/base/p/1.0/f.tgz",
+        ),
+        (
+            "/maven/com/acme/a/1/a-1.jar",
+            "/base/maven/com/acme/a/1/a-1.jar",
+        ),
+    ];
+    for (sent, want) in cases {
+        up.clear();
+        let r = send(gate.port, "GET", sent, &auth, b"");
+        assert_eq!(r.status, 200, "{sent}: {}", r.text());
+        assert_eq!(up.seen()[0].target, want, "{sent}");
+    }
+    let npm_auth = [("Authorization", &*format!("Bearer {}", t.secret))];
+    up.clear();
+    assert_eq!(
+        send(
+            gate.port,
+            "GET",
+            "/npm/acme/web/@scope%2fpkg",
+            &npm_auth,
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(up.seen()[0].target, "/base/@scope%2Fpkg");
+}
+
+#[test]
+fn every_denial_has_its_status_and_is_never_forwarded() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let reader = gate.token("project:acme/web", "read_package_registry", &[]);
+    let writer = gate.token("project:acme/web", "write_package_registry", &[]);
+    let other = gate.token(
+        "project:acme/api",
+        "read_package_registry,write_package_registry",
+        &[],
+    );
+    let sibling = gate.token("group:acme-other", "read_package_registry", &[]);
+    let registry = gate.token("project:acme/web", "read_registry,write_registry", &[]);
+    let revoked = gate.token("project:acme/web", "read_package_registry", &[]);
+    gate.revoke(revoked.id);
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let expired = gate.token(
+        "project:acme/web",
+        "read_package_registry",
+        &["--expires-at", &soon],
+    );
+    std::thread::sleep(Duration::from_millis(2200));
+
+    let fake = "tgdt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000";
+    let unknown = {
+        // Well-formed (valid checksum) but never issued.
+        let other_store = format!(
+            "[store]\nurl = \"sqlite://{}\"\n",
+            gate.dir.path().join("other.db").display()
+        );
+        let other = common::write(gate.dir.path(), "other.toml", &other_store);
+        let out = std::process::Command::new(common::bin())
+            .args([
+                "token",
+                "create",
+                "--project",
+                "x/y",
+                "--name",
+                "n",
+                "--scopes",
+                "read_package_registry",
+            ])
+            .env("TOKENGATE_CONFIG", other)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().last().unwrap().to_string()
+    };
+    let b = |t: &common::Token| t.basic();
+    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16, &str)> = vec![
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![],
+            401,
+            "deploy token required",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Deploy-Token", fake.into())],
+            401,
+            "invalid deploy token",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Deploy-Token", unknown.clone())],
+            401,
+            "invalid deploy token",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", basic("someone-else", &reader.secret))],
+            401,
+            "username",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&revoked))],
+            401,
+            "revoked",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&expired))],
+            401,
+            "expired",
+        ),
+        (
+            "PUT",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&reader))],
+            403,
+            "write_package_registry",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&writer))],
+            403,
+            "read_package_registry",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&other))],
+            403,
+            "namespace acme/web",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&sibling))],
+            403,
+            "namespace",
+        ),
+        (
+            "GET",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&registry))],
+            403,
+            "read_package_registry",
+        ),
+        (
+            "PATCH",
+            "/generic/acme/web/f",
+            vec![("Authorization", b(&writer))],
+            403,
+            "not allowed",
+        ),
+        (
+            "GET",
+            "/api/v4/projects/acme%2Fapi/packages/generic/f",
+            vec![("Authorization", b(&reader))],
+            403,
+            "namespace acme/api",
+        ),
+        (
+            "GET",
+            "/nothing/here",
+            vec![("Authorization", b(&reader))],
+            404,
+            "no route",
+        ),
+        (
+            "GET",
+            "/generic/acme/webx/f",
+            vec![("Authorization", b(&reader))],
+            404,
+            "no route",
+        ),
+    ];
+    for (method, target, headers, status, message) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = send(gate.port, method, target, &headers, b"");
+        assert_eq!(
+            r.status,
+            *status,
+            "{method} {target} {headers:?}: {}",
+            r.text()
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "{method} {target}: {body}"
+        );
+        if *status == 401 {
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Basic realm=\"tokengate\"")
+            );
+        }
+    }
+    assert!(
+        up.seen().is_empty(),
+        "denied requests reached the upstream: {:?}",
+        up.seen()
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token(
+        "group:acme",
+        "read_package_registry,write_package_registry",
+        &[],
+    );
+    let good = t.basic();
+    let paths = [
+        "/generic/acme/web/%2e%2e/%2e%2e/etc/passwd",
+        "/generic/acme/web/../web/f",
+        "/generic/acme/web/./f",
+        "/generic/acme/web/a%2Fb",
+        "/generic/acme/web/a%2fb",
+        "/generic%2Facme/web/f",
+        "/generic/acme/web//f",
+        "//generic/acme/web/f",
+        "/generic/acme/web/a\\b",
+        "/generic/acme/web/a%5Cb",
+        "/generic/acme/web/a%00b",
+        "/generic/acme/web/a%0d%0aX-Injected:%201",
+        "/generic/acme/web/a;jsessionid=x",
+        "/generic/acme/web/a%3Bx",
+        "/generic/acme/web/a%3Fx=1",
+        "/generic/acme/web/a%23x",
+        "/generic/acme/web/%252e%252e/f",
+        "/generic/acme/web/a%zz",
+        "/generic/acme/web/f?x=%00",
+        "/api/v4/projects/acme%2F..%2Fother/packages/generic/f",
+        "http://evil.test/generic/acme/web/f",
+        "*",
+    ];
+    for target in paths {
+        let r = send(gate.port, "GET", target, &[("Authorization", &good)], b"");
+        assert_eq!(r.status, 400, "{target}: {}", r.text());
+    }
+    let authorizations = [
+        "Basic !!!notbase64".to_string(),
+        "Basic".to_string(),
+        "Basic ".to_string(),
+        format!("Basic {}", base64_of("no-colon")),
+        format!("Basic {}", base64_of(":nouser")),
+        "Bearer".to_string(),
+        "Bearer a b".to_string(),
+        "Negotiate abc".to_string(),
+        format!("Bearer {}", "A".repeat(6000)),
+        "tgdt_short".to_string(),
+        format!("Bearer {}x", t.secret),
+        format!("Bearer {}", t.secret.to_lowercase()),
+    ];
+    for auth in &authorizations {
+        let r = send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Authorization", auth)],
+            b"",
+        );
+        assert_eq!(r.status, 401, "{auth:.40}: {}", r.text());
+    }
+    let two = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/f",
+        &[("Authorization", &good), ("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(two.status, 401, "{}", two.text());
+    let huge = "x".repeat(70_000);
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/f",
+        &[("Authorization", &good), ("X-Big", &huge)],
+        b"",
+    );
+    assert_eq!(r.status, 431);
+    let absolute = send(
+        gate.port,
+        "GET",
+        &format!("http://127.0.0.1:{}/generic/acme/web/f", gate.port),
+        &[("Authorization", &good)],
+        b"",
+    );
+    assert_eq!(
+        absolute.status, 200,
+        "absolute-form naming the proxy itself is allowed"
+    );
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the absolute-form request was forwarded: {:?}",
+        up.seen()
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn redirects_and_metadata_point_back_at_the_proxy() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up).replace("/base\"", "\""));
+    let t = gate.token("group:acme", "read_package_registry", &[]);
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/redirect",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("{}/generic/acme/web/elsewhere/x?y=1", gate.url())
+    );
+    let r = send(
+        gate.port,
+        "GET",
+        "/npm/acme/web/meta",
+        &[("Authorization", &format!("Bearer {}", t.secret))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        doc["dist"]["tarball"],
+        format!("{}/npm/acme/web/pkg/-/pkg-1.0.0.tgz", gate.url())
+    );
+    assert_eq!(
+        up.seen().last().unwrap().header("accept-encoding"),
+        ["identity"]
+    );
+}
+
+#[test]
+fn revocation_beside_a_running_proxy_takes_effect_within_a_second() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let get = || {
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Deploy-Token", &t.secret)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(get(), 200);
+    assert_eq!(get(), 200, "now cached");
+    gate.revoke(t.id);
+    let revoked_at = Instant::now();
+    while get() != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "revoked token still allowed after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("revocation took effect after {:?}", revoked_at.elapsed());
+}
+
+#[test]
+fn gigabyte_bodies_stream_both_ways_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token(
+        "project:acme/web",
+        "read_package_registry,write_package_registry",
+        &[],
+    );
+    let (rss_before, _) = gate.rss_kib();
+
+    // Upload: 1 GiB written in 1 MiB chunks.
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(
+        stream,
+        "PUT /generic/acme/web/big.bin HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n",
+        t.secret
+    )
+    .unwrap();
+    let chunk = vec![b'y'; 1 << 20];
+    for _ in 0..(GIB >> 20) {
+        stream.write_all(&chunk).unwrap();
+    }
+    let r = common::read_response(&mut BufReader::new(stream));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.seen()[0].body_len, GIB);
+
+    // Download: 1 GiB streamed from the upstream.
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(stream, "GET /generic/acme/web/big/{GIB} HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nConnection: close\r\n\r\n", t.secret).unwrap();
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    let received = std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    assert_eq!(received, GIB);
+
+    let (rss_after, peak) = gate.rss_kib();
+    println!("proxy RSS: before {rss_before} KiB, after {rss_after} KiB, peak {peak} KiB for 2 GiB moved");
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB: bodies were buffered"
+    );
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_upload_finish_then_exits_zero() {
+    let up = Recorder::start();
+    let mut gate = Gate::start(&config(&up));
+    let t = gate.token("project:acme/web", "write_package_registry", &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    let total = 8u64 << 20;
+    write!(stream, "PUT /generic/acme/web/slow.bin HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nContent-Length: {total}\r\n\r\n", t.secret).unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    stream.write_all(&chunk).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = gate.pid();
+    let port = gate.port;
+    let waiter = std::thread::spawn(move || gate.terminate());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener closed on SIGTERM"
+    );
+    for _ in 1..(total >> 20) {
+        stream.write_all(&chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = common::read_response(&mut BufReader::new(stream));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen()[0].body_len, total);
+    let status = waiter.join().unwrap();
+    assert!(status.success(), "tokengate {pid} exited with {status}");
+}
+
+#[test]
+fn h2c_prior_knowledge_is_served() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let req = http::Request::get(format!("{}/generic/acme/web/h2", gate.url()))
+            .header("deploy-token", &t.secret)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        resp.status()
+    });
+    assert_eq!(status, 200);
+    assert_eq!(up.seen()[0].target, "/base/h2");
+}
+
+#[test]
+fn no_secret_appears_in_any_log_line() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let good = gate.token("project:acme/web", "read_package_registry", &[]);
+    let other = gate.token("project:acme/api", "read_package_registry", &[]);
+    let revoked = gate.token("project:acme/web", "read_package_registry", &[]);
+    gate.revoke(revoked.id);
+    for t in [&good, &other, &revoked] {
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Authorization", &t.basic())],
+            b"",
+        );
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Deploy-Token", &t.secret)],
+            b"",
+        );
+        send(
+            gate.port,
+            "PUT",
+            "/generic/acme/web/f",
+            &[("Authorization", &format!("Bearer {}", t.secret))],
+            b"data",
+        );
+        send(
+            gate.port,
+            "GET",
+            "/npm/acme/web/x",
+            &[("Authorization", &format!("Bearer {}", t.secret))],
+            b"",
+        );
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/%2e%2e",
+            &[("Deploy-Token", &t.secret)],
+            b"",
+        );
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Authorization", &basic("wrong", &t.secret))],
+            b"",
+        );
+    }
+    let logs = gate.logs() + &std::fs::read_to_string(gate.dir.path().join("cli.log")).unwrap();
+    assert!(
+        logs.contains("decision=allowed"),
+        "the access log is there: {logs}"
+    );
+    for t in [&good, &other, &revoked] {
+        assert!(!logs.contains(&t.secret), "a secret was logged");
+        assert!(
+            !logs.contains(&base64_of(&format!("{}:{}", t.username, t.secret))),
+            "a Basic credential was logged"
+        );
+        assert!(
+            !logs.contains(&t.secret[5..20]),
+            "part of a secret was logged"
+        );
+    }
+}
