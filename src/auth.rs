@@ -142,7 +142,16 @@ mod tests {
     #[test]
     fn scopes_by_owner_coverage() {
         use Access::*;
-        let cases: &[(&str, &str, &str, Access, &[Scope], Result<(), Denial>)] = &[
+        // owner, scopes, namespace, access, scopes needed, expected
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Access,
+            &'a [Scope],
+            Result<(), Denial>,
+        );
+        let cases: &[Case] = &[
             // owner, scopes, namespace, access, scope, expected
             (
                 "acme/web",
@@ -261,7 +270,7 @@ mod tests {
         ];
         for (owner, scopes, ns, access, scope, want) in cases {
             let t = token(owner, scopes);
-            let got = decide(Some(&t), &ask(ns, *access, *scope), now());
+            let got = decide(Some(&t), &ask(ns, *access, scope), now());
             assert_eq!(&got, want, "{owner} {scopes} {ns} {access:?}");
         }
     }

@@ -228,7 +228,9 @@ fn every_denial_has_its_status_and_is_never_forwarded() {
         text.lines().last().unwrap().to_string()
     };
     let b = |t: &common::Token| t.basic();
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16, &str)> = vec![
+    // method, target, headers, status, part of the message
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/generic/acme/web/f",

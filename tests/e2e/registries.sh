@@ -14,8 +14,10 @@
 #     - nginx WebDAV on 127.0.0.1:DAV_PORT: /maven/ and /generic/ (PUT DELETE MKCOL,
 #       create_full_put_path, Basic auth user `proxy`), and /noauth/ (same, no auth).
 #   waits until each answers (60 s max each) and writes WORKDIR/registries.env (KEY=VALUE).
-#   Logs: WORKDIR/verdaccio.log, WORKDIR/pypiserver.log, WORKDIR/nginx-access.log,
-#   WORKDIR/nginx-error.log. On failure, whatever was started is stopped again.
+#   Logs: WORKDIR/verdaccio.log, WORKDIR/pypiserver.log, WORKDIR/nginx-access.log (which records
+#   the VALUES of the Authorization, Deploy-Token, Private-Token and Job-Token headers, so that
+#   tests can prove no client secret is forwarded upstream), WORKDIR/nginx-error.log.
+#   On failure, whatever was started is stopped again.
 # stop: kills the servers whose pids are recorded under WORKDIR (TERM, then KILL after 10 s).
 #
 # Environment:
@@ -180,7 +182,8 @@ http {
   map \$http_authorization \$has_authz { "" "-"; default "authz"; }
   map \$http_deploy_token \$has_deploy_token { "" "-"; default "deploy-token"; }
   log_format e2e '\$remote_addr [\$time_local] "\$request" \$status \$body_bytes_sent '
-                 'user=\$remote_user \$has_authz \$has_deploy_token expect=\$http_expect len=\$http_content_length "\$http_user_agent"';
+                 'user=\$remote_user \$has_authz \$has_deploy_token expect=\$http_expect len=\$http_content_length "\$http_user_agent" '
+                 'authorization="\$http_authorization" deploy_token="\$http_deploy_token" private_token="\$http_private_token" job_token="\$http_job_token"';
   access_log $wd/nginx-access.log e2e;
   client_body_temp_path $d/tmp/client_body;
   proxy_temp_path $d/tmp/proxy;
