@@ -90,6 +90,7 @@ struct RawServer {
     header_read_timeout_seconds: Option<u64>,
     upstream_connect_timeout_seconds: Option<u64>,
     upstream_response_timeout_seconds: Option<u64>,
+    body_idle_timeout_seconds: Option<u64>,
     shutdown_grace_seconds: Option<u64>,
     metadata_max_bytes: Option<usize>,
 }
@@ -162,6 +163,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_response_timeout: Duration,
+    /// A streamed body (either way) that sends nothing for this long is cut.
+    pub body_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Largest metadata body (npm packument, simple index) read for URL rewriting.
     pub metadata_max_bytes: usize,
@@ -394,6 +397,7 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         header_read_timeout: secs(raw.header_read_timeout_seconds, 10),
         upstream_connect_timeout: secs(raw.upstream_connect_timeout_seconds, 5),
         upstream_response_timeout: secs(raw.upstream_response_timeout_seconds, 300),
+        body_idle_timeout: secs(raw.body_idle_timeout_seconds, 60),
         shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
     })

@@ -711,3 +711,48 @@ fn no_secret_appears_in_any_log_line() {
         );
     }
 }
+
+#[test]
+fn silent_connections_and_stalled_bodies_are_cut() {
+    let up = Recorder::start();
+    let gate = Gate::start_full(
+        "header_read_timeout_seconds = 1\nbody_idle_timeout_seconds = 1",
+        &config(&up),
+        &[],
+    );
+    let t = gate.token("project:acme/web", "write_package_registry", &[]);
+
+    // A connection that never sends its headers is closed.
+    let mut silent = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut silent, &mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "silent connection held for {:?}",
+        started.elapsed()
+    );
+
+    // An upload that stalls half-way is cut, and the upstream never gets a complete body.
+    let mut stalled = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stalled, "PUT /generic/acme/web/stall HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nContent-Length: 1000\r\n\r\nhalf", t.secret).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stalled upload held for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        up.seen().iter().all(|s| s.body_len < 1000),
+        "{:?}",
+        up.seen()
+    );
+}

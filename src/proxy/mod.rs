@@ -3,6 +3,7 @@
 //! and a pooled hyper client to the upstreams. Bodies stream both ways;
 //! only metadata documents that need URL rewriting are read, up to a cap.
 
+mod body;
 mod error;
 mod headers;
 mod rewrite;
@@ -31,16 +32,17 @@ use crate::format;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::token::{self, Digest, TokenRecord};
+use body::IdleTimeout;
 use rewrite::UrlMap;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
 
 /// Everything a request needs; shared by all connections.
 pub struct Proxy {
     config: Arc<Config>,
     resolver: Arc<TokenResolver>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, IdleTimeout<Incoming>>,
 }
 
 impl Proxy {
@@ -180,17 +182,16 @@ impl Proxy {
                 identity_encoding: rewrite,
             },
         );
+        let idle = self.config.server.body_idle_timeout;
         let timeout = self.config.server.upstream_response_timeout;
-        let response = tokio::time::timeout(
-            timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
-        .map_err(|e| {
-            tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-            ProxyError::UpstreamUnreachable(upstream.name.clone())
-        })?;
+        let request = Request::from_parts(parts, IdleTimeout::new(body, idle));
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
+            .map_err(|e| {
+                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                ProxyError::UpstreamUnreachable(upstream.name.clone())
+            })?;
         let (mut parts, body) = response.into_parts();
         headers::to_downstream(&mut parts.headers);
         let needs_map = rewrite || parts.headers.contains_key(header::LOCATION);
@@ -234,7 +235,10 @@ impl Proxy {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))))
             }
-            _ => Ok(Response::from_parts(parts, Either::Left(body))),
+            _ => Ok(Response::from_parts(
+                parts,
+                Either::Left(IdleTimeout::new(body, idle)),
+            )),
         }
     }
 }
@@ -308,6 +312,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -324,16 +329,27 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
+            // a peer that sends nothing at all is dropped here.
+            let mut first = [0u8; 1];
+            let header_timeout = proxy.config.server.header_read_timeout;
+            if !matches!(
+                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, client = %peer, "connection ended with an error");
             }
         });

@@ -47,11 +47,16 @@ impl Gate {
     }
 
     pub fn start_with(body: &str, env: &[(&str, &str)]) -> Gate {
+        Gate::start_full("", body, env)
+    }
+
+    /// `server_extra` holds more `[server]` keys, one per line.
+    pub fn start_full(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("proxy.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n\n[store]\nurl = \"sqlite://{}\"\n\n{body}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{server_extra}\n\n[store]\nurl = \"sqlite://{}\"\n\n{body}",
             dir.path().join("tokens.db").display()
         );
         std::fs::write(&config, text).unwrap();
