@@ -1,0 +1,108 @@
+//! The per-request work before forwarding, on a warm cache: normalize the
+//! path, match the route, read the credentials, look the digest up in the
+//! in-process cache, decide. Run with `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use tokengate::auth::{self, Ask};
+use tokengate::cache::{Lookup, TokenResolver};
+use tokengate::config::Config;
+use tokengate::format;
+use tokengate::route::NormalizedPath;
+use tokengate::store::{NewToken, TokenStore};
+use tokengate::token::{self, Digest, OwnerKind, ScopeSet, Secret};
+
+const CONFIG: &str = r#"
+[upstream.up]
+url = "http://127.0.0.1:4873"
+
+[[route]]
+name = "web-npm"
+format = "npm"
+path = "/npm/acme/web"
+namespace = "acme/web"
+upstream = "up"
+strip_prefix = true
+
+[[route]]
+name = "api"
+format = "generic"
+path = "/api/v4/projects/{namespace}/packages/generic"
+upstream = "up"
+strip_prefix = true
+"#;
+
+fn hot_path(c: &mut Criterion) {
+    let config = Config::parse("bench.toml", CONFIG).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt
+        .block_on(TokenStore::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("b.db").display()
+        )))
+        .unwrap();
+    let secret = Secret::generate();
+    rt.block_on(store.create(NewToken {
+        name: "bench".into(),
+        username: None,
+        owner_kind: OwnerKind::Group,
+        owner_path: "acme".into(),
+        scopes: ScopeSet::parse_list("read_package_registry").unwrap(),
+        expires_at: None,
+        digest: secret.digest(),
+    }))
+    .unwrap();
+    let resolver = Arc::new(TokenResolver::new(&config.cache, Vec::new(), store));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", secret.expose())).unwrap(),
+    );
+    let target = "/npm/acme/web/@babel%2fcore";
+    rt.block_on(resolver.resolve(secret.digest())).unwrap();
+
+    c.bench_function("normalize+match", |b| {
+        b.iter(|| {
+            let path = NormalizedPath::parse(std::hint::black_box(target)).unwrap();
+            config.routes.find(&path).unwrap().prefix_len
+        })
+    });
+
+    c.bench_function(
+        "warm decision (normalize, match, credentials, cache, decide)",
+        |b| {
+            b.iter(|| {
+                let path = NormalizedPath::parse(std::hint::black_box(target)).unwrap();
+                let matched = config.routes.find(&path).unwrap();
+                let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
+                let access = matched.route.access(&Method::GET, &rest);
+                let presented = format::credentials(&*matched.route.format, &headers)
+                    .unwrap()
+                    .unwrap();
+                assert!(token::well_formed(&presented.secret));
+                let lookup = rt
+                    .block_on(resolver.resolve(Digest::of(&presented.secret)))
+                    .unwrap();
+                let Lookup::Found(record) = lookup else {
+                    panic!("warm")
+                };
+                let ask = Ask {
+                    username: presented.username.as_deref(),
+                    namespace: matched.namespace,
+                    access,
+                    scopes: matched.route.format.scopes_for(access),
+                };
+                auth::decide(Some(&record), &ask, chrono::Utc::now()).unwrap();
+            })
+        },
+    );
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
