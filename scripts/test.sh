@@ -22,5 +22,5 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test"
-cargo test --all-targets -- --test-threads=2
+step "cargo test (unit, loopback integration, end-to-end)"
+cargo test -- --test-threads=2

@@ -238,7 +238,7 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
     println!("route:     {} ({})", route.name, route.path_pattern());
     println!("format:    {}", route.format.name());
     println!("namespace: {}", matched.namespace);
-    println!("access:    {access:?}");
+    println!("access:    {}", access.as_str());
     println!("needs:     {needs}");
     println!(
         "upstream:  {}{}",

@@ -30,6 +30,16 @@ pub enum Access {
 }
 
 impl Access {
+    /// The config name, as in `[[route.access]]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadForWrite => "read_or_write",
+            Access::Refused => "deny",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Access> {
         match s {
             "read" => Some(Access::Read),
