@@ -31,6 +31,32 @@ const WO: &str = "write_package_registry";
 /// The revocation bound of DESIGN.md: "denied by every instance within 1 s".
 const REVOCATION_BOUND: Duration = Duration::from_millis(1000);
 
+/// The tokens every format is tried with.
+struct Cast {
+    /// acme/web, read and write.
+    rw: Token,
+    /// acme/web, read only.
+    ro: Token,
+    /// acme/web, write only.
+    wo: Token,
+    /// Another project's read+write token (acme/api).
+    other: Token,
+    /// The group acme, read only: covers acme/web.
+    group: Token,
+}
+
+impl Cast {
+    fn issue(gate: &Gate) -> Cast {
+        Cast {
+            rw: gate.token("project:acme/web", RW, &[]),
+            ro: gate.token("project:acme/web", RO, &[]),
+            wo: gate.token("project:acme/web", WO, &[]),
+            other: gate.token("project:acme/api", RW, &[]),
+            group: gate.token("group:acme", RO, &[]),
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ registries
 
 struct Registries {
@@ -611,11 +637,13 @@ fn npm_through_tokengate() {
     let pk = tempfile::tempdir().unwrap();
     let pk = pk.path().to_str().unwrap().to_string();
     let storage = reg.dir.join("verdaccio/storage");
-    let rw = gate.token("project:acme/web", RW, &[]);
-    let ro = gate.token("project:acme/web", RO, &[]);
-    let wo = gate.token("project:acme/web", WO, &[]);
-    let other = gate.token("project:acme/api", RW, &[]);
-    let group = gate.token("group:acme", RO, &[]);
+    let Cast {
+        rw,
+        ro,
+        wo,
+        other,
+        group,
+    } = Cast::issue(&gate);
     let rv = gate.token("project:acme/web", RW, &[]);
     let name = "tg-e2e-npm-demo";
 
@@ -877,11 +905,13 @@ fn pypi_through_tokengate() {
     let gate = start_gate(reg);
     let upload = format!("{}/pypi/acme/web/", gate.url());
     let index = format!("{}/pypi/acme/web/simple/", gate.url());
-    let rw = gate.token("project:acme/web", RW, &[]);
-    let ro = gate.token("project:acme/web", RO, &[]);
-    let wo = gate.token("project:acme/web", WO, &[]);
-    let other = gate.token("project:acme/api", RW, &[]);
-    let group = gate.token("group:acme", RO, &[]);
+    let Cast {
+        rw,
+        ro,
+        wo,
+        other,
+        group,
+    } = Cast::issue(&gate);
     let name = "tg-e2e-pypi-demo";
 
     // Happy path: twine upload (sdist + wheel), then pip install from the rewritten index.
@@ -1151,11 +1181,13 @@ fn maven_through_tokengate() {
     let reg = registries();
     let gate = start_gate(reg);
     let url = format!("{}/maven/acme/web", gate.url());
-    let rw = gate.token("project:acme/web", RW, &[]);
-    let ro = gate.token("project:acme/web", RO, &[]);
-    let wo = gate.token("project:acme/web", WO, &[]);
-    let other = gate.token("project:acme/api", RW, &[]);
-    let group = gate.token("group:acme", RO, &[]);
+    let Cast {
+        rw,
+        ro,
+        wo,
+        other,
+        group,
+    } = Cast::issue(&gate);
     let (g, a) = ("com.acme.tge2e", "mvn-demo");
     let stored = |v: &str| {
         reg.dir
@@ -1303,11 +1335,13 @@ fn generic_through_tokengate() {
     let stored = |file: &str| reg.dir.join(format!("dav/generic/tg-e2e/1.0/{file}"));
     let (expires, expires_at) = expiry_in(3);
     let exp = gate.token("project:acme/web", RO, &["--expires-at", &expires]);
-    let rw = gate.token("project:acme/web", RW, &[]);
-    let ro = gate.token("project:acme/web", RO, &[]);
-    let wo = gate.token("project:acme/web", WO, &[]);
-    let other = gate.token("project:acme/api", RW, &[]);
-    let group = gate.token("group:acme", RO, &[]);
+    let Cast {
+        rw,
+        ro,
+        wo,
+        other,
+        group,
+    } = Cast::issue(&gate);
     let rv = gate.token("project:acme/web", RW, &[]);
     let web = "acme%2Fweb";
     let api_ns = "acme%2Fapi";
