@@ -93,6 +93,7 @@ struct RawServer {
     body_idle_timeout_seconds: Option<u64>,
     shutdown_grace_seconds: Option<u64>,
     metadata_max_bytes: Option<usize>,
+    failed_auth_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -168,6 +169,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest metadata body (npm packument, simple index) read for URL rewriting.
     pub metadata_max_bytes: usize,
+    /// Wrong credentials allowed per client address per minute before 429; 0 disables.
+    pub failed_auth_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -400,6 +403,7 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         body_idle_timeout: secs(raw.body_idle_timeout_seconds, 60),
         shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
+        failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
     })
 }
 

@@ -756,3 +756,72 @@ fn silent_connections_and_stalled_bodies_are_cut() {
         up.seen()
     );
 }
+
+#[test]
+fn wrong_credentials_are_limited_per_address_not_per_token() {
+    let up = Recorder::start();
+    let gate = Gate::start_full("failed_auth_per_minute = 5", &config(&up), &[]);
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    // Missing credentials (the challenge step) never count.
+    for _ in 0..10 {
+        assert_eq!(
+            send(gate.port, "GET", "/generic/acme/web/f", &[], b"").status,
+            401
+        );
+    }
+    assert_eq!(
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Deploy-Token", &t.secret)],
+            b""
+        )
+        .status,
+        200
+    );
+    // Five wrong secrets for this token's username from 127.0.0.1 ...
+    for _ in 0..5 {
+        let r = send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Authorization", &basic(&t.username, "tgdt_guess"))],
+            b"",
+        );
+        assert_eq!(r.status, 401);
+    }
+    // ... block that address, even with the right secret, and nothing is forwarded ...
+    up.clear();
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/f",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(up.seen().is_empty());
+    // ... but the token itself is not locked out: another address still gets through.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket
+            .connect(([127, 0, 0, 1], gate.port).into())
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    let mut stream = stream;
+    write!(stream, "GET /generic/acme/web/f HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nConnection: close\r\n\r\n", t.secret).unwrap();
+    let r = common::read_response(&mut BufReader::new(stream));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen()[0].header("x-forwarded-for"), ["127.0.0.2"]);
+}

@@ -29,6 +29,8 @@ pub enum ProxyError {
     BadCredentials(#[from] CredentialError),
     #[error("{0}")]
     Denied(#[from] Denial),
+    #[error("too many failed authentication attempts from this address; try again later")]
+    TooManyFailures,
     #[error("token store unavailable")]
     StoreUnavailable(Arc<StoreError>),
     #[error("upstream {0} unreachable")]
@@ -65,6 +67,7 @@ impl ProxyError {
             ProxyError::NoCredentials | ProxyError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => {
                 StatusCode::BAD_GATEWAY
@@ -83,6 +86,15 @@ impl ProxyError {
         }
     }
 
+    /// A wrong credential (not a missing one): counts towards the per-address limit.
+    pub fn is_failed_authentication(&self) -> bool {
+        match self {
+            ProxyError::BadCredentials(_) => true,
+            ProxyError::Denied(d) => d.is_unauthenticated(),
+            _ => false,
+        }
+    }
+
     /// The decision label used in logs.
     pub fn decision(&self) -> &'static str {
         match self.status() {
@@ -90,6 +102,7 @@ impl ProxyError {
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "no_route",
             StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             _ => "error",
         }
     }
@@ -112,6 +125,9 @@ impl ProxyError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"tokengate\""),
             );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

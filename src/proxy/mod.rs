@@ -6,6 +6,7 @@
 mod body;
 mod error;
 mod headers;
+mod limit;
 mod rewrite;
 
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::token::{self, Digest, TokenRecord};
 use body::IdleTimeout;
+use limit::FailureLimiter;
 use rewrite::UrlMap;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
@@ -43,6 +45,7 @@ pub struct Proxy {
     config: Arc<Config>,
     resolver: Arc<TokenResolver>,
     client: Client<HttpConnector, IdleTimeout<Incoming>>,
+    failures: FailureLimiter,
 }
 
 impl Proxy {
@@ -54,10 +57,15 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
+        let failures = FailureLimiter::new(
+            config.server.failed_auth_per_minute,
+            std::time::Duration::from_secs(60),
+        );
         Proxy {
             config,
             resolver,
             client,
+            failures,
         }
     }
 
@@ -74,6 +82,9 @@ impl Proxy {
         let response = match self.process(req, peer, &mut outcome).await {
             Ok(response) => response,
             Err(e) => {
+                if e.is_failed_authentication() {
+                    self.failures.record_failure(peer.ip());
+                }
                 let decision = e.decision();
                 let side = e.side();
                 if side != Side::Downstream {
@@ -114,6 +125,9 @@ impl Proxy {
         outcome.route = Some(route.name.clone());
         let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(req.method(), &rest);
+        if self.failures.is_blocked(peer.ip()) {
+            return Err(ProxyError::TooManyFailures);
+        }
         let presented =
             format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
         if !token::well_formed(&presented.secret) {
