@@ -130,16 +130,17 @@ impl TokenResolver {
         Ok(lookup)
     }
 
-    /// Drops a digest from every layer.
+    /// Drops a digest from every layer, the shared ones first, so that a
+    /// stale shared entry cannot refill the in-process cache.
     pub async fn invalidate(&self, digest: &Digest) {
-        self.local.invalidate(digest).await;
         for layer in &self.shared {
             layer.invalidate(digest).await;
         }
+        self.local.invalidate(digest).await;
     }
 
     /// Polls the store's change feed until the task is dropped, invalidating
-    /// the in-process entry of every token that changed.
+    /// every cached entry of every token that changed.
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
         let mut seq = loop {
             match self.store.latest_change().await {
@@ -157,7 +158,7 @@ impl TokenResolver {
             match self.store.changes_since(seq).await {
                 Ok(changes) => {
                     for change in changes {
-                        self.local.invalidate(&change.digest).await;
+                        self.invalidate(&change.digest).await;
                         tracing::debug!(
                             token_id = change.token_id,
                             seq = change.seq,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-pub use credentials::{extract, CredentialError, Presented};
+use credentials::extract;
+pub use credentials::{CredentialError, Presented};
 
 use crate::token::{Scope, ScopeSet};
 

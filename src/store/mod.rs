@@ -57,7 +57,6 @@ pub struct Change {
 #[derive(Clone)]
 pub struct TokenStore {
     pool: AnyPool,
-    dialect: Dialect,
 }
 
 const COLUMNS: &str =
@@ -95,13 +94,9 @@ impl TokenStore {
                 .execute(&pool)
                 .await?;
         }
-        let store = TokenStore { pool, dialect };
+        let store = TokenStore { pool };
         migrations::apply(&store.pool, dialect).await?;
         Ok(store)
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
     }
 
     /// Inserts a token; the username defaults to `tokengate+deploy-token-{id}`.
@@ -234,12 +229,6 @@ impl TokenStore {
                 })
             })
             .collect()
-    }
-
-    /// A cheap round trip, for readiness.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 }
 
