@@ -8,8 +8,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use tokengate::auth::{self, Ask};
 use tokengate::cache::{Lookup, TokenResolver};
-use tokengate::config::Config;
+use tokengate::config::{Config, StoreConfig};
 use tokengate::format;
+use tokengate::metrics::Metrics;
 use tokengate::route::NormalizedPath;
 use tokengate::store::{NewToken, TokenStore};
 use tokengate::token::{self, Digest, OwnerKind, ScopeSet, Secret};
@@ -42,10 +43,10 @@ fn hot_path(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = rt
-        .block_on(TokenStore::connect(&format!(
+        .block_on(TokenStore::connect(&StoreConfig::at(format!(
             "sqlite://{}",
             dir.path().join("b.db").display()
-        )))
+        ))))
         .unwrap();
     let secret = Secret::generate();
     rt.block_on(store.create(NewToken {
@@ -58,7 +59,12 @@ fn hot_path(c: &mut Criterion) {
         digest: secret.digest(),
     }))
     .unwrap();
-    let resolver = Arc::new(TokenResolver::new(&config.cache, Vec::new(), store));
+    let resolver = Arc::new(TokenResolver::new(
+        &config.cache,
+        store,
+        None,
+        Arc::new(Metrics::new(false)),
+    ));
     let mut headers = HeaderMap::new();
     headers.insert(
         "authorization",

@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cache::TokenResolver;
-use crate::config::{Config, ConfigError};
+use crate::cache::{RedisCache, TokenResolver};
+use crate::config::{CacheConfig, Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::route::NormalizedPath;
-use crate::store::{ListFilter, NewToken, StoreError, TokenStore};
+use crate::store::{LastUsed, ListFilter, NewToken, StoreError, TokenStore};
 use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError};
 
 #[derive(Parser)]
@@ -167,9 +167,10 @@ fn init_tracing(default_level: &str) {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let config_path = Config::locate(cli.config.as_deref());
     if let Command::Token(cmd) = cli.command {
-        // Token commands need only the store: not the upstreams' secrets.
-        let store = TokenStore::connect(&Config::store_url(config_path.as_deref())?).await?;
-        return token_command(&store, cmd).await;
+        // Token commands need only the store and caches: not the upstreams' secrets.
+        let backends = Config::token_backends(config_path.as_deref())?;
+        let store = TokenStore::connect(&backends.store).await?;
+        return token_command(&store, &backends.cache, cmd).await;
     }
     let config = Config::load(config_path.as_deref())?;
     match cli.command {
@@ -185,22 +186,68 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn serve(config: Config) -> Result<(), CliError> {
-    let store = TokenStore::connect(&config.store_url).await?;
+    let store = TokenStore::connect(&config.store).await?;
     let config = Arc::new(config);
     if config.routes.is_empty() {
         tracing::warn!("no routes configured: every request will be answered 404");
     }
-    let resolver = Arc::new(TokenResolver::new(&config.cache, Vec::new(), store));
-    let follower = tokio::spawn(resolver.clone().follow_changes(Duration::from_millis(500)));
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.server.listen)))?;
-    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), "tokengate serving");
-    let proxy = Arc::new(crate::proxy::Proxy::new(config, resolver));
+    let metrics = Arc::new(Metrics::new(config.cache.redis.is_some()));
+    let redis = config
+        .cache
+        .redis
+        .as_ref()
+        .map(|r| RedisCache::new(r, &config.cache, &metrics));
+    if let Some(redis) = &redis {
+        if !redis.check().await {
+            tracing::warn!("Redis unreachable at start: serving from the store until it answers");
+        }
+    }
+    let resolver = Arc::new(TokenResolver::new(
+        &config.cache,
+        store.clone(),
+        redis.clone(),
+        metrics.clone(),
+    ));
+    let last_used = Arc::new(LastUsed::default());
+    let mut tasks = vec![
+        tokio::spawn(resolver.clone().follow_changes(config.cache.change_poll)),
+        tokio::spawn(last_used.clone().flush_every(
+            config.store.last_used_flush,
+            store.clone(),
+            metrics.last_used_flushes.clone(),
+        )),
+    ];
+    if let Some(redis) = &redis {
+        tasks.push(tokio::spawn(redis.clone().keep_connected()));
+        tasks.push(tokio::spawn(redis.clone().listen(resolver.clone())));
+    }
+    if let Some(admin) = &config.admin {
+        let listener = bind(admin.listen).await?;
+        tracing::info!(listen = %admin.listen, "admin listener serving /healthz, /readyz, /metrics");
+        tasks.push(tokio::spawn(crate::admin::serve(metrics.clone(), listener)));
+    }
+    let listener = bind(config.server.listen).await?;
+    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), "tokengate serving");
+    let proxy = Arc::new(crate::proxy::Proxy::new(
+        config,
+        resolver,
+        last_used.clone(),
+    ));
     crate::proxy::serve(proxy, listener, shutdown_signal()).await;
-    follower.abort();
+    for task in tasks {
+        task.abort();
+    }
+    if let Err(e) = last_used.flush(&store).await {
+        tracing::warn!(error = %e, "last-used times not saved");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, CliError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))
 }
 
 async fn shutdown_signal() {
@@ -248,7 +295,11 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
     Ok(())
 }
 
-async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliError> {
+async fn token_command(
+    store: &TokenStore,
+    cache: &CacheConfig,
+    cmd: TokenCommand,
+) -> Result<(), CliError> {
     let now = chrono::Utc::now();
     match cmd {
         TokenCommand::Create {
@@ -355,8 +406,19 @@ async fn token_command(store: &TokenStore, cmd: TokenCommand) -> Result<(), CliE
             Ok(())
         }
         TokenCommand::Revoke { id } => match store.revoke(id).await? {
-            Some(t) => {
+            Some((t, digest)) => {
                 println!("Revoked deploy token {} ({}).", t.id, t.name);
+                if let Some(redis) = &cache.redis {
+                    let metrics = Metrics::new(true);
+                    if let Err(e) = RedisCache::new(redis, cache, &metrics)
+                        .announce(&digest)
+                        .await
+                    {
+                        eprintln!(
+                            "warning: Redis unreachable ({e}); proxies drop the token through the store's change feed within about a second"
+                        );
+                    }
+                }
                 Ok(())
             }
             None => Err(CliError::Failed(format!("no deploy token with id {id}"))),

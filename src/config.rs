@@ -13,6 +13,7 @@ use http::{HeaderValue, Method};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cache::RedisTarget;
 use crate::format::{self, Access};
 use crate::route::{
     AccessRule, NamespaceSource, PathPart, PatternPart, Route, RouteTable, Upstream,
@@ -76,6 +77,7 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     cache: RawCache,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
@@ -100,6 +102,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<Spanned<String>>,
+    timeout_seconds: Option<u64>,
+    last_used_flush_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +112,15 @@ struct RawCache {
     ttl_seconds: Option<u64>,
     negative_ttl_seconds: Option<u64>,
     max_entries: Option<u64>,
+    redis_url: Option<Spanned<String>>,
+    redis_timeout_millis: Option<u64>,
+    change_poll_millis: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -174,17 +187,61 @@ pub struct ServerConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    /// Longest wait for one store query; past it the lookup fails (closed).
+    pub timeout: Duration,
+    /// How often batched `last_used_at` updates are written.
+    pub last_used_flush: Duration,
+}
+
+impl StoreConfig {
+    /// A store at `url` with the default timeouts.
+    pub fn at(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            timeout: Duration::from_secs(5),
+            last_used_flush: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub max_entries: u64,
+    /// The shared layer; `None` means in-process only.
+    pub redis: Option<RedisConfig>,
+    /// How often the store's change feed is polled.
+    pub change_poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    /// Longest wait for one Redis command before the lookup goes to the store.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// What token commands need: where tokens live and which caches to tell.
+pub struct TokenBackends {
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
 }
 
 /// A validated configuration.
 pub struct Config {
     pub server: ServerConfig,
-    pub store_url: String,
+    pub store: StoreConfig,
     pub cache: CacheConfig,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`); off when absent.
+    pub admin: Option<AdminConfig>,
     pub routes: RouteTable,
 }
 
@@ -222,18 +279,22 @@ impl Config {
         build(&src, parse_raw(&src)?)
     }
 
-    /// Only the store URL, for commands that manage tokens: the file must
-    /// parse, but upstream secrets need not be in the environment.
-    pub fn store_url(path: Option<&Path>) -> Result<String, ConfigError> {
-        let Some(path) = path else {
-            return Ok(DEFAULT_STORE_URL.to_string());
+    /// Only the store and cache settings, for commands that manage tokens:
+    /// the file must parse, but upstream secrets need not be in the environment.
+    pub fn token_backends(path: Option<&Path>) -> Result<TokenBackends, ConfigError> {
+        let text = match path {
+            Some(path) => read(path)?,
+            None => String::new(),
         };
-        let text = read(path)?;
         let src = Source {
-            name: path.display().to_string(),
+            name: path.map_or("<defaults>".into(), |p| p.display().to_string()),
             text: &text,
         };
-        store_url(&src, &parse_raw(&src)?.store)
+        let raw = parse_raw(&src)?;
+        Ok(TokenBackends {
+            store: build_store(&src, &raw.store)?,
+            cache: build_cache(&src, &raw.cache)?,
+        })
     }
 }
 
@@ -257,9 +318,10 @@ fn parse_raw(src: &Source<'_>) -> Result<RawConfig, ConfigError> {
     })
 }
 
-fn store_url(src: &Source<'_>, raw: &RawStore) -> Result<String, ConfigError> {
-    match &raw.url {
-        None => Ok(DEFAULT_STORE_URL.to_string()),
+fn build_store(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
+    let defaults = StoreConfig::at(DEFAULT_STORE_URL);
+    let url = match &raw.url {
+        None => defaults.url,
         Some(url) => {
             let ok = ["sqlite://", "sqlite:", "postgres://", "postgresql://"]
                 .iter()
@@ -267,18 +329,51 @@ fn store_url(src: &Source<'_>, raw: &RawStore) -> Result<String, ConfigError> {
             if !ok {
                 return Err(src.at(url, "store.url", "expected a sqlite:// or postgres:// URL"));
             }
-            Ok(url.get_ref().clone())
+            url.get_ref().clone()
         }
-    }
+    };
+    let secs =
+        |v: Option<u64>, default: Duration| v.map_or(default, |s| Duration::from_secs(s.max(1)));
+    Ok(StoreConfig {
+        url,
+        timeout: secs(raw.timeout_seconds, defaults.timeout),
+        last_used_flush: secs(raw.last_used_flush_seconds, defaults.last_used_flush),
+    })
+}
+
+fn build_cache(src: &Source<'_>, raw: &RawCache) -> Result<CacheConfig, ConfigError> {
+    let redis = match &raw.redis_url {
+        None => None,
+        Some(url) => Some(RedisConfig {
+            target: RedisTarget::parse(url.get_ref())
+                .map_err(|m| src.at(url, "cache.redis_url", m))?,
+            timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
+        }),
+    };
+    Ok(CacheConfig {
+        ttl: Duration::from_secs(raw.ttl_seconds.unwrap_or(60)),
+        negative_ttl: Duration::from_secs(raw.negative_ttl_seconds.unwrap_or(5)),
+        max_entries: raw.max_entries.unwrap_or(100_000),
+        redis,
+        change_poll: Duration::from_millis(raw.change_poll_millis.unwrap_or(500).max(10)),
+    })
 }
 
 fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = build_server(src, &raw.server)?;
-    let store_url = store_url(src, &raw.store)?;
-    let cache = CacheConfig {
-        ttl: Duration::from_secs(raw.cache.ttl_seconds.unwrap_or(60)),
-        negative_ttl: Duration::from_secs(raw.cache.negative_ttl_seconds.unwrap_or(5)),
-        max_entries: raw.cache.max_entries.unwrap_or(100_000),
+    let store = build_store(src, &raw.store)?;
+    let cache = build_cache(src, &raw.cache)?;
+    let admin = match &raw.admin {
+        None => None,
+        Some(admin) => Some(AdminConfig {
+            listen: admin.listen.get_ref().parse().map_err(|_| {
+                src.at(
+                    &admin.listen,
+                    "admin.listen",
+                    "not an address like 127.0.0.1:9090",
+                )
+            })?,
+        }),
     };
     let mut upstreams = BTreeMap::new();
     for (name, up) in &raw.upstream {
@@ -364,8 +459,9 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         server,
-        store_url,
+        store,
         cache,
+        admin,
         routes: RouteTable::new(routes),
     })
 }
@@ -628,7 +724,7 @@ access = "read"
         let c = Config::parse("proxy.toml", GOOD).unwrap();
         assert_eq!(c.routes.routes().len(), 2);
         assert_eq!(c.server.public_url.origin, "http://proxy.test:8080");
-        assert_eq!(c.store_url, DEFAULT_STORE_URL);
+        assert_eq!(c.store.url, DEFAULT_STORE_URL);
         let files = &c
             .routes
             .routes()

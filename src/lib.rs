@@ -3,11 +3,13 @@
 //! [`route::normalize`] → [`route`] → [`format`] (credentials, access) →
 //! [`cache`]/[`store`] (token record) → [`auth`] (the decision) → [`proxy`] (forward).
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod format;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod store;

@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::format;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
+use crate::store::LastUsed;
 use crate::token::{self, Digest, TokenRecord};
 use body::IdleTimeout;
 use limit::FailureLimiter;
@@ -44,12 +45,17 @@ pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
 pub struct Proxy {
     config: Arc<Config>,
     resolver: Arc<TokenResolver>,
+    last_used: Arc<LastUsed>,
     client: Client<HttpConnector, IdleTimeout<Incoming>>,
     failures: FailureLimiter,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, resolver: Arc<TokenResolver>) -> Proxy {
+    pub fn new(
+        config: Arc<Config>,
+        resolver: Arc<TokenResolver>,
+        last_used: Arc<LastUsed>,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
         connector.set_nodelay(true);
@@ -64,6 +70,7 @@ impl Proxy {
         Proxy {
             config,
             resolver,
+            last_used,
             client,
             failures,
         }
@@ -153,6 +160,7 @@ impl Proxy {
         let token =
             auth::decide(record, &ask, now).map(|()| record.expect("allowed implies a record"))?;
         outcome.decision = "allowed";
+        self.last_used.mark(token.id, now.timestamp());
         let rewrite = route.format.rewrites_metadata(req.method(), &rest);
         drop(rest);
         self.forward(req, &path, query, &matched, token, peer, rewrite)

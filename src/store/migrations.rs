@@ -1,7 +1,7 @@
 //! Versioned schema migrations, applied in order inside a transaction each.
 //! A migration is never edited once released: add a new version instead.
 
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use super::Dialect;
 
@@ -55,19 +55,43 @@ const MIGRATIONS: &[Migration] = &[Migration {
     ],
 }];
 
-/// Applies every migration newer than the recorded schema version.
+/// Applies every migration newer than the recorded schema version. On
+/// PostgreSQL a session advisory lock serializes instances that start together.
 pub async fn apply(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    if dialect == Dialect::Postgres {
+        sqlx::query(&format!(
+            "DO $$ BEGIN PERFORM pg_advisory_lock({LOCK_KEY}); END $$"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let result = apply_locked(&mut conn, dialect).await;
+    if dialect == Dialect::Postgres {
+        sqlx::query(&format!(
+            "DO $$ BEGIN PERFORM pg_advisory_unlock({LOCK_KEY}); END $$"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    result
+}
+
+/// "tokeng" in ASCII: a fixed key unlikely to collide with an application's own locks.
+const LOCK_KEY: i64 = 0x746f_6b65_6e67;
+
+async fn apply_locked(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
     for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let statements = match dialect {
             Dialect::Sqlite => migration.sqlite,
             Dialect::Postgres => migration.postgres,

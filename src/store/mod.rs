@@ -4,17 +4,26 @@
 //! appends to a change feed, which instances poll to drop stale cache entries.
 
 mod migrations;
+mod usage;
+
+pub use usage::LastUsed;
+
+use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::config::StoreConfig;
 use crate::token::{default_username, Digest, OwnerKind, ScopeSet, TokenRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("token store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    #[error("token store did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("token store holds a corrupt row: {0}")]
     Corrupt(String),
     #[error("unsupported store URL {0:?}")]
@@ -57,6 +66,7 @@ pub struct Change {
 #[derive(Clone)]
 pub struct TokenStore {
     pool: AnyPool,
+    timeout: Duration,
 }
 
 const COLUMNS: &str =
@@ -64,8 +74,9 @@ const COLUMNS: &str =
 
 impl TokenStore {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
-    pub async fn connect(url: &str) -> Result<TokenStore, StoreError> {
+    pub async fn connect(config: &StoreConfig) -> Result<TokenStore, StoreError> {
         sqlx::any::install_default_drivers();
+        let url = config.url.as_str();
         let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let mut url = format!("sqlite:{rest}");
             if !url.contains("mode=") {
@@ -83,7 +94,7 @@ impl TokenStore {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
-            .acquire_timeout(std::time::Duration::from_secs(3))
+            .acquire_timeout(config.timeout)
             .connect(&url)
             .await?;
         if dialect == Dialect::Sqlite {
@@ -94,82 +105,119 @@ impl TokenStore {
                 .execute(&pool)
                 .await?;
         }
-        let store = TokenStore { pool };
-        migrations::apply(&store.pool, dialect).await?;
-        Ok(store)
+        migrations::apply(&pool, dialect).await?;
+        Ok(TokenStore {
+            pool,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Bounds a store operation by the configured timeout, so that a store
+    /// that hangs fails requests instead of holding them.
+    async fn timed<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, operation)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// A cheap round trip, for health probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Inserts a token; the username defaults to `tokengate+deploy-token-{id}`.
     pub async fn create(&self, new: NewToken) -> Result<TokenRecord, StoreError> {
-        let now = Utc::now().timestamp();
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO deploy_tokens (name, username, owner_kind, owner_path, scopes, token_digest, expires_at, revoked, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) RETURNING id",
-        )
-        .bind(&new.name)
-        .bind(new.username.as_deref().unwrap_or(""))
-        .bind(new.owner_kind.as_str())
-        .bind(&new.owner_path)
-        .bind(new.scopes.to_string())
-        .bind(new.digest.to_hex())
-        .bind(new.expires_at.map(|t| t.timestamp()))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let id: i64 = row.try_get(0)?;
-        if new.username.is_none() {
-            sqlx::query("UPDATE deploy_tokens SET username = $1 WHERE id = $2")
-                .bind(default_username(id))
-                .bind(id)
-                .execute(&mut *tx)
+        let id = self
+            .timed(async {
+                let now = Utc::now().timestamp();
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "INSERT INTO deploy_tokens (name, username, owner_kind, owner_path, scopes, token_digest, expires_at, revoked, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) RETURNING id",
+                )
+                .bind(&new.name)
+                .bind(new.username.as_deref().unwrap_or(""))
+                .bind(new.owner_kind.as_str())
+                .bind(&new.owner_path)
+                .bind(new.scopes.to_string())
+                .bind(new.digest.to_hex())
+                .bind(new.expires_at.map(|t| t.timestamp()))
+                .bind(now)
+                .fetch_one(&mut *tx)
                 .await?;
-        }
-        record_change(&mut tx, id, &new.digest.to_hex(), now).await?;
-        tx.commit().await?;
+                let id: i64 = row.try_get(0)?;
+                if new.username.is_none() {
+                    sqlx::query("UPDATE deploy_tokens SET username = $1 WHERE id = $2")
+                        .bind(default_username(id))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                record_change(&mut tx, id, &new.digest.to_hex(), now).await?;
+                tx.commit().await?;
+                Ok(id)
+            })
+            .await?;
         self.get(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("token {id} vanished")))
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM deploy_tokens WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| from_row(&r)).transpose()
+        self.timed(async {
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM deploy_tokens WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| from_row(&r)).transpose()
+        })
+        .await
     }
 
     /// The hot-path lookup, by digest (a unique index).
     pub async fn find_by_digest(&self, digest: &Digest) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM deploy_tokens WHERE token_digest = $1"
-        ))
-        .bind(digest.to_hex())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| from_row(&r)).transpose()
+        self.timed(async {
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM deploy_tokens WHERE token_digest = $1"
+            ))
+            .bind(digest.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| from_row(&r)).transpose()
+        })
+        .await
     }
 
     pub async fn list(&self, filter: ListFilter<'_>) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = match filter.owner {
-            Some((kind, path)) => {
-                sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM deploy_tokens WHERE owner_kind = $1 AND owner_path = $2 ORDER BY id"
-                ))
-                .bind(kind.as_str())
-                .bind(path)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens ORDER BY id"))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let rows = self
+            .timed(async {
+                Ok(match filter.owner {
+                    Some((kind, path)) => {
+                        sqlx::query(&format!(
+                            "SELECT {COLUMNS} FROM deploy_tokens WHERE owner_kind = $1 AND owner_path = $2 ORDER BY id"
+                        ))
+                        .bind(kind.as_str())
+                        .bind(path)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(&format!("SELECT {COLUMNS} FROM deploy_tokens ORDER BY id"))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                })
+            })
+            .await?;
         let now = Utc::now();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -181,55 +229,92 @@ impl TokenStore {
         Ok(out)
     }
 
-    /// Revokes a token; `None` when no such token exists. Revoking twice is not an error.
-    pub async fn revoke(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
-        let now = Utc::now().timestamp();
-        let mut tx = self.pool.begin().await?;
-        let digest: Option<String> =
-            sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
+    /// Revokes a token and returns it with its digest (for cache
+    /// invalidation); `None` when no such token exists. Revoking twice is not an error.
+    pub async fn revoke(&self, id: i64) -> Result<Option<(TokenRecord, Digest)>, StoreError> {
+        let digest = self
+            .timed(async {
+                let now = Utc::now().timestamp();
+                let mut tx = self.pool.begin().await?;
+                let hex: Option<String> =
+                    sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?;
+                let Some(hex) = hex else {
+                    return Ok(None);
+                };
+                sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                record_change(&mut tx, id, &hex, now).await?;
+                tx.commit().await?;
+                Ok(Some(parse_digest(&hex)?))
+            })
+            .await?;
         let Some(digest) = digest else {
             return Ok(None);
         };
-        sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        record_change(&mut tx, id, &digest, now).await?;
-        tx.commit().await?;
-        self.get(id).await
+        Ok(self.get(id).await?.map(|record| (record, digest)))
+    }
+
+    /// Writes a batch of `(token id, unix time)` last-use marks in one
+    /// transaction; a mark never moves `last_used_at` backwards.
+    pub async fn record_last_used(&self, marks: &[(i64, i64)]) -> Result<(), StoreError> {
+        self.timed(async {
+            let mut tx = self.pool.begin().await?;
+            for &(id, at) in marks {
+                sqlx::query(
+                    "UPDATE deploy_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The newest change-feed position.
     pub async fn latest_change(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM token_changes")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
+        self.timed(async {
+            let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM token_changes")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     /// Changes after `seq`, oldest first.
     pub async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, StoreError> {
-        let rows = sqlx::query("SELECT seq, token_id, token_digest FROM token_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let hex: String = r.try_get(2)?;
-                Ok(Change {
-                    seq: r.try_get(0)?,
-                    token_id: r.try_get(1)?,
-                    digest: Digest::from_hex(&hex)
-                        .ok_or_else(|| StoreError::Corrupt(format!("digest {hex:?}")))?,
+        self.timed(async {
+            let rows = sqlx::query("SELECT seq, token_id, token_digest FROM token_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Change {
+                        seq: r.try_get(0)?,
+                        token_id: r.try_get(1)?,
+                        digest: parse_digest(&r.try_get::<String, _>(2)?)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
+}
+
+fn parse_digest(hex: &str) -> Result<Digest, StoreError> {
+    Digest::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("digest {hex:?}")))
 }
 
 async fn record_change(
@@ -285,23 +370,16 @@ mod tests {
     use super::*;
     use crate::token::Secret;
 
-    async fn temp_store() -> (tempfile::TempDir, TokenStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = TokenStore::connect(&url).await.unwrap();
-        (dir, store)
-    }
-
-    fn new_token(path: &str, username: Option<&str>) -> (Secret, NewToken) {
+    fn new_token() -> (Secret, NewToken) {
         let secret = Secret::generate();
         let digest = secret.digest();
         (
             secret,
             NewToken {
                 name: "ci".into(),
-                username: username.map(str::to_string),
+                username: None,
                 owner_kind: OwnerKind::Project,
-                owner_path: path.into(),
+                owner_path: "acme/web".into(),
                 scopes: ScopeSet::parse_list("read_package_registry").unwrap(),
                 expires_at: None,
                 digest,
@@ -310,64 +388,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_find_list_revoke_and_feed() {
-        let (_dir, store) = temp_store().await;
-        let start = store.latest_change().await.unwrap();
-        let (secret, new) = new_token("acme/web", None);
-        let t = store.create(new).await.unwrap();
-        assert_eq!(t.username, default_username(t.id));
-        let found = store
-            .find_by_digest(&secret.digest())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(found, t);
-        assert!(store
-            .find_by_digest(&Digest::of("nope"))
-            .await
-            .unwrap()
-            .is_none());
-
-        let (_, named) = new_token("acme/api", Some("bot"));
-        let t2 = store.create(named).await.unwrap();
-        assert_eq!(t2.username, "bot");
-        let only_web = store
-            .list(ListFilter {
-                owner: Some((OwnerKind::Project, "acme/web")),
-                active_only: false,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            only_web.iter().map(|t| t.id).collect::<Vec<_>>(),
-            vec![t.id]
-        );
-
-        let revoked = store.revoke(t.id).await.unwrap().unwrap();
-        assert!(revoked.revoked);
-        assert!(store.revoke(9999).await.unwrap().is_none());
-        let active = store
-            .list(ListFilter {
-                active_only: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
-
-        let changes = store.changes_since(start).await.unwrap();
-        assert_eq!(
-            changes.iter().map(|c| c.token_id).collect::<Vec<_>>(),
-            vec![t.id, t2.id, t.id]
-        );
-        assert_eq!(changes[2].digest, secret.digest());
-        assert_eq!(store.changes_since(changes[2].seq).await.unwrap().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_secret_is_never_stored() {
-        let (dir, store) = temp_store().await;
-        let (secret, new) = new_token("acme/web", None);
+    async fn the_secret_is_never_stored_in_the_sqlite_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = TokenStore::connect(&StoreConfig::at(url)).await.unwrap();
+        let (secret, new) = new_token();
         store.create(new).await.unwrap();
         store.pool.close().await;
         for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -378,17 +403,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopening_keeps_tokens_and_schema() {
+    async fn reopening_a_sqlite_file_keeps_tokens_and_schema() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let (secret, new) = new_token("acme", None);
-        TokenStore::connect(&url)
+        let config = StoreConfig::at(format!("sqlite://{}", dir.path().join("t.db").display()));
+        let (secret, new) = new_token();
+        TokenStore::connect(&config)
             .await
             .unwrap()
             .create(new)
             .await
             .unwrap();
-        let again = TokenStore::connect(&url).await.unwrap();
+        let again = TokenStore::connect(&config).await.unwrap();
         assert!(again
             .find_by_digest(&secret.digest())
             .await

@@ -1,19 +1,24 @@
-//! Token lookup: in-process cache → shared cache layers → store.
+//! Token lookup: in-process cache → Redis (shared, optional) → store.
 //!
 //! The cache holds token *records*, never decisions: scopes, namespace,
 //! expiry and revocation are checked on every request, hit or miss. Unknown
-//! digests are cached negatively for a short time, concurrent misses for one
-//! digest make one store query (moka's `try_get_with` is the single flight),
-//! and the store's change feed, polled about twice a second, drops entries
-//! of tokens created or revoked anywhere.
+//! digests are cached negatively for a short time, and concurrent misses for
+//! one digest make one lookup below (moka's `try_get_with` is the single
+//! flight). Stale entries are dropped two ways: Redis pub/sub, which every
+//! instance hears within milliseconds of a revocation, and the store's change
+//! feed, polled about twice a second, which also covers lost messages and
+//! instances without Redis.
+
+mod local;
+mod redis;
+
+pub use self::redis::{RedisCache, RedisTarget};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use async_trait::async_trait;
-use moka::Expiry;
+use std::time::Duration;
 
 use crate::config::CacheConfig;
+use crate::metrics::Metrics;
 use crate::store::{StoreError, TokenStore};
 use crate::token::{Digest, TokenRecord};
 
@@ -24,80 +29,26 @@ pub enum Lookup {
     Absent,
 }
 
-/// A cache layer between the proxy and the store.
-#[async_trait]
-pub trait TokenCache: Send + Sync {
-    async fn get(&self, digest: &Digest) -> Option<Lookup>;
-    async fn put(&self, digest: Digest, lookup: Lookup);
-    async fn invalidate(&self, digest: &Digest);
-}
-
-struct LookupExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl Expiry<Digest, Lookup> for LookupExpiry {
-    fn expire_after_create(&self, _: &Digest, lookup: &Lookup, _: Instant) -> Option<Duration> {
-        Some(match lookup {
-            Lookup::Found(_) => self.ttl,
-            Lookup::Absent => self.negative_ttl,
-        })
-    }
-}
-
-/// The in-process layer (moka, per-entry TTL).
-pub struct LocalCache {
-    entries: moka::future::Cache<Digest, Lookup>,
-}
-
-impl LocalCache {
-    pub fn new(config: &CacheConfig) -> LocalCache {
-        LocalCache {
-            entries: moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
-                .expire_after(LookupExpiry {
-                    ttl: config.ttl,
-                    negative_ttl: config.negative_ttl,
-                })
-                .build(),
-        }
-    }
-}
-
-#[async_trait]
-impl TokenCache for LocalCache {
-    async fn get(&self, digest: &Digest) -> Option<Lookup> {
-        self.entries.get(digest).await
-    }
-
-    async fn put(&self, digest: Digest, lookup: Lookup) {
-        self.entries.insert(digest, lookup).await;
-    }
-
-    async fn invalidate(&self, digest: &Digest) {
-        self.entries.invalidate(digest).await;
-    }
-}
-
 /// Resolves digests to records through the layers, with single flight.
 pub struct TokenResolver {
-    local: LocalCache,
-    shared: Vec<Arc<dyn TokenCache>>,
+    local: moka::future::Cache<Digest, Lookup>,
+    redis: Option<Arc<RedisCache>>,
     store: TokenStore,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenResolver {
-    /// `shared` are the layers below the in-process one, nearest first.
     pub fn new(
         config: &CacheConfig,
-        shared: Vec<Arc<dyn TokenCache>>,
         store: TokenStore,
+        redis: Option<Arc<RedisCache>>,
+        metrics: Arc<Metrics>,
     ) -> TokenResolver {
         TokenResolver {
-            local: LocalCache::new(config),
-            shared,
+            local: local::build(config),
+            redis,
             store,
+            metrics,
         }
     }
 
@@ -106,57 +57,80 @@ impl TokenResolver {
     }
 
     /// The record for a digest. A store failure is an error only when no
-    /// layer could answer: cached tokens keep working while the store is down.
+    /// layer could answer: cached tokens keep working while the store is down,
+    /// unknown ones are refused (fail closed).
     pub async fn resolve(&self, digest: Digest) -> Result<Lookup, Arc<StoreError>> {
-        self.local
-            .entries
-            .try_get_with(digest, self.load(digest))
-            .await
+        let mut missed = false;
+        let result = self
+            .local
+            .try_get_with(digest, async {
+                missed = true;
+                self.load(digest).await
+            })
+            .await;
+        if missed {
+            self.metrics.local_misses.inc();
+        } else {
+            self.metrics.local_hits.inc();
+        }
+        result
     }
 
     async fn load(&self, digest: Digest) -> Result<Lookup, StoreError> {
-        for layer in &self.shared {
-            if let Some(hit) = layer.get(&digest).await {
+        if let Some(redis) = &self.redis {
+            if let Some(hit) = redis.get(&digest).await {
                 return Ok(hit);
             }
         }
-        let lookup = match self.store.find_by_digest(&digest).await? {
-            Some(record) => Lookup::Found(Arc::new(record)),
-            None => Lookup::Absent,
+        self.metrics.store_lookups.inc();
+        let lookup = match self.store.find_by_digest(&digest).await {
+            Ok(Some(record)) => Lookup::Found(Arc::new(record)),
+            Ok(None) => Lookup::Absent,
+            Err(e) => {
+                self.metrics.store.failed(&e);
+                return Err(e);
+            }
         };
-        for layer in &self.shared {
-            layer.put(digest, lookup.clone()).await;
+        self.metrics.store.succeeded();
+        if let Some(redis) = &self.redis {
+            redis.put(&digest, &lookup).await;
         }
         Ok(lookup)
     }
 
-    /// Drops a digest from every layer, the shared ones first, so that a
-    /// stale shared entry cannot refill the in-process cache.
+    /// Drops a digest from this instance's memory only (a peer already
+    /// cleared Redis and told us).
+    pub async fn forget(&self, digest: &Digest) {
+        self.local.invalidate(digest).await;
+    }
+
+    /// Drops a digest from Redis, then from memory, so that a stale shared
+    /// entry cannot refill the in-process cache.
     pub async fn invalidate(&self, digest: &Digest) {
-        for layer in &self.shared {
-            layer.invalidate(digest).await;
+        if let Some(redis) = &self.redis {
+            redis.invalidate(digest).await;
         }
         self.local.invalidate(digest).await;
     }
 
     /// Polls the store's change feed until the task is dropped, invalidating
-    /// every cached entry of every token that changed.
+    /// every cached entry of every token that changed. The poll doubles as
+    /// the store's health probe.
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
-        let mut seq = loop {
-            match self.store.latest_change().await {
-                Ok(seq) => break seq,
-                Err(e) => {
-                    tracing::warn!(error = %e, "change feed: store unreachable, retrying");
-                    tokio::time::sleep(every).await;
-                }
-            }
-        };
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = loop {
+            tick.tick().await;
+            match self.store.latest_change().await {
+                Ok(seq) => break seq,
+                Err(e) => self.metrics.store.failed(&e),
+            }
+        };
         loop {
             tick.tick().await;
             match self.store.changes_since(seq).await {
                 Ok(changes) => {
+                    self.metrics.store.succeeded();
                     for change in changes {
                         self.invalidate(&change.digest).await;
                         tracing::debug!(
@@ -167,7 +141,7 @@ impl TokenResolver {
                         seq = change.seq;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "change feed: poll failed"),
+                Err(e) => self.metrics.store.failed(&e),
             }
         }
     }
@@ -176,6 +150,7 @@ impl TokenResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreConfig;
     use crate::store::NewToken;
     use crate::token::{OwnerKind, ScopeSet, Secret};
 
@@ -184,14 +159,20 @@ mod tests {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_millis(200),
             max_entries: 100,
+            redis: None,
+            change_poll: Duration::from_millis(50),
         }
     }
 
     async fn setup() -> (tempfile::TempDir, Arc<TokenResolver>) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = TokenStore::connect(&url).await.unwrap();
-        (dir, Arc::new(TokenResolver::new(&config(), vec![], store)))
+        let store = TokenStore::connect(&StoreConfig::at(url)).await.unwrap();
+        let metrics = Arc::new(Metrics::new(false));
+        (
+            dir,
+            Arc::new(TokenResolver::new(&config(), store, None, metrics)),
+        )
     }
 
     fn new_token(secret: &Secret) -> NewToken {

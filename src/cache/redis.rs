@@ -1,0 +1,552 @@
+//! The shared cache layer: Redis (one server, Sentinel or Cluster).
+//!
+//! Redis is an accelerator, never a source of truth. Every command has a
+//! short timeout; a failure marks Redis down, lookups then go straight to the
+//! store, and a probe every second reconnects. Invalidations that could not be
+//! applied while Redis was unreachable are replayed *before* reads resume, so
+//! a revoked token can never come back from a stale Redis entry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use chrono::{TimeZone, Utc};
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError};
+use serde::{Deserialize, Serialize};
+
+use super::{Lookup, TokenResolver};
+use crate::config::{CacheConfig, RedisConfig};
+use crate::metrics::{Dependency, Metrics};
+use crate::token::{Digest, OwnerKind, ScopeSet, TokenRecord};
+
+/// The channel on which revocations are announced to every instance.
+const CHANNEL: &str = "tokengate:v1:invalidate";
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+fn key(digest: &Digest) -> String {
+    format!("tokengate:v1:token:{}", digest.to_hex())
+}
+
+/// Where Redis is, parsed from `cache.redis_url`:
+/// `redis://[user:pass@]host:port[/db]` for one server,
+/// `redis+sentinel://[user:pass@]host:port[,host:port…]/service[/db]`,
+/// `redis+cluster://[user:pass@]host:port[,host:port…]`.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Single(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+        /// `redis://[user:pass@]_/db`, carrying the master's credentials and db.
+        master: String,
+    },
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    pub fn parse(url: &str) -> Result<RedisTarget, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not a redis:// URL"))?;
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((user, rest)) => (format!("{user}@"), rest),
+            None => (String::new(), rest),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let hosts: Vec<&str> = hosts.split(',').collect();
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err(format!("{url:?} names an empty host"));
+        }
+        let node = |host: &str| format!("redis://{userinfo}{host}");
+        let target = match scheme {
+            "redis" if hosts.len() == 1 => RedisTarget::Single(url.to_string()),
+            "redis" => {
+                return Err(
+                    "one host only; use redis+cluster:// or redis+sentinel:// for several".into(),
+                )
+            }
+            "redis+cluster" if path.is_empty() => {
+                RedisTarget::Cluster(hosts.iter().map(|h| node(h)).collect())
+            }
+            "redis+cluster" => {
+                return Err("a cluster URL takes no path (Redis Cluster has only db 0)".into())
+            }
+            "redis+sentinel" => {
+                let (service, db) = path.split_once('/').unwrap_or((path, "0"));
+                if service.is_empty() {
+                    return Err("name the master: redis+sentinel://host:port/mymaster".into());
+                }
+                RedisTarget::Sentinel {
+                    sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
+                    service: service.to_string(),
+                    master: format!("redis://{userinfo}localhost/{db}"),
+                }
+            }
+            "rediss" => return Err("TLS to Redis is not supported yet".into()),
+            _ => {
+                return Err(format!(
+                    "unknown scheme {scheme:?}; expected redis, redis+sentinel or redis+cluster"
+                ))
+            }
+        };
+        target.check()?;
+        Ok(target)
+    }
+
+    /// Lets the redis crate validate every URL it will be handed.
+    fn check(&self) -> Result<(), String> {
+        let urls: Vec<&String> = match self {
+            RedisTarget::Single(url) => vec![url],
+            RedisTarget::Sentinel {
+                sentinels, master, ..
+            } => sentinels.iter().chain([master]).collect(),
+            RedisTarget::Cluster(nodes) => nodes.iter().collect(),
+        };
+        for url in urls {
+            url.as_str()
+                .into_connection_info()
+                .map_err(|e| format!("invalid Redis URL: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A live connection; both kinds reconnect by themselves.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+pub struct RedisCache {
+    target: RedisTarget,
+    timeout: Duration,
+    ttl: Duration,
+    negative_ttl: Duration,
+    connection: ArcSwapOption<Connection>,
+    health: Arc<Dependency>,
+    hits: Counter,
+    misses: Counter,
+    /// Digests whose invalidation failed; replayed before reads resume.
+    unapplied: Mutex<HashSet<Digest>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("not connected")]
+    NotConnected,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+impl RedisCache {
+    /// A cache that connects lazily; Redis being down at start is not an error.
+    pub fn new(redis: &RedisConfig, cache: &CacheConfig, metrics: &Metrics) -> Arc<RedisCache> {
+        Arc::new(RedisCache {
+            target: redis.target.clone(),
+            timeout: redis.timeout,
+            ttl: cache.ttl,
+            negative_ttl: cache.negative_ttl,
+            connection: ArcSwapOption::empty(),
+            health: metrics
+                .redis
+                .clone()
+                .expect("metrics were built with a Redis dependency"),
+            hits: metrics.redis_hits.clone(),
+            misses: metrics.redis_misses.clone(),
+            unapplied: Mutex::default(),
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, RedisError> {
+        let manager = |client: Client| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1);
+            ConnectionManager::new_lazy_with_config(client, config).map(Connection::Single)
+        };
+        match &self.target {
+            RedisTarget::Single(url) => manager(Client::open(url.as_str())?),
+            RedisTarget::Sentinel { .. } => manager(self.sentinel_master().await?),
+            RedisTarget::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .retries(1)
+                    .build()?;
+                Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Asks the sentinels which server is the master now.
+    async fn sentinel_master(&self) -> Result<Client, RedisError> {
+        let RedisTarget::Sentinel {
+            sentinels,
+            service,
+            master,
+        } = &self.target
+        else {
+            unreachable!("only called for Sentinel targets")
+        };
+        let settings = master
+            .as_str()
+            .into_connection_info()?
+            .redis_settings()
+            .clone();
+        let mut client = SentinelClient::build(
+            sentinels.clone(),
+            service.clone(),
+            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(settings)),
+            SentinelServerType::Master,
+        )?;
+        client.async_get_client().await
+    }
+
+    /// A client for a plain (non-cluster) connection, for pub/sub.
+    async fn subscriber_client(&self) -> Result<Client, RedisError> {
+        match &self.target {
+            RedisTarget::Single(url) => Client::open(url.as_str()),
+            RedisTarget::Sentinel { .. } => self.sentinel_master().await,
+            // PUBLISH on any cluster node reaches subscribers on every node.
+            RedisTarget::Cluster(nodes) => {
+                let mut last = None;
+                for node in nodes {
+                    let client = Client::open(node.as_str())?;
+                    match tokio::time::timeout(
+                        self.timeout,
+                        client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => return Ok(client),
+                        Ok(Err(e)) => last = Some(e),
+                        Err(_) => {}
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                }))
+            }
+        }
+    }
+
+    async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Failure> {
+        let connection = self.connection.load_full().ok_or(Failure::NotConnected)?;
+        let reply = tokio::time::timeout(self.timeout, async {
+            match &*connection {
+                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            }
+        })
+        .await
+        .map_err(|_| Failure::Timeout(self.timeout))?;
+        Ok(reply?)
+    }
+
+    pub(super) async fn get(&self, digest: &Digest) -> Option<Lookup> {
+        if !self.health.is_up() {
+            return None;
+        }
+        match self
+            .run::<Option<String>>(redis::cmd("GET").arg(key(digest)))
+            .await
+        {
+            Ok(Some(text)) => match decode(&text) {
+                Some(lookup) => {
+                    self.hits.inc();
+                    Some(lookup)
+                }
+                None => {
+                    tracing::warn!("unreadable Redis cache entry ignored");
+                    self.misses.inc();
+                    None
+                }
+            },
+            Ok(None) => {
+                self.misses.inc();
+                None
+            }
+            Err(e) => {
+                self.health.failed(&e);
+                None
+            }
+        }
+    }
+
+    pub(super) async fn put(&self, digest: &Digest, lookup: &Lookup) {
+        if !self.health.is_up() {
+            return;
+        }
+        let ttl = match lookup {
+            Lookup::Absent => self.negative_ttl,
+            // Never keep a record past its expiry (the decision checks it anyway).
+            Lookup::Found(record) => record.expires_at.map_or(self.ttl, |at| {
+                let left = (at - Utc::now()).to_std().unwrap_or_default();
+                self.ttl.min(left.max(Duration::from_secs(1)))
+            }),
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key(digest))
+            .arg(encode(lookup))
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        if let Err(e) = self.run::<()>(&cmd).await {
+            self.health.failed(&e);
+        }
+    }
+
+    /// Deletes the shared entry; remembered and retried if Redis is unreachable.
+    pub(super) async fn invalidate(&self, digest: &Digest) {
+        if let Err(e) = self.run::<()>(redis::cmd("DEL").arg(key(digest))).await {
+            self.health.failed(&e);
+            self.unapplied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*digest);
+        }
+    }
+
+    /// Deletes the shared entry and tells every instance to drop its own
+    /// copy: the fast path of revocation. `Err` means only the change feed
+    /// will carry it (within about a second).
+    pub async fn announce(&self, digest: &Digest) -> Result<(), String> {
+        if self.connection.load().is_none() {
+            let connection = self.connect().await.map_err(|e| e.to_string())?;
+            self.connection.store(Some(Arc::new(connection)));
+        }
+        self.run::<()>(redis::cmd("DEL").arg(key(digest)))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.run::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(digest.to_hex()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// (Re)connects if needed and PINGs; on success replays the
+    /// invalidations that were missed before marking Redis usable again.
+    /// Returns whether Redis is usable.
+    pub async fn check(&self) -> bool {
+        match self.probe().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.health.failed(&e);
+                if matches!(self.target, RedisTarget::Sentinel { .. }) {
+                    // The master may have moved: ask the sentinels again next time.
+                    self.connection.store(None);
+                }
+                false
+            }
+        }
+    }
+
+    /// Runs [`RedisCache::check`] once a second until the task is dropped.
+    pub async fn keep_connected(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check().await;
+        }
+    }
+
+    async fn probe(&self) -> Result<(), Failure> {
+        if self.connection.load().is_none() {
+            let connection = tokio::time::timeout(self.timeout * 4, self.connect())
+                .await
+                .map_err(|_| Failure::Timeout(self.timeout * 4))??;
+            self.connection.store(Some(Arc::new(connection)));
+        }
+        self.run::<String>(&redis::cmd("PING")).await?;
+        let pending: Vec<Digest> = self
+            .unapplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        for digest in pending {
+            self.run::<()>(redis::cmd("DEL").arg(key(&digest))).await?;
+            self.unapplied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&digest);
+        }
+        self.health.succeeded();
+        Ok(())
+    }
+
+    /// Listens for announced revocations and drops them from this
+    /// instance's memory; resubscribes after any disconnect.
+    pub async fn listen(self: Arc<Self>, resolver: Arc<TokenResolver>) {
+        loop {
+            match self.subscribe_once(&resolver).await {
+                Ok(()) => tracing::debug!("Redis subscription ended; resubscribing"),
+                Err(e) => tracing::debug!(error = %e, "Redis subscription failed; retrying"),
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    async fn subscribe_once(&self, resolver: &TokenResolver) -> Result<(), Failure> {
+        let client = self.subscriber_client().await?;
+        let mut pubsub = tokio::time::timeout(self.timeout * 4, client.get_async_pubsub())
+            .await
+            .map_err(|_| Failure::Timeout(self.timeout * 4))??;
+        pubsub.subscribe(CHANNEL).await?;
+        tracing::debug!("subscribed to Redis invalidations");
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(hex) = message.get_payload::<String>() else {
+                continue;
+            };
+            if let Some(digest) = Digest::from_hex(&hex) {
+                resolver.forget(&digest).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record as stored in Redis: plain fields, versioned by the key prefix.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    id: i64,
+    name: String,
+    username: String,
+    owner_kind: String,
+    owner_path: String,
+    scopes: String,
+    expires_at: Option<i64>,
+    revoked: bool,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+/// What an unknown digest is stored as.
+const ABSENT: &str = "-";
+
+fn encode(lookup: &Lookup) -> String {
+    let Lookup::Found(r) = lookup else {
+        return ABSENT.to_string();
+    };
+    serde_json::to_string(&StoredRecord {
+        id: r.id,
+        name: r.name.clone(),
+        username: r.username.clone(),
+        owner_kind: r.owner_kind.as_str().to_string(),
+        owner_path: r.owner_path.clone(),
+        scopes: r.scopes.to_string(),
+        expires_at: r.expires_at.map(|t| t.timestamp()),
+        revoked: r.revoked,
+        created_at: r.created_at.timestamp(),
+        last_used_at: r.last_used_at.map(|t| t.timestamp()),
+    })
+    .expect("a record always serializes")
+}
+
+fn decode(text: &str) -> Option<Lookup> {
+    if text == ABSENT {
+        return Some(Lookup::Absent);
+    }
+    let r: StoredRecord = serde_json::from_str(text).ok()?;
+    let time = |secs: i64| Utc.timestamp_opt(secs, 0).single();
+    Some(Lookup::Found(Arc::new(TokenRecord {
+        id: r.id,
+        name: r.name,
+        username: r.username,
+        owner_kind: OwnerKind::parse(&r.owner_kind)?,
+        owner_path: r.owner_path,
+        scopes: ScopeSet::parse_list(&r.scopes).ok()?,
+        expires_at: match r.expires_at {
+            Some(secs) => Some(time(secs)?),
+            None => None,
+        },
+        revoked: r.revoked,
+        created_at: time(r.created_at)?,
+        last_used_at: match r.last_used_at {
+            Some(secs) => Some(time(secs)?),
+            None => None,
+        },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_for_each_deployment() {
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0"),
+            Ok(RedisTarget::Single(_))
+        ));
+        let Ok(RedisTarget::Cluster(nodes)) =
+            RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7000")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            nodes,
+            ["redis://u:p@10.0.0.1:7000", "redis://u:p@10.0.0.2:7000"]
+        );
+        let Ok(RedisTarget::Sentinel {
+            sentinels,
+            service,
+            master,
+        }) = RedisTarget::parse("redis+sentinel://s1:26379,s2:26379/mymaster/2")
+        else {
+            panic!()
+        };
+        assert_eq!(sentinels, ["redis://s1:26379", "redis://s2:26379"]);
+        assert_eq!(service, "mymaster");
+        assert_eq!(master, "redis://localhost/2");
+        for bad in [
+            "127.0.0.1:6379",
+            "http://x",
+            "redis://a:1,b:2",
+            "redis+sentinel://s1:26379",
+            "redis+cluster://a:1/3",
+            "redis+cluster://a:1,,b:2",
+            "rediss://x",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let record = TokenRecord {
+            id: 7,
+            name: "ci".into(),
+            username: "bot".into(),
+            owner_kind: OwnerKind::Group,
+            owner_path: "acme".into(),
+            scopes: ScopeSet::parse_list("read_registry,write_package_registry").unwrap(),
+            expires_at: Some(Utc.timestamp_opt(2_000_000_000, 0).unwrap()),
+            revoked: true,
+            created_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            last_used_at: None,
+        };
+        let Some(Lookup::Found(back)) = decode(&encode(&Lookup::Found(Arc::new(record.clone()))))
+        else {
+            panic!()
+        };
+        assert_eq!(*back, record);
+        assert!(matches!(
+            decode(&encode(&Lookup::Absent)),
+            Some(Lookup::Absent)
+        ));
+        assert!(decode("{\"id\":1}").is_none());
+    }
+}
