@@ -1,7 +1,7 @@
-//! Versioned schema migrations, applied in order inside a transaction each.
+//! Versioned schema migrations, applied in order inside one transaction.
 //! A migration is never edited once released: add a new version instead.
 
-use sqlx::{AnyConnection, AnyPool, Connection, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::Dialect;
 
@@ -55,26 +55,31 @@ const MIGRATIONS: &[Migration] = &[Migration {
     ],
 }];
 
-/// Applies every migration newer than the recorded schema version. On
-/// PostgreSQL a session advisory lock serializes instances that start together.
+/// Applies every migration newer than the recorded schema version, all in
+/// one transaction that first takes a lock, so that instances starting
+/// together on an empty database migrate it exactly once: SQLite's write lock
+/// (`BEGIN IMMEDIATE`), PostgreSQL's transaction-scoped advisory lock.
 pub async fn apply(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    if dialect == Dialect::Postgres {
-        sqlx::query(&format!(
-            "DO $$ BEGIN PERFORM pg_advisory_lock({LOCK_KEY}); END $$"
-        ))
-        .execute(&mut *conn)
-        .await?;
+    let begin = match dialect {
+        Dialect::Sqlite => "BEGIN IMMEDIATE".to_string(),
+        Dialect::Postgres => "BEGIN".to_string(),
+    };
+    sqlx::query(&begin).execute(&mut *conn).await?;
+    let result = async {
+        if dialect == Dialect::Postgres {
+            sqlx::query(&format!(
+                "DO $$ BEGIN PERFORM pg_advisory_xact_lock({LOCK_KEY}); END $$"
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        apply_locked(&mut conn, dialect).await
     }
-    let result = apply_locked(&mut conn, dialect).await;
-    if dialect == Dialect::Postgres {
-        sqlx::query(&format!(
-            "DO $$ BEGIN PERFORM pg_advisory_unlock({LOCK_KEY}); END $$"
-        ))
-        .execute(&mut *conn)
-        .await?;
-    }
-    result
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::query(end).execute(&mut *conn).await;
+    result.and(ended.map(drop))
 }
 
 /// "tokeng" in ASCII: a fixed key unlikely to collide with an application's own locks.
@@ -91,20 +96,18 @@ async fn apply_locked(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), 
         .await?
         .try_get(0)?;
     for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
-        let mut tx = conn.begin().await?;
         let statements = match dialect {
             Dialect::Sqlite => migration.sqlite,
             Dialect::Postgres => migration.postgres,
         };
         for sql in statements {
-            sqlx::query(sql).execute(&mut *tx).await?;
+            sqlx::query(sql).execute(&mut *conn).await?;
         }
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(migration.version)
             .bind(chrono::Utc::now().timestamp())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        tx.commit().await?;
         tracing::info!(version = migration.version, "applied store migration");
     }
     Ok(())

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod services;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tokengate")
 }
@@ -36,8 +38,22 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
 pub struct Gate {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_port: u16,
     pub config: PathBuf,
     child: Option<Child>,
+}
+
+/// How to start a gate, beyond the defaults.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// More `[server]` keys, one per line.
+    pub server_extra: &'a str,
+    /// `[store]` and `[cache]` sections; default: a SQLite file of the gate's own.
+    pub backends: Option<String>,
+    /// `[upstream.*]` and `[[route]]` sections.
+    pub body: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Gate {
@@ -52,17 +68,35 @@ impl Gate {
 
     /// `server_extra` holds more `[server]` keys, one per line.
     pub fn start_full(server_extra: &str, body: &str, env: &[(&str, &str)]) -> Gate {
+        Gate::launch(Setup {
+            server_extra,
+            body,
+            env,
+            ..Setup::default()
+        })
+    }
+
+    pub fn launch(setup: Setup<'_>) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let admin_port = free_port();
         let config = dir.path().join("proxy.toml");
+        let backends = setup.backends.unwrap_or_else(|| {
+            format!(
+                "[store]\nurl = \"sqlite://{}\"\n",
+                dir.path().join("tokens.db").display()
+            )
+        });
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{server_extra}\n\n[store]\nurl = \"sqlite://{}\"\n\n{body}",
-            dir.path().join("tokens.db").display()
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
+            setup.server_extra, setup.body
         );
         std::fs::write(&config, text).unwrap();
+        let env = setup.env;
         let mut gate = Gate {
             dir,
             port,
+            admin_port,
             config,
             child: None,
         };
@@ -79,8 +113,30 @@ impl Gate {
             .spawn()
             .unwrap();
         gate.child = Some(child);
-        wait_for_port(port, Duration::from_secs(20));
+        wait_for_port(port, Duration::from_secs(30));
+        wait_for_port(admin_port, Duration::from_secs(5));
         gate
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> String {
+        let r = send(self.admin_port, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// One sample's value, e.g. `tokengate_store_lookups_total`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// `/readyz`: status code and JSON body.
+    pub fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = send(self.admin_port, "GET", "/readyz", &[], b"");
+        (r.status, serde_json::from_slice(&r.body).unwrap())
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,324 @@
+//! Real backing services for tests: a private `redis-server` (or cluster)
+//! per test on its own port, a fresh PostgreSQL database per test on the
+//! machine's server, and a TCP link that a test can cut to take a
+//! dependency away without touching the shared server.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{free_port, wait_for_port};
+
+/// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        redis.resume();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (as a crash would: no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.child = Some(redis_server(self.port, &self.dir, &[]));
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test.sh installs it)")
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster of three masters on loopback, created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    pub fn start(dir: &Path) -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|port| {
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let child = redis_server(
+                    *port,
+                    dir,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                );
+                wait_for_port(*port, Duration::from_secs(10));
+                child
+            })
+            .collect();
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { ports, children };
+        let start = Instant::now();
+        while !cluster
+            .ports
+            .iter()
+            .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The machine's PostgreSQL (override with `TOKENGATE_TEST_POSTGRES`, a URL without a database).
+pub fn postgres_server() -> String {
+    std::env::var("TOKENGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// A fresh PostgreSQL database, dropped at the end of the test.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        let name = format!(
+            "tokengate_test_{}_{}",
+            std::process::id(),
+            rand_suffix()
+        );
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase { name }
+    }
+
+    /// The URL, optionally through another port (a [`Link`] to the server).
+    pub fn url_via(&self, port: Option<u16>) -> String {
+        let server = postgres_server();
+        match port {
+            None => format!("{server}/{}", self.name),
+            Some(port) => {
+                let (head, _) = server.rsplit_once(':').expect("URL with a port");
+                format!("{head}:{port}/{}", self.name)
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.url_via(None)
+    }
+
+    /// The server's port, for a [`Link`] in front of it.
+    pub fn server_port() -> u16 {
+        postgres_server()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("TOKENGATE_TEST_POSTGRES ends with :port")
+    }
+
+    /// Runs SQL in this database and returns psql's unaligned output.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .arg(self.url())
+            .args(["-Atqc", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(format!("{}/postgres", postgres_server()))
+            .args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .output();
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(format!("{}/postgres", postgres_server()))
+        .args(["-qc", sql])
+        .output()
+        .expect("psql must be installed");
+    assert!(
+        out.status.success(),
+        "PostgreSQL is required for this test ({}): {}",
+        postgres_server(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rand_suffix() -> u128 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    nanos % 1_000_000_000 + u128::from(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A TCP link to a server that a test can cut (every connection closed,
+/// new ones closed on accept) and restore, like a network partition.
+pub struct Link {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Link {
+    pub fn to(target_port: u16) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let link = Link {
+            port: listener.local_addr().unwrap().port(),
+            cut: Arc::default(),
+            open: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (cut, open, stop) = (link.cut.clone(), link.open.clone(), link.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if cut.load(Ordering::Relaxed) {
+                    drop(client);
+                    continue;
+                }
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let mut list = open.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        link
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}

@@ -1,0 +1,219 @@
+//! One suite for both token stores: every test runs against SQLite and
+//! against a fresh database on the machine's real PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::services::PgDatabase;
+use tokengate::config::StoreConfig;
+use tokengate::store::{LastUsed, ListFilter, NewToken, TokenStore};
+use tokengate::token::{default_username, Digest, OwnerKind, ScopeSet, Secret};
+
+/// Keeps the backing database alive for the test's duration.
+#[allow(dead_code)]
+enum Backing {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+fn sqlite() -> (Backing, StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    (Backing::Sqlite(dir), StoreConfig::at(url))
+}
+
+fn postgres() -> (Backing, StoreConfig) {
+    let db = PgDatabase::create();
+    let config = StoreConfig::at(db.url());
+    (Backing::Postgres(db), config)
+}
+
+/// Runs `$test(StoreConfig)` once per store.
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                let (_keep, config) = super::sqlite();
+                super::$test(config).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let (_keep, config) = super::postgres();
+                super::$test(config).await;
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    create_find_list_revoke_and_feed,
+    last_used_is_batched_and_never_moves_back,
+    reconnecting_keeps_tokens_and_applies_no_migration_twice,
+    concurrent_starts_on_an_empty_database_all_succeed,
+);
+
+fn new_token(path: &str, username: Option<&str>) -> (Secret, NewToken) {
+    let secret = Secret::generate();
+    let digest = secret.digest();
+    (
+        secret,
+        NewToken {
+            name: "ci".into(),
+            username: username.map(str::to_string),
+            owner_kind: OwnerKind::Project,
+            owner_path: path.into(),
+            scopes: ScopeSet::parse_list("read_package_registry").unwrap(),
+            expires_at: None,
+            digest,
+        },
+    )
+}
+
+async fn create_find_list_revoke_and_feed(config: StoreConfig) {
+    let store = TokenStore::connect(&config).await.unwrap();
+    let start = store.latest_change().await.unwrap();
+    let (secret, new) = new_token("acme/web", None);
+    let t = store.create(new).await.unwrap();
+    assert_eq!(t.username, default_username(t.id));
+    let found = store
+        .find_by_digest(&secret.digest())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, t);
+    assert!(store
+        .find_by_digest(&Digest::of("nope"))
+        .await
+        .unwrap()
+        .is_none());
+
+    let (_, named) = new_token("acme/api", Some("bot"));
+    let t2 = store.create(named).await.unwrap();
+    assert_eq!(t2.username, "bot");
+    let only_web = store
+        .list(ListFilter {
+            owner: Some((OwnerKind::Project, "acme/web")),
+            active_only: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        only_web.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![t.id]
+    );
+
+    let (revoked, digest) = store.revoke(t.id).await.unwrap().unwrap();
+    assert!(revoked.revoked);
+    assert_eq!(digest, secret.digest());
+    assert!(store.revoke(9999).await.unwrap().is_none());
+    let active = store
+        .list(ListFilter {
+            active_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t2.id]);
+
+    let changes = store.changes_since(start).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.token_id).collect::<Vec<_>>(),
+        vec![t.id, t2.id, t.id]
+    );
+    assert_eq!(changes[2].digest, secret.digest());
+    assert_eq!(store.changes_since(changes[2].seq).await.unwrap().len(), 0);
+}
+
+async fn last_used_is_batched_and_never_moves_back(config: StoreConfig) {
+    let store = TokenStore::connect(&config).await.unwrap();
+    let (_, a) = new_token("acme/web", None);
+    let (_, b) = new_token("acme/web", None);
+    let a = store.create(a).await.unwrap();
+    let b = store.create(b).await.unwrap();
+    assert_eq!(a.last_used_at, None);
+
+    let used = Arc::new(LastUsed::default());
+    for at in [1_800_000_000, 1_800_000_050, 1_800_000_020] {
+        used.mark(a.id, at);
+    }
+    used.mark(b.id, 1_800_000_010);
+    assert_eq!(used.flush(&store).await.unwrap(), 2, "one batch, one row per token");
+    assert_eq!(used.flush(&store).await.unwrap(), 0, "nothing left to write");
+    let seen = |id| {
+        let store = store.clone();
+        async move {
+            store
+                .get(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at
+                .map(|t| t.timestamp())
+        }
+    };
+    assert_eq!(seen(a.id).await, Some(1_800_000_050));
+    assert_eq!(seen(b.id).await, Some(1_800_000_010));
+
+    // An older mark (another instance's late flush) does not move it back.
+    used.mark(a.id, 1_700_000_000);
+    used.flush(&store).await.unwrap();
+    assert_eq!(seen(a.id).await, Some(1_800_000_050));
+}
+
+async fn reconnecting_keeps_tokens_and_applies_no_migration_twice(config: StoreConfig) {
+    let (secret, new) = new_token("acme", None);
+    TokenStore::connect(&config)
+        .await
+        .unwrap()
+        .create(new)
+        .await
+        .unwrap();
+    let again = TokenStore::connect(&config).await.unwrap();
+    assert!(again
+        .find_by_digest(&secret.digest())
+        .await
+        .unwrap()
+        .is_some());
+    let third = TokenStore::connect(&config).await.unwrap();
+    assert_eq!(third.list(ListFilter::default()).await.unwrap().len(), 1);
+}
+
+async fn concurrent_starts_on_an_empty_database_all_succeed(config: StoreConfig) {
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move { TokenStore::connect(&config).await })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().expect("every instance starts");
+    }
+}
+
+#[tokio::test]
+async fn postgres_holds_only_digests() {
+    let db = PgDatabase::create();
+    let store = TokenStore::connect(&StoreConfig::at(db.url()))
+        .await
+        .unwrap();
+    let (secret, new) = new_token("acme/web", None);
+    store.create(new).await.unwrap();
+    let dump = db.query("SELECT row_to_json(t)::text FROM deploy_tokens t");
+    assert!(dump.contains(&secret.digest().to_hex()), "{dump}");
+    assert!(!dump.contains(secret.expose()));
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_within_its_timeout() {
+    // A listener that accepts and never answers: the worst kind of outage.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut config = StoreConfig::at(format!("postgres://postgres@127.0.0.1:{port}/x"));
+    config.timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    assert!(TokenStore::connect(&config).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
