@@ -381,8 +381,8 @@ async fn token_command(
                 println!("{}", serde_json::Value::from(list));
             } else {
                 println!(
-                    "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} STATE",
-                    "ID", "NAME", "USERNAME", "OWNER", "SCOPES", "EXPIRES"
+                    "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} {:<8} LAST USED",
+                    "ID", "NAME", "USERNAME", "OWNER", "SCOPES", "EXPIRES", "STATE"
                 );
                 for t in &tokens {
                     let state = if t.revoked {
@@ -393,13 +393,14 @@ async fn token_command(
                         "active"
                     };
                     println!(
-                        "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} {state}",
+                        "{:<6} {:<20} {:<32} {:<28} {:<44} {:<25} {state:<8} {}",
                         t.id,
                         t.name,
                         t.username,
                         format!("{}:{}", t.owner_kind.as_str(), t.owner_path),
                         t.scopes.to_string(),
                         t.expires_at.map_or("never".into(), |e| e.to_rfc3339()),
+                        t.last_used_at.map_or("never".into(), |e| e.to_rfc3339()),
                     );
                 }
             }

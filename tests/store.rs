@@ -140,8 +140,16 @@ async fn last_used_is_batched_and_never_moves_back(config: StoreConfig) {
         used.mark(a.id, at);
     }
     used.mark(b.id, 1_800_000_010);
-    assert_eq!(used.flush(&store).await.unwrap(), 2, "one batch, one row per token");
-    assert_eq!(used.flush(&store).await.unwrap(), 0, "nothing left to write");
+    assert_eq!(
+        used.flush(&store).await.unwrap(),
+        2,
+        "one batch, one row per token"
+    );
+    assert_eq!(
+        used.flush(&store).await.unwrap(),
+        0,
+        "nothing left to write"
+    );
     let seen = |id| {
         let store = store.clone();
         async move {
@@ -215,5 +223,9 @@ async fn an_unreachable_store_fails_within_its_timeout() {
     config.timeout = Duration::from_secs(1);
     let started = std::time::Instant::now();
     assert!(TokenStore::connect(&config).await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -131,14 +131,21 @@ impl RedisCluster {
             .iter()
             .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
         {
-            assert!(start.elapsed() < Duration::from_secs(20), "cluster never became ok");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cluster never became ok"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster
     }
 
     pub fn url(&self) -> String {
-        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         format!("redis+cluster://{}", nodes.join(","))
     }
 }
@@ -165,11 +172,7 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn create() -> PgDatabase {
-        let name = format!(
-            "tokengate_test_{}_{}",
-            std::process::id(),
-            rand_suffix()
-        );
+        let name = format!("tokengate_test_{}_{}", std::process::id(), rand_suffix());
         psql(&format!("CREATE DATABASE {name}"));
         PgDatabase { name }
     }
@@ -205,7 +208,11 @@ impl PgDatabase {
             .args(["-Atqc", sql])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -214,7 +221,10 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .arg(format!("{}/postgres", postgres_server()))
-            .args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }

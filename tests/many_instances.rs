@@ -1,0 +1,251 @@
+//! Several `tokengate serve` processes sharing one real PostgreSQL store and
+//! one real Redis: revocation everywhere within a second, single flight,
+//! batched `last_used_at`, and a Redis Cluster.
+
+mod common;
+#[path = "common/recorder.rs"]
+mod recorder;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::services::{PgDatabase, Redis, RedisCluster};
+use common::{send, Gate, Setup, Token};
+use recorder::Recorder;
+
+fn routes(up: &Recorder) -> String {
+    format!(
+        r#"
+[upstream.rec]
+url = "{}"
+
+[[route]]
+name = "web"
+format = "generic"
+path = "/generic/acme/web"
+namespace = "acme/web"
+upstream = "rec"
+strip_prefix = true
+"#,
+        up.url()
+    )
+}
+
+/// Starts `n` proxies on one store and one Redis.
+fn instances(n: usize, backends: &str, up: &Recorder) -> Vec<Gate> {
+    let body = routes(up);
+    (0..n)
+        .map(|_| {
+            Gate::launch(Setup {
+                backends: Some(backends.to_string()),
+                body: &body,
+                ..Setup::default()
+            })
+        })
+        .collect()
+}
+
+fn get(gate: &Gate, token: &Token) -> u16 {
+    send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/app.tar.gz",
+        &[("Authorization", &token.basic())],
+        b"",
+    )
+    .status
+}
+
+#[test]
+fn a_revocation_through_one_instance_is_denied_by_every_instance_within_a_second() {
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    // The change feed is polled only every 10 s here, so the bound below is
+    // met by Redis pub/sub alone.
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
+        db.url(),
+        redis.url()
+    );
+    let gates = instances(3, &backends, &up);
+    let token = gates[0].token("project:acme/web", "read_package_registry", &[]);
+    for gate in &gates {
+        assert_eq!(get(gate, &token), 200, "warm every instance's cache");
+    }
+    let cached = redis.cli(&["--scan", "--pattern", "tokengate:v1:token:*"]);
+    assert_eq!(
+        cached.lines().count(),
+        1,
+        "one shared Redis entry: {cached}"
+    );
+
+    for gate in &gates[1..] {
+        assert_eq!(
+            gate.metric(r#"tokengate_cache_lookups_total{layer="redis",result="hit"}"#),
+            1.0,
+            "the other instances found the token in Redis, not the store"
+        );
+    }
+
+    let started = Instant::now();
+    gates[0].revoke(token.id);
+    let revoked_at = started.elapsed();
+    let mut denied = [false; 3];
+    while denied.iter().any(|d| !d) {
+        for (i, gate) in gates.iter().enumerate() {
+            if !denied[i] {
+                denied[i] = get(gate, &token) == 401;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still allowed after 3 s by {denied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let bound = started.elapsed();
+    println!(
+        "revocation: CLI done after {revoked_at:?}; all three instances deny {bound:?} after the CLI started"
+    );
+    assert!(bound < Duration::from_secs(1), "took {bound:?}");
+}
+
+#[test]
+fn five_hundred_concurrent_first_requests_make_one_store_query() {
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\n",
+        db.url(),
+        redis.url()
+    );
+    let gate = instances(1, &backends, &up).remove(0);
+    let token = gate.token("project:acme/web", "read_package_registry", &[]);
+    // Let the change feed deliver the creation (which drops any negative
+    // entry) so that it cannot interleave with the burst below.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = gate.metric("tokengate_store_lookups_total");
+
+    let barrier = Arc::new(Barrier::new(500));
+    let threads: Vec<_> = (0..500)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let (port, token) = (gate.port, token.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                send(
+                    port,
+                    "GET",
+                    "/generic/acme/web/app.tar.gz",
+                    &[("Authorization", &token.basic())],
+                    b"",
+                )
+                .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let queries = gate.metric("tokengate_store_lookups_total") - before;
+    println!("500 concurrent first requests: {queries} store queries");
+    assert_eq!(queries, 1.0);
+    assert_eq!(
+        gate.metric(r#"tokengate_cache_lookups_total{layer="redis",result="miss"}"#),
+        1.0,
+        "and one Redis lookup"
+    );
+}
+
+#[test]
+fn last_used_at_is_kept_current_in_batches() {
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\nlast_used_flush_seconds = 1\n",
+        db.url()
+    );
+    let gate = instances(1, &backends, &up).remove(0);
+    let token = gate.token("project:acme/web", "read_package_registry", &[]);
+    let unused = gate.token("project:acme/web", "read_package_registry", &[]);
+    let last_used = |t: &Token| {
+        db.query(&format!(
+            "SELECT last_used_at FROM deploy_tokens WHERE id = {}",
+            t.id
+        ))
+    };
+    assert_eq!(last_used(&token).trim(), "");
+    let started = chrono::Utc::now().timestamp();
+    for _ in 0..100 {
+        assert_eq!(get(&gate, &token), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last_used(&token).trim().is_empty() {
+        assert!(Instant::now() < deadline, "last_used_at never written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at: i64 = last_used(&token).trim().parse().unwrap();
+    assert!(at >= started && at <= chrono::Utc::now().timestamp());
+    assert_eq!(last_used(&unused).trim(), "", "only used tokens are marked");
+    let flushes = gate.metric("tokengate_last_used_flushes_total");
+    println!("100 requests, {flushes} last_used_at writes");
+    assert!(
+        (1.0..=5.0).contains(&flushes),
+        "{flushes} writes for 100 requests"
+    );
+    let listed = String::from_utf8(gate.cli(&["token", "list"]).stdout).unwrap();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", token.id)))
+        .unwrap();
+    assert!(!row.ends_with("never"), "the CLI shows the last use: {row}");
+}
+
+#[test]
+fn a_redis_cluster_of_three_masters_serves_as_the_shared_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let cluster = RedisCluster::start(work.path());
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
+        db.url(),
+        cluster.url()
+    );
+    let gates = instances(2, &backends, &up);
+    assert_eq!(gates[0].readyz().1["redis"], "up");
+    let tokens: Vec<Token> = (0..6)
+        .map(|_| gates[0].token("project:acme/web", "read_package_registry", &[]))
+        .collect();
+    for token in &tokens {
+        assert_eq!(get(&gates[0], token), 200);
+    }
+    // Six keys hash to slots on different masters; the second instance reads them from Redis.
+    for token in &tokens {
+        assert_eq!(get(&gates[1], token), 200);
+    }
+    assert_eq!(
+        gates[1].metric(r#"tokengate_cache_lookups_total{layer="redis",result="hit"}"#),
+        6.0
+    );
+    let holders = cluster
+        .ports
+        .iter()
+        .filter(|p| common::services::redis_cli(**p, &["dbsize"]).trim() != "0")
+        .count();
+    assert!(holders >= 2, "entries spread over the masters ({holders})");
+
+    let started = Instant::now();
+    gates[0].revoke(tokens[0].id);
+    while get(&gates[1], &tokens[0]) != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "revocation through the cluster too slow"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("revocation through Redis Cluster: {:?}", started.elapsed());
+}
