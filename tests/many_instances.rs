@@ -9,7 +9,7 @@ mod recorder;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::services::{PgDatabase, Redis, RedisCluster};
+use common::services::{PgDatabase, Redis, RedisCluster, Sentinel};
 use common::{send, Gate, Setup, Token};
 use recorder::Recorder;
 
@@ -248,4 +248,55 @@ fn a_redis_cluster_of_three_masters_serves_as_the_shared_cache() {
         std::thread::sleep(Duration::from_millis(5));
     }
     println!("revocation through Redis Cluster: {:?}", started.elapsed());
+}
+
+#[test]
+fn sentinel_names_the_master_and_a_failover_is_followed() {
+    let work = tempfile::tempdir().unwrap();
+    let mut master = Redis::start(work.path());
+    let replica_of = master.port.to_string();
+    let replica = Redis::start_with(work.path(), &["--replicaof", "127.0.0.1", &replica_of]);
+    let sentinel = Sentinel::start(work.path(), master.port);
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\n",
+        db.url(),
+        sentinel.url()
+    );
+    let gate = instances(1, &backends, &up).remove(0);
+    assert_eq!(gate.readyz().1["redis"], "up");
+    let key = |t: &Token| {
+        format!(
+            "tokengate:v1:token:{}",
+            tokengate::token::Digest::of(&t.secret).to_hex()
+        )
+    };
+    let first = gate.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(get(&gate, &first), 200);
+    assert!(
+        !master.cli(&["GET", &key(&first)]).trim().is_empty(),
+        "cached on the master"
+    );
+
+    master.kill();
+    let started = Instant::now();
+    while sentinel.master_port() != Some(replica.port) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while gate.readyz().1["redis"] != "up" {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the proxy never followed the failover"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("Sentinel failover followed after {:?}", started.elapsed());
+    let second = gate.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(get(&gate, &second), 200);
+    assert!(
+        !replica.cli(&["GET", &key(&second)]).trim().is_empty(),
+        "new entries go to the promoted replica"
+    );
 }

@@ -17,14 +17,21 @@ use super::{free_port, wait_for_port};
 pub struct Redis {
     pub port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
+        Redis::start_with(dir, &[])
+    }
+
+    /// With more `redis-server` arguments, e.g. `--replicaof 127.0.0.1 6379`.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Redis {
         let mut redis = Redis {
             port: free_port(),
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         redis.resume();
@@ -46,7 +53,8 @@ impl Redis {
     /// Starts the server again on the same port, empty.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        self.child = Some(redis_server(self.port, &self.dir, &[]));
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Some(redis_server(self.port, &self.dir, &extra));
         wait_for_port(self.port, Duration::from_secs(10));
     }
 
@@ -81,6 +89,57 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Sentinel watching `master` as `mymaster`, with quorum 1 and
+/// one-second failure detection.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+}
+
+impl Sentinel {
+    pub fn start(dir: &Path, master: u16) -> Sentinel {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, Duration::from_secs(10));
+        Sentinel { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/mymaster/0", self.port)
+    }
+
+    /// The port of the server Sentinel currently calls master.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.port,
+            &["sentinel", "get-master-addr-by-name", "mymaster"],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A Redis Cluster of three masters on loopback, created with `redis-cli --cluster create`.
