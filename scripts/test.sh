@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine and runs it:
-# formatting and lint checks, unit tests, loopback integration tests, and the
+# formatting and lint checks, unit tests, the store suite on SQLite and
+# PostgreSQL, multi-instance and fault tests with real Redis and PostgreSQL,
+# loopback integration tests, and the
 # end-to-end tests with real registries (Verdaccio, pypiserver, nginx WebDAV)
 # and real clients (npm, twine, pip, mvn, curl). Safe to re-run.
 set -euo pipefail
@@ -12,6 +14,9 @@ step "toolchain"
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   rustup component add clippy rustfmt
 fi
+
+step "PostgreSQL and Redis"
+bash scripts/services.sh
 
 step "registries and clients for the end-to-end tests"
 bash tests/e2e/install.sh
