@@ -132,12 +132,12 @@ fn revoke_and_list() {
     let list = stdout(&run(dir.path(), &["token", "list"]));
     assert!(
         list.lines()
-            .any(|l| l.starts_with("1 ") && l.ends_with("revoked")),
+            .any(|l| l.starts_with("1 ") && l.contains(" revoked ") && l.ends_with(" never")),
         "{list}"
     );
     assert!(
         list.lines()
-            .any(|l| l.starts_with("2 ") && l.ends_with("active")),
+            .any(|l| l.starts_with("2 ") && l.contains(" active ")),
         "{list}"
     );
     let active = stdout(&run(dir.path(), &["token", "list", "--active"]));

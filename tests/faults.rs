@@ -271,11 +271,10 @@ fn redis_and_store_faults_under_traffic() {
     let slowest = samples.iter().map(|s| s.took).max().unwrap();
     println!("slowest response: {slowest:?}");
     assert!(slowest < HANG, "a request took {slowest:?}");
-    for phase in 0..PHASES.len() {
+    for (phase, name) in PHASES.iter().enumerate() {
         assert!(
             samples.iter().filter(|s| s.phase == phase).count() >= 20,
-            "traffic in phase {}",
-            PHASES[phase]
+            "traffic in phase {name}"
         );
     }
     for s in samples.iter() {
