@@ -7,7 +7,9 @@
 //! flight). Stale entries are dropped two ways: Redis pub/sub, which every
 //! instance hears within milliseconds of a revocation, and the store's change
 //! feed, polled about twice a second, which also covers lost messages and
-//! instances without Redis.
+//! instances without Redis. (A lookup that read the store just before a
+//! revocation may write the old record to Redis just after the revocation's
+//! delete; every instance's change-feed delete, one poll later, removes it.)
 
 mod local;
 mod redis;
