@@ -58,13 +58,13 @@ impl Denial {
     }
 }
 
-/// Allows the request iff the token exists, is live, the username matches,
-/// the scope is held and the owner covers the namespace.
-pub fn decide(
-    token: Option<&TokenRecord>,
-    ask: &Ask<'_>,
+/// Accepts the credential iff the token exists, is live and the username
+/// (when one was presented) is the token's: who, not what.
+pub fn authenticate<'t>(
+    token: Option<&'t TokenRecord>,
+    username: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), Denial> {
+) -> Result<&'t TokenRecord, Denial> {
     let token = token.ok_or(Denial::UnknownToken)?;
     if token.revoked {
         return Err(Denial::Revoked);
@@ -72,9 +72,20 @@ pub fn decide(
     if token.is_expired(now) {
         return Err(Denial::Expired);
     }
-    if ask.username.is_some_and(|u| u != token.username) {
+    if username.is_some_and(|u| u != token.username) {
         return Err(Denial::UsernameMismatch);
     }
+    Ok(token)
+}
+
+/// Allows the request iff the token authenticates, the scope is held and
+/// the owner covers the namespace.
+pub fn decide(
+    token: Option<&TokenRecord>,
+    ask: &Ask<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), Denial> {
+    let token = authenticate(token, ask.username, now)?;
     if ask.access == Access::Refused || ask.scopes.is_empty() {
         return Err(Denial::AccessRefused);
     }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::{RedisCache, TokenResolver};
 use crate::config::{CacheConfig, Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::oci::{KeyRing, RegistryAuth};
 use crate::route::NormalizedPath;
 use crate::store::{LastUsed, ListFilter, NewToken, StoreError, TokenStore};
 use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError};
@@ -226,12 +227,27 @@ async fn serve(config: Config) -> Result<(), CliError> {
         tracing::info!(listen = %admin.listen, "admin listener serving /healthz, /readyz, /metrics");
         tasks.push(tokio::spawn(crate::admin::serve(metrics.clone(), listener)));
     }
+    let registry = match &config.registry_auth {
+        Some(registry) => {
+            let keys = KeyRing::load(&registry.key_file, &registry.verify_key_files)
+                .map_err(|e| CliError::Failed(format!("signing key: {e}")))?;
+            tracing::info!(
+                kid = keys.kid(),
+                key = %registry.key_file.display(),
+                token_endpoint = %registry.path,
+                "registry token service on"
+            );
+            Some(Arc::new(RegistryAuth::new(registry.clone(), keys)))
+        }
+        None => None,
+    };
     let listener = bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), "tokengate serving");
     let proxy = Arc::new(crate::proxy::Proxy::new(
         config,
         resolver,
         last_used.clone(),
+        registry,
     ));
     crate::proxy::serve(proxy, listener, shutdown_signal()).await;
     for task in tasks {
@@ -284,7 +300,11 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
     };
     println!("route:     {} ({})", route.name, route.path_pattern());
     println!("format:    {}", route.format.name());
-    println!("namespace: {}", matched.namespace);
+    let namespace = match route.namespace {
+        crate::route::NamespaceSource::Repository => "the repository named in the path",
+        _ => matched.namespace,
+    };
+    println!("namespace: {namespace}");
     println!("access:    {}", access.as_str());
     println!("needs:     {needs}");
     println!(
@@ -412,7 +432,7 @@ async fn token_command(
                 if let Some(redis) = &cache.redis {
                     let metrics = Metrics::new(true);
                     if let Err(e) = RedisCache::new(redis, cache, &metrics)
-                        .announce(&digest)
+                        .announce(&digest, t.id)
                         .await
                     {
                         eprintln!(

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::cache::RedisTarget;
-use crate::format::{self, Access};
+use crate::format::{self, Access, Authentication};
 use crate::route::{
-    AccessRule, NamespaceSource, PathPart, PatternPart, Route, RouteTable, Upstream,
+    AccessRule, NamespaceSource, NormalizedPath, PathPart, PatternPart, Route, RouteTable, Upstream,
 };
 use crate::token::validate_namespace;
 
@@ -78,6 +78,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     admin: Option<RawAdmin>,
+    signing: Option<RawSigning>,
+    registry_auth: Option<RawRegistryAuth>,
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
@@ -123,6 +125,28 @@ struct RawAdmin {
     listen: Spanned<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key_file: Option<String>,
+    #[serde(default)]
+    verify_key_files: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistryAuth {
+    path: Option<Spanned<String>>,
+    jwks_path: Option<Spanned<String>>,
+    service: Option<String>,
+    issuer: Option<String>,
+    token_ttl_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    anonymous: bool,
+    #[serde(default)]
+    allow_delete: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -148,6 +172,7 @@ struct RawRoute {
     upstream: Spanned<String>,
     #[serde(default)]
     strip_prefix: bool,
+    allow_delete: Option<Spanned<bool>>,
     #[serde(default)]
     access: Vec<Spanned<RawAccessRule>>,
 }
@@ -224,6 +249,24 @@ pub struct RedisConfig {
     pub timeout: Duration,
 }
 
+/// The registry token service (`[registry_auth]` and `[signing]`).
+#[derive(Debug, Clone)]
+pub struct RegistryAuthConfig {
+    /// The token endpoint, e.g. `/jwt/auth`.
+    pub path: String,
+    /// Where the JWKS document is served.
+    pub jwks_path: String,
+    pub service: String,
+    pub issuer: String,
+    pub token_ttl: Duration,
+    /// Requests without credentials get a token granting nothing (else 401).
+    pub anonymous: bool,
+    /// Grant the `delete` action (for registries that verify the JWTs themselves).
+    pub allow_delete: bool,
+    pub key_file: PathBuf,
+    pub verify_key_files: Vec<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -242,6 +285,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`); off when absent.
     pub admin: Option<AdminConfig>,
+    /// On when `[registry_auth]` or `[signing]` is given or an `oci` route exists.
+    pub registry_auth: Option<RegistryAuthConfig>,
     pub routes: RouteTable,
 }
 
@@ -406,28 +451,52 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(src.at(&r.path, key("path"), "another route has the same path"));
         }
         let has_placeholder = path.contains(&PathPart::Namespace);
-        let namespace = match (&r.namespace, has_placeholder) {
-            (Some(ns), false) => {
-                validate_namespace(ns.get_ref())
-                    .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
-                NamespaceSource::Fixed(ns.get_ref().clone())
-            }
-            (None, true) => NamespaceSource::Placeholder,
-            (Some(ns), true) => {
+        let repository_named = format.authentication() == Authentication::RegistryJwt;
+        if let Some(allow) = &r.allow_delete {
+            if !repository_named {
                 return Err(src.at(
+                    allow,
+                    key("allow_delete"),
+                    "only `oci` routes take allow_delete",
+                ));
+            }
+        }
+        let namespace =
+            match (&r.namespace, has_placeholder) {
+                (None, false) if repository_named => NamespaceSource::Repository,
+                (Some(ns), _) if repository_named => return Err(src.at(
                     ns,
                     key("namespace"),
-                    "give either `namespace` or a {namespace} placeholder in `path`, not both",
-                ))
-            }
-            (None, false) => {
-                return Err(src.at(
-                    route,
-                    key("namespace"),
-                    "missing: give `namespace` or a {namespace} placeholder in `path`",
-                ))
-            }
-        };
+                    "an oci route takes no namespace: each request's repository is its namespace",
+                )),
+                (None, true) if repository_named => {
+                    return Err(src.at(
+                        &r.path,
+                        key("path"),
+                        "an oci route takes no {namespace} placeholder",
+                    ))
+                }
+                (Some(ns), false) => {
+                    validate_namespace(ns.get_ref())
+                        .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
+                    NamespaceSource::Fixed(ns.get_ref().clone())
+                }
+                (None, true) => NamespaceSource::Placeholder,
+                (Some(ns), true) => {
+                    return Err(src.at(
+                        ns,
+                        key("namespace"),
+                        "give either `namespace` or a {namespace} placeholder in `path`, not both",
+                    ))
+                }
+                (None, false) => {
+                    return Err(src.at(
+                        route,
+                        key("namespace"),
+                        "missing: give `namespace` or a {namespace} placeholder in `path`",
+                    ))
+                }
+            };
         let upstream = upstreams
             .get(r.upstream.get_ref())
             .cloned()
@@ -438,7 +507,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     format!("unknown upstream {:?}", r.upstream.get_ref()),
                 )
             })?;
-        let access_rules = r
+        let mut access_rules: Vec<AccessRule> = r
             .access
             .iter()
             .enumerate()
@@ -447,6 +516,14 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     .map_err(|m| src.at(rule, key(&format!("access[{j}]")), m))
             })
             .collect::<Result<_, _>>()?;
+        if r.allow_delete.as_ref().is_some_and(|a| *a.get_ref()) {
+            // Deleting images needs write_registry (after the operator's own rules).
+            access_rules.push(AccessRule {
+                method: Some(Method::DELETE),
+                pattern: vec![PatternPart::AnyRest],
+                access: Access::Write,
+            });
+        }
         routes.push(Route {
             name: r.name.get_ref().as_str().into(),
             format,
@@ -457,12 +534,75 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             access_rules,
         });
     }
+    let has_oci_route = routes
+        .iter()
+        .any(|r| r.format.authentication() == Authentication::RegistryJwt);
+    let registry_auth = if raw.registry_auth.is_some() || raw.signing.is_some() || has_oci_route {
+        Some(build_registry_auth(
+            src,
+            raw.registry_auth
+                .as_ref()
+                .unwrap_or(&RawRegistryAuth::default()),
+            raw.signing.as_ref().unwrap_or(&RawSigning::default()),
+        )?)
+    } else {
+        None
+    };
     Ok(Config {
         server,
         store,
         cache,
         admin,
+        registry_auth,
         routes: RouteTable::new(routes),
+    })
+}
+
+fn build_registry_auth(
+    src: &Source<'_>,
+    raw: &RawRegistryAuth,
+    signing: &RawSigning,
+) -> Result<RegistryAuthConfig, ConfigError> {
+    let endpoint = |value: &Option<Spanned<String>>, key: &str, default: &str| {
+        let Some(value) = value else {
+            return Ok(default.to_string());
+        };
+        let path = value.get_ref();
+        let ok = path.starts_with('/')
+            && path.len() > 1
+            && NormalizedPath::parse(path).is_ok_and(|p| !p.trailing_slash);
+        if !ok {
+            return Err(src.at(value, key, format!("{path:?} is not a path like /jwt/auth")));
+        }
+        Ok(path.clone())
+    };
+    let ttl = raw.token_ttl_seconds.as_ref().map_or(300, |t| *t.get_ref());
+    if ttl < 60 {
+        let span = raw.token_ttl_seconds.as_ref().map_or(0..0, |t| t.span());
+        return Err(src.error(
+            span,
+            "registry_auth.token_ttl_seconds",
+            "must be at least 60 (clients treat less as 60)",
+        ));
+    }
+    Ok(RegistryAuthConfig {
+        path: endpoint(&raw.path, "registry_auth.path", "/jwt/auth")?,
+        jwks_path: endpoint(&raw.jwks_path, "registry_auth.jwks_path", "/jwt/jwks.json")?,
+        service: raw
+            .service
+            .clone()
+            .unwrap_or_else(|| "container_registry".into()),
+        issuer: raw.issuer.clone().unwrap_or_else(|| "tokengate".into()),
+        token_ttl: Duration::from_secs(ttl),
+        anonymous: raw.anonymous,
+        allow_delete: raw.allow_delete,
+        key_file: PathBuf::from(
+            signing
+                .key_file
+                .as_deref()
+                .unwrap_or("tokengate-signing.pem"),
+        ),
+        verify_key_files: signing.verify_key_files.iter().map(PathBuf::from).collect(),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod format;
 pub mod metrics;
+pub mod oci;
 pub mod proxy;
 pub mod route;
 pub mod store;

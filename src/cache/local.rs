@@ -6,15 +6,14 @@ use moka::Expiry;
 
 use super::Lookup;
 use crate::config::CacheConfig;
-use crate::token::Digest;
 
 struct LookupExpiry {
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl Expiry<Digest, Lookup> for LookupExpiry {
-    fn expire_after_create(&self, _: &Digest, lookup: &Lookup, _: Instant) -> Option<Duration> {
+impl<K> Expiry<K, Lookup> for LookupExpiry {
+    fn expire_after_create(&self, _: &K, lookup: &Lookup, _: Instant) -> Option<Duration> {
         Some(match lookup {
             Lookup::Found(_) => self.ttl,
             Lookup::Absent => self.negative_ttl,
@@ -22,7 +21,10 @@ impl Expiry<Digest, Lookup> for LookupExpiry {
     }
 }
 
-pub(super) fn build(config: &CacheConfig) -> moka::future::Cache<Digest, Lookup> {
+pub(super) fn build<K>(config: &CacheConfig) -> moka::future::Cache<K, Lookup>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
     moka::future::Cache::builder()
         .max_capacity(config.max_entries)
         .expire_after(LookupExpiry {

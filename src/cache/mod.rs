@@ -34,6 +34,8 @@ pub enum Lookup {
 /// Resolves digests to records through the layers, with single flight.
 pub struct TokenResolver {
     local: moka::future::Cache<Digest, Lookup>,
+    /// Records by token id, for credentials that name the token (registry JWTs).
+    by_id: moka::future::Cache<i64, Lookup>,
     redis: Option<Arc<RedisCache>>,
     store: TokenStore,
     metrics: Arc<Metrics>,
@@ -48,6 +50,7 @@ impl TokenResolver {
     ) -> TokenResolver {
         TokenResolver {
             local: local::build(config),
+            by_id: local::build(config),
             redis,
             store,
             metrics,
@@ -100,19 +103,44 @@ impl TokenResolver {
         Ok(lookup)
     }
 
-    /// Drops a digest from this instance's memory only (a peer already
-    /// cleared Redis and told us).
-    pub async fn forget(&self, digest: &Digest) {
-        self.local.invalidate(digest).await;
+    /// The record of a token named by id (a registry JWT's
+    /// `deploy_token_id`): in-process cache, else the store, single flight.
+    /// The id cache is invalidated with the digest cache, so a revocation
+    /// reaches JWT holders within the same bound.
+    pub async fn resolve_id(&self, id: i64) -> Result<Lookup, Arc<StoreError>> {
+        self.by_id
+            .try_get_with(id, async {
+                self.metrics.store_lookups.inc();
+                match self.store.get(id).await {
+                    Ok(record) => {
+                        self.metrics.store.succeeded();
+                        Ok(record.map_or(Lookup::Absent, |r| Lookup::Found(Arc::new(r))))
+                    }
+                    Err(e) => {
+                        self.metrics.store.failed(&e);
+                        Err(e)
+                    }
+                }
+            })
+            .await
     }
 
-    /// Drops a digest from Redis, then from memory, so that a stale shared
+    /// Drops a token from this instance's memory only (a peer already
+    /// cleared Redis and told us).
+    pub async fn forget(&self, digest: &Digest, id: Option<i64>) {
+        self.local.invalidate(digest).await;
+        if let Some(id) = id {
+            self.by_id.invalidate(&id).await;
+        }
+    }
+
+    /// Drops a token from Redis, then from memory, so that a stale shared
     /// entry cannot refill the in-process cache.
-    pub async fn invalidate(&self, digest: &Digest) {
+    pub async fn invalidate(&self, digest: &Digest, id: i64) {
         if let Some(redis) = &self.redis {
             redis.invalidate(digest).await;
         }
-        self.local.invalidate(digest).await;
+        self.forget(digest, Some(id)).await;
     }
 
     /// Polls the store's change feed until the task is dropped, invalidating
@@ -134,7 +162,7 @@ impl TokenResolver {
                 Ok(changes) => {
                     self.metrics.store.succeeded();
                     for change in changes {
-                        self.invalidate(&change.digest).await;
+                        self.invalidate(&change.digest, change.token_id).await;
                         tracing::debug!(
                             token_id = change.token_id,
                             seq = change.seq,

@@ -319,7 +319,7 @@ impl RedisCache {
     /// Deletes the shared entry and tells every instance to drop its own
     /// copy: the fast path of revocation. `Err` means only the change feed
     /// will carry it (within about a second).
-    pub async fn announce(&self, digest: &Digest) -> Result<(), String> {
+    pub async fn announce(&self, digest: &Digest, token_id: i64) -> Result<(), String> {
         if self.connection.load().is_none() {
             let connection = self.connect().await.map_err(|e| e.to_string())?;
             self.connection.store(Some(Arc::new(connection)));
@@ -327,7 +327,8 @@ impl RedisCache {
         self.run::<()>(redis::cmd("DEL").arg(key(digest)))
             .await
             .map_err(|e| e.to_string())?;
-        self.run::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(digest.to_hex()))
+        let message = format!("{} {token_id}", digest.to_hex());
+        self.run::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -407,11 +408,13 @@ impl RedisCache {
         tracing::debug!("subscribed to Redis invalidations");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            let Ok(hex) = message.get_payload::<String>() else {
+            let Ok(payload) = message.get_payload::<String>() else {
                 continue;
             };
-            if let Some(digest) = Digest::from_hex(&hex) {
-                resolver.forget(&digest).await;
+            // `<digest hex> <token id>`
+            let (hex, id) = payload.split_once(' ').unwrap_or((&payload, ""));
+            if let Some(digest) = Digest::from_hex(hex) {
+                resolver.forget(&digest, id.parse().ok()).await;
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ mod credentials;
 mod generic;
 mod maven;
 mod npm;
+pub mod oci;
 mod pypi;
 
 use std::sync::Arc;
@@ -65,10 +66,25 @@ pub enum CredentialSource {
     NuGetApiKey,
 }
 
+/// How a format's clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// The deploy token itself, in one of the format's credential headers.
+    DeployToken,
+    /// A registry JWT from tokengate's token endpoint (`Bearer`), naming the
+    /// deploy token it was issued to and the repositories and actions granted.
+    RegistryJwt,
+}
+
 /// One registry protocol's rules.
 pub trait Format: Send + Sync + 'static {
     /// The config name, e.g. `npm`.
     fn name(&self) -> &'static str;
+
+    /// What the credential is: the deploy token, or a JWT issued for one.
+    fn authentication(&self) -> Authentication {
+        Authentication::DeployToken
+    }
 
     /// Credential headers this format's clients send.
     fn credential_sources(&self) -> &'static [CredentialSource];
@@ -101,12 +117,13 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Format>> {
         "pypi" => Arc::new(pypi::PyPi),
         "maven" => Arc::new(maven::Maven),
         "generic" => Arc::new(generic::Generic),
+        "oci" => Arc::new(oci::Oci),
         _ => return None,
     })
 }
 
 /// The format names accepted in config, for error messages.
-pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic"];
+pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci"];
 
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.
@@ -133,6 +150,11 @@ fn package_scopes(access: Access) -> ScopeSet {
         Access::Refused => {}
     }
     set
+}
+
+/// Reads Basic credentials only (registry token endpoints).
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<Presented<'_>>, CredentialError> {
+    extract(&[CredentialSource::Basic], headers)
 }
 
 /// Reads the deploy-token credentials a format accepts from the request headers.

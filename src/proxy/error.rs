@@ -11,6 +11,7 @@ use http_body_util::{Either, Full};
 use super::ResponseBody;
 use crate::auth::Denial;
 use crate::format::CredentialError;
+use crate::oci::{JwtError, TokenRequestError};
 use crate::route::{MatchError, PathError};
 use crate::store::StoreError;
 
@@ -39,6 +40,30 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("upstream {0} sent metadata that could not be rewritten")]
     UpstreamMetadata(String),
+    #[error(transparent)]
+    TokenRequest(#[from] TokenRequestError),
+    #[error(transparent)]
+    BadRegistryToken(#[from] JwtError),
+    #[error("the registry token does not grant this; ask the token endpoint for it")]
+    InsufficientScope,
+}
+
+/// How refusals are told to a client: the challenge on 401 and the body's shape.
+#[derive(Debug, Clone)]
+pub struct ErrorStyle {
+    pub challenge: HeaderValue,
+    /// Registry error bodies (`{"errors":[{"code","message","detail"}]}`)
+    /// instead of `{"message"}`.
+    pub registry: bool,
+}
+
+impl Default for ErrorStyle {
+    fn default() -> Self {
+        ErrorStyle {
+            challenge: HeaderValue::from_static("Basic realm=\"tokengate\""),
+            registry: false,
+        }
+    }
 }
 
 impl From<MatchError> for ProxyError {
@@ -73,6 +98,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TokenRequest(TokenRequestError::UnknownService(_)) => StatusCode::NOT_FOUND,
+            ProxyError::TokenRequest(TokenRequestError::BadScope(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRegistryToken(_) | ProxyError::InsufficientScope => {
+                StatusCode::UNAUTHORIZED
+            }
         }
     }
 
@@ -89,7 +119,7 @@ impl ProxyError {
     /// A wrong credential (not a missing one): counts towards the per-address limit.
     pub fn is_failed_authentication(&self) -> bool {
         match self {
-            ProxyError::BadCredentials(_) => true,
+            ProxyError::BadCredentials(_) | ProxyError::BadRegistryToken(_) => true,
             ProxyError::Denied(d) => d.is_unauthenticated(),
             _ => false,
         }
@@ -109,10 +139,19 @@ impl ProxyError {
 
     /// The response. `close` asks the client to drop the connection, for
     /// requests whose body was never read (`Expect: 100-continue` uploads).
-    pub fn into_response(self, close: bool) -> Response<ResponseBody> {
+    pub fn into_response(self, close: bool, style: &ErrorStyle) -> Response<ResponseBody> {
         let status = self.status();
         let message = self.to_string();
-        let body = serde_json::json!({ "message": message, "error": message }).to_string();
+        let body = if style.registry {
+            serde_json::json!({ "errors": [{
+                "code": registry_code(status, &self),
+                "message": message,
+                "detail": null,
+            }]})
+        } else {
+            serde_json::json!({ "message": message, "error": message })
+        }
+        .to_string();
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -121,10 +160,7 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"tokengate\""),
-            );
+            headers.insert(header::WWW_AUTHENTICATE, style.challenge.clone());
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
@@ -133,5 +169,18 @@ impl ProxyError {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+/// The distribution API error code for a refusal.
+fn registry_code(status: StatusCode, error: &ProxyError) -> &'static str {
+    match (status, error) {
+        (_, ProxyError::BadNamespace) => "NAME_INVALID",
+        (StatusCode::NOT_FOUND, ProxyError::NoRoute) => "NAME_UNKNOWN",
+        (StatusCode::UNAUTHORIZED, _) => "UNAUTHORIZED",
+        (StatusCode::FORBIDDEN, _) => "DENIED",
+        (StatusCode::TOO_MANY_REQUESTS, _) => "TOOMANYREQUESTS",
+        (s, _) if s.is_client_error() => "UNSUPPORTED",
+        _ => "UNAVAILABLE",
     }
 }

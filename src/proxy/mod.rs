@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod headers;
 mod limit;
+mod registry;
 mod rewrite;
 
 use std::convert::Infallible;
@@ -24,12 +25,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-pub use error::{ProxyError, Side};
+pub use error::{ErrorStyle, ProxyError, Side};
 
 use crate::auth::{self, Ask};
 use crate::cache::{Lookup, TokenResolver};
 use crate::config::Config;
-use crate::format;
+use crate::format::{self, Authentication};
+use crate::oci::RegistryAuth;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
@@ -46,6 +48,8 @@ pub struct Proxy {
     config: Arc<Config>,
     resolver: Arc<TokenResolver>,
     last_used: Arc<LastUsed>,
+    /// The registry token service, when configured.
+    registry: Option<Arc<RegistryAuth>>,
     client: Client<HttpConnector, IdleTimeout<Incoming>>,
     failures: FailureLimiter,
 }
@@ -55,6 +59,7 @@ impl Proxy {
         config: Arc<Config>,
         resolver: Arc<TokenResolver>,
         last_used: Arc<LastUsed>,
+        registry: Option<Arc<RegistryAuth>>,
     ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
@@ -71,6 +76,7 @@ impl Proxy {
             config,
             resolver,
             last_used,
+            registry,
             client,
             failures,
         }
@@ -98,7 +104,7 @@ impl Proxy {
                     tracing::warn!(error = %e, ?side, "request failed");
                 }
                 outcome.decision = decision;
-                e.into_response(body_left_unread(&method))
+                e.into_response(body_left_unread(&method), &outcome.style)
             }
         };
         tracing::info!(
@@ -127,6 +133,14 @@ impl Proxy {
         if let Some(q) = query {
             check_query(q)?;
         }
+        if let Some(registry) = &self.registry {
+            if let Some(response) = self
+                .registry_endpoint(registry, &req, &path, query, peer, outcome)
+                .await
+            {
+                return response;
+            }
+        }
         let matched = self.config.routes.find(&path)?;
         let route = matched.route;
         outcome.route = Some(route.name.clone());
@@ -134,6 +148,19 @@ impl Proxy {
         let access = route.access(req.method(), &rest);
         if self.failures.is_blocked(peer.ip()) {
             return Err(ProxyError::TooManyFailures);
+        }
+        if route.format.authentication() == Authentication::RegistryJwt {
+            let registry = self
+                .registry
+                .as_ref()
+                .expect("config: oci routes imply [registry_auth]");
+            let (token, query) = self
+                .authorize_registry(registry, &req, &matched, &rest, access, query, outcome)
+                .await?;
+            drop(rest);
+            return self
+                .forward(req, &path, query.as_deref(), &matched, &token, peer, false)
+                .await;
         }
         let presented =
             format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
@@ -306,12 +333,13 @@ fn origin_form<'u>(
     Ok((path, uri.query()))
 }
 
-/// What the access log says about a request.
+/// What the access log says about a request, and how its errors are told.
 #[derive(Default)]
 struct Outcome {
     route: Option<Arc<str>>,
     token_id: Option<i64>,
     decision: &'static str,
+    style: ErrorStyle,
 }
 
 /// Whether a refused request may carry a body that was never read: such

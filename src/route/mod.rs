@@ -47,6 +47,9 @@ pub enum NamespaceSource {
     Fixed(String),
     /// The `{namespace}` segment of the path.
     Placeholder,
+    /// The repository the request names (OCI): known only to the format's
+    /// own classification, so [`Matched::namespace`] is empty.
+    Repository,
 }
 
 /// One segment of an access-override pattern.
@@ -220,6 +223,7 @@ impl RouteTable {
             (NamespaceSource::Placeholder, None) => {
                 unreachable!("validated: placeholder routes have {{namespace}}")
             }
+            (NamespaceSource::Repository, _) => "",
         };
         Ok(Matched {
             route,

@@ -1,0 +1,244 @@
+//! The registry token service (Docker Registry v2 token authentication):
+//! deploy tokens in, short-lived signed JWTs out. The same JWTs are
+//! accepted by tokengate's own `oci` routes (proxy mode) and by a
+//! distribution registry configured with `auth.token` (token-server-only mode).
+//!
+//! Everything here is pure: the proxy authenticates the deploy token and
+//! hands the record in.
+
+pub mod keys;
+pub mod scope;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::HeaderValue;
+
+use crate::config::{PublicUrl, RegistryAuthConfig};
+use crate::token::TokenRecord;
+pub use keys::{Claims, JwtError, KeyRing};
+use scope::{Grant, ScopeError};
+
+/// Why a token request is refused (after authentication).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRequestError {
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    #[error(transparent)]
+    BadScope(#[from] ScopeError),
+}
+
+pub struct RegistryAuth {
+    config: RegistryAuthConfig,
+    keys: KeyRing,
+}
+
+impl RegistryAuth {
+    pub fn new(config: RegistryAuthConfig, keys: KeyRing) -> RegistryAuth {
+        RegistryAuth { config, keys }
+    }
+
+    pub fn config(&self) -> &RegistryAuthConfig {
+        &self.config
+    }
+
+    /// The token endpoint's JSON answer. `token` is the authenticated deploy
+    /// token, `None` for an anonymous request (which is granted nothing).
+    pub fn issue(
+        &self,
+        token: Option<&TokenRecord>,
+        query: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value, TokenRequestError> {
+        let params: Vec<(String, String)> = query.map(parse_query).unwrap_or_default();
+        let service = params
+            .iter()
+            .find(|(k, _)| k == "service")
+            .map(|(_, v)| v.as_str());
+        if let Some(service) = service.filter(|s| *s != self.config.service) {
+            return Err(TokenRequestError::UnknownService(
+                service.chars().take(100).collect(),
+            ));
+        }
+        let asked = scope::parse_all(
+            params
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.as_str()),
+        )?;
+        let access: Vec<Grant> = match token {
+            Some(token) => scope::intersect(&asked, token, self.config.allow_delete),
+            None => Vec::new(),
+        };
+        let ttl = self.config.token_ttl.as_secs() as i64;
+        let claims = Claims {
+            iss: self.config.issuer.clone(),
+            sub: token.map_or_else(String::new, |t| t.username.clone()),
+            aud: self.config.service.clone(),
+            exp: now.timestamp() + ttl,
+            nbf: now.timestamp(),
+            iat: now.timestamp(),
+            jti: random_id(),
+            access,
+            deploy_token_id: token.map(|t| t.id),
+        };
+        let jwt = self.keys.sign(&claims);
+        Ok(serde_json::json!({
+            "token": jwt,
+            "access_token": jwt,
+            "expires_in": ttl,
+            "issued_at": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }))
+    }
+
+    pub fn verify(&self, jwt: &str) -> Result<Claims, JwtError> {
+        self.keys
+            .verify(jwt, &self.config.issuer, &self.config.service)
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
+    }
+
+    /// The `WWW-Authenticate` challenge sending clients to the token endpoint.
+    pub fn challenge(
+        &self,
+        public: &PublicUrl,
+        scope: Option<&str>,
+        error: Option<&str>,
+    ) -> HeaderValue {
+        let mut value = format!(
+            "Bearer realm=\"{}{}{}\",service=\"{}\"",
+            public.origin, public.base_path, self.config.path, self.config.service
+        );
+        if let Some(scope) = scope {
+            value.push_str(&format!(",scope=\"{scope}\""));
+        }
+        if let Some(error) = error {
+            value.push_str(&format!(",error=\"{error}\""));
+        }
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+}
+
+fn random_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `application/x-www-form-urlencoded` pairs, decoded (`+` is a space).
+/// Undecodable pairs are skipped.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{OwnerKind, ScopeSet};
+    use std::time::Duration;
+
+    fn auth(dir: &std::path::Path) -> RegistryAuth {
+        let key = dir.join("k.pem");
+        std::fs::write(&key, include_str!("testdata/ec-p256.pem")).unwrap();
+        let config = RegistryAuthConfig {
+            path: "/jwt/auth".into(),
+            jwks_path: "/jwt/jwks.json".into(),
+            service: "container_registry".into(),
+            issuer: "tokengate".into(),
+            token_ttl: Duration::from_secs(300),
+            anonymous: false,
+            allow_delete: false,
+            key_file: key.clone(),
+            verify_key_files: vec![],
+        };
+        RegistryAuth::new(config, KeyRing::load(&key, &[]).unwrap())
+    }
+
+    fn token() -> TokenRecord {
+        TokenRecord {
+            id: 42,
+            name: "ci".into(),
+            username: "bot".into(),
+            owner_kind: OwnerKind::Project,
+            owner_path: "acme/web".into(),
+            scopes: ScopeSet::parse_list("read_registry").unwrap(),
+            expires_at: None,
+            revoked: false,
+            created_at: Utc::now(),
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn issues_the_intersection_as_a_verifiable_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let now = Utc::now();
+        let answer = auth
+            .issue(
+                Some(&token()),
+                Some("service=container_registry&scope=repository%3Aacme%2Fweb%2Fapp%3Apull%2Cpush&scope=repository:acme/api/x:pull+registry:catalog:*&account=bot&client_id=docker&offline_token=true"),
+                now,
+            )
+            .unwrap();
+        assert_eq!(answer["token"], answer["access_token"]);
+        assert_eq!(answer["expires_in"], 300);
+        let claims = auth.verify(answer["token"].as_str().unwrap()).unwrap();
+        assert_eq!(claims.deploy_token_id, Some(42));
+        assert_eq!(claims.sub, "bot");
+        assert_eq!(
+            claims.access,
+            vec![Grant {
+                kind: "repository".into(),
+                class: None,
+                name: "acme/web/app".into(),
+                actions: vec!["pull".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let now = Utc::now();
+        assert!(matches!(
+            auth.issue(Some(&token()), Some("service=other"), now),
+            Err(TokenRequestError::UnknownService(_))
+        ));
+        assert!(matches!(
+            auth.issue(Some(&token()), Some("scope=repository:acme"), now),
+            Err(TokenRequestError::BadScope(_))
+        ));
+        let anonymous = auth
+            .issue(None, Some("scope=repository:acme/web/app:pull"), now)
+            .unwrap();
+        let claims = auth.verify(anonymous["token"].as_str().unwrap()).unwrap();
+        assert!(claims.access.is_empty());
+        assert_eq!(claims.deploy_token_id, None);
+    }
+}

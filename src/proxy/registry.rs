@@ -1,0 +1,241 @@
+//! The registry token flow inside the proxy: tokengate's token endpoint and
+//! JWKS document, and the authorization of `oci` routes by registry JWT.
+//! The rules themselves live in [`crate::oci`] and [`crate::auth`]; this
+//! file only gathers what they need (credentials, the token record).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
+use crate::auth::{self, Ask, Denial};
+use crate::cache::Lookup;
+use crate::format::oci::{classify, Endpoint};
+use crate::format::{self, Access};
+use crate::oci::RegistryAuth;
+use crate::route::{Matched, NormalizedPath};
+use crate::token::{self, Digest, TokenRecord};
+
+impl Proxy {
+    /// Answers the token endpoint and the JWKS document; `None` for any other path.
+    pub(super) async fn registry_endpoint(
+        &self,
+        registry: &RegistryAuth,
+        req: &Request<Incoming>,
+        path: &NormalizedPath,
+        query: Option<&str>,
+        peer: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Option<Result<Response<ResponseBody>, ProxyError>> {
+        let config = registry.config();
+        if path_is(path, &config.jwks_path) {
+            outcome.route = Some(Arc::from("registry-jwks"));
+            outcome.decision = "public";
+            return Some(Ok(json(StatusCode::OK, &registry.jwks())));
+        }
+        if !path_is(path, &config.path) {
+            return None;
+        }
+        outcome.route = Some(Arc::from("registry-token"));
+        outcome.style.registry = true;
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            // Clients that try OAuth2 (POST) first fall back to GET on 404.
+            return Some(Err(ProxyError::NoRoute));
+        }
+        Some(
+            self.issue_registry_token(registry, req, query, peer, outcome)
+                .await,
+        )
+    }
+
+    async fn issue_registry_token(
+        &self,
+        registry: &RegistryAuth,
+        req: &Request<Incoming>,
+        query: Option<&str>,
+        peer: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        if self.failures.is_blocked(peer.ip()) {
+            return Err(ProxyError::TooManyFailures);
+        }
+        let now = chrono::Utc::now();
+        let record = match format::basic_credentials(req.headers())? {
+            None if registry.config().anonymous => None,
+            None => return Err(ProxyError::NoCredentials),
+            Some(presented) => {
+                if !token::well_formed(&presented.secret) {
+                    return Err(Denial::UnknownToken.into());
+                }
+                let lookup = self
+                    .resolver
+                    .resolve(Digest::of(&presented.secret))
+                    .await
+                    .map_err(ProxyError::StoreUnavailable)?;
+                let record = found(lookup);
+                auth::authenticate(record.as_deref(), presented.username.as_deref(), now)?;
+                outcome.token_id = record.as_ref().map(|r| r.id);
+                record
+            }
+        };
+        let body = registry.issue(record.as_deref(), query, now)?;
+        if let Some(record) = &record {
+            self.last_used.mark(record.id, now.timestamp());
+        }
+        outcome.decision = "token_issued";
+        Ok(json(StatusCode::OK, &body))
+    }
+
+    /// Authorizes a request on an `oci` route by its registry JWT: the JWT
+    /// must be valid and grant the repository and action, *and* the deploy
+    /// token it names must still be live and allowed (so revocation applies
+    /// before the JWT expires). Returns the token and the query to forward
+    /// (a blob mount from an unreadable repository is dropped, so the
+    /// registry starts a plain upload instead of leaking the blob).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn authorize_registry(
+        &self,
+        registry: &RegistryAuth,
+        req: &Request<Incoming>,
+        matched: &Matched<'_>,
+        rest: &[&str],
+        access: Access,
+        query: Option<&str>,
+        outcome: &mut Outcome,
+    ) -> Result<(Arc<TokenRecord>, Option<String>), ProxyError> {
+        let endpoint = classify(req.method(), rest, query);
+        let public = &self.config.server.public_url;
+        let scope = match &endpoint {
+            Endpoint::Repository { name, action, .. } => {
+                Some(format!("repository:{name}:{}", action.scope_actions()))
+            }
+            _ => None,
+        };
+        outcome.style = ErrorStyle {
+            challenge: registry.challenge(public, scope.as_deref(), None),
+            registry: true,
+        };
+        if endpoint == Endpoint::Invalid {
+            return Err(ProxyError::NoRoute);
+        }
+        let format = &*matched.route.format;
+        let presented =
+            format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+        let claims = registry.verify(&presented.secret).map_err(|e| {
+            outcome.style.challenge =
+                registry.challenge(public, scope.as_deref(), Some("invalid_token"));
+            ProxyError::from(e)
+        })?;
+        let id = claims.deploy_token_id.ok_or(Denial::UnknownToken)?;
+        outcome.token_id = Some(id);
+        let lookup = self
+            .resolver
+            .resolve_id(id)
+            .await
+            .map_err(ProxyError::StoreUnavailable)?;
+        let record = found(lookup);
+        let now = chrono::Utc::now();
+        let username = Some(claims.sub.as_str());
+        let mut forward_query = query.map(str::to_string);
+        match &endpoint {
+            Endpoint::Invalid => unreachable!("answered above"),
+            Endpoint::Base => {
+                auth::authenticate(record.as_deref(), username, now)?;
+            }
+            Endpoint::Catalog => {
+                auth::authenticate(record.as_deref(), username, now)?;
+                return Err(Denial::AccessRefused.into());
+            }
+            Endpoint::Repository {
+                name,
+                action,
+                mount_from,
+            } => {
+                let ask = Ask {
+                    username,
+                    namespace: name,
+                    access,
+                    scopes: format.scopes_for(access),
+                };
+                auth::decide(record.as_deref(), &ask, now)?;
+                if !claims.access.iter().any(|g| g.allows(name, action.grant())) {
+                    outcome.style.challenge =
+                        registry.challenge(public, scope.as_deref(), Some("insufficient_scope"));
+                    return Err(ProxyError::InsufficientScope);
+                }
+                if let Some(from) = mount_from {
+                    let source = Ask {
+                        username,
+                        namespace: from,
+                        access: Access::Read,
+                        scopes: format.scopes_for(Access::Read),
+                    };
+                    let readable = claims.access.iter().any(|g| g.allows(from, "pull"))
+                        && auth::decide(record.as_deref(), &source, now).is_ok();
+                    if !readable {
+                        tracing::info!(token_id = id, from = %from, "blob mount from an unreadable repository dropped");
+                        forward_query = query.and_then(without_mount);
+                    }
+                }
+            }
+        }
+        outcome.decision = "allowed";
+        self.last_used.mark(id, now.timestamp());
+        Ok((record.expect("authenticated above"), forward_query))
+    }
+}
+
+fn found(lookup: Lookup) -> Option<Arc<TokenRecord>> {
+    match lookup {
+        Lookup::Found(record) => Some(record),
+        Lookup::Absent => None,
+    }
+}
+
+/// Whether the normalized path is exactly the configured one.
+fn path_is(path: &NormalizedPath, configured: &str) -> bool {
+    !path.trailing_slash
+        && path
+            .decoded()
+            .eq(configured.split('/').filter(|s| !s.is_empty()))
+}
+
+/// The query without `mount` and `from`; `None` when nothing is left.
+fn without_mount(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            key != "mount" && key != "from"
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_a_mount_keeps_the_rest() {
+        assert_eq!(without_mount("mount=sha256%3Aab&from=acme%2Fx"), None);
+        assert_eq!(
+            without_mount("mount=sha256%3Aab&x=1&from=acme%2Fx"),
+            Some("x=1".to_string())
+        );
+    }
+}
