@@ -311,7 +311,12 @@ pub fn send(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    send_raw(port, &bytes)
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&bytes).unwrap();
+    read_response_with(&mut BufReader::new(stream), method != "HEAD")
 }
 
 /// Writes raw bytes and reads one response until the server closes.
@@ -325,6 +330,12 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> RawResponse {
 }
 
 pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
+    read_response_with(reader, true)
+}
+
+/// Reads one response; `with_body` is false for answers to HEAD, whose
+/// `Content-Length` describes a body that is not sent.
+pub fn read_response_with<R: Read>(reader: &mut BufReader<R>, with_body: bool) -> RawResponse {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     let status = line
@@ -352,7 +363,8 @@ pub fn read_response<R: Read>(reader: &mut BufReader<R>) -> RawResponse {
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if let Some(len) = len {
+    if !with_body {
+    } else if let Some(len) = len {
         body.resize(len, 0);
         reader.read_exact(&mut body).unwrap();
     } else if chunked {

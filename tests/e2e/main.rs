@@ -15,6 +15,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod oci;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,621 @@
+//! Containers end to end: the real distribution registry (Debian's
+//! `docker-registry` 2.8) and real OCI clients without a Docker engine —
+//! skopeo for push and pull, `docker login` and `docker manifest inspect` —
+//! in both modes:
+//!
+//! - proxy mode: the registry has no auth and listens on loopback; clients
+//!   talk to tokengate's `oci` route, which checks each request's JWT and the
+//!   deploy token behind it;
+//! - token-server-only mode: clients talk to the registry, whose
+//!   `auth.token` sends them to tokengate's token endpoint and verifies the
+//!   JWTs itself (by `kid` / `x5c` against tokengate's certificate).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::common::{free_port, send, wait_for_port, Gate, RawResponse, Setup, Token};
+
+const RW: &str = "read_registry,write_registry";
+const RO: &str = "read_registry";
+/// The big layer: over 100 MiB, as the issue asks.
+const BIG_LAYER: usize = 110 << 20;
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{tool} is missing: run tests/e2e/install.sh (installs docker-registry and skopeo; the Docker CLI comes with the machine)");
+}
+
+/// A distribution registry on a free loopback port, storing under `dir`.
+struct Registry {
+    port: u16,
+    child: Child,
+}
+
+impl Registry {
+    /// `token_auth`: `(realm, rootcertbundle)` for token-server-only mode.
+    fn start(dir: &Path, token_auth: Option<(String, PathBuf)>) -> Registry {
+        require("docker-registry");
+        let port = free_port();
+        let auth = token_auth.map_or_else(String::new, |(realm, bundle)| {
+            format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: container_registry\n    issuer: tokengate\n    rootcertbundle: {}\n",
+                bundle.display()
+            )
+        });
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: e2e-only-secret\n{auth}",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port, Duration::from_secs(20));
+        Registry { port, child }
+    }
+
+    fn has_blob(&self, repository: &str, digest: &str) -> bool {
+        let r = send(
+            self.port,
+            "HEAD",
+            &format!("/v2/{repository}/blobs/{digest}"),
+            &[],
+            b"",
+        );
+        r.status == 200
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OCI image layout with a big random layer and a small one, gzipped
+/// (so that no client recompresses them and pulled blobs can be compared byte for byte).
+struct Image {
+    dir: PathBuf,
+    big: String,
+    small: String,
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    format!("sha256:{:x}", hasher.finalize())
+}
+
+fn shell(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Image {
+    /// `big` bytes of random data in the first layer.
+    fn build(work: &Path, big: usize) -> Image {
+        let dir = work.join("image");
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let scratch = work.join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        shell(
+            &format!(
+                "head -c {big} /dev/urandom > big.bin && tar -cf big.tar big.bin && gzip -1 -n -c big.tar > big.tar.gz \
+                 && printf 'hello from tokengate\\n' > small.txt && tar -cf small.tar small.txt && gzip -n -c small.tar > small.tar.gz"
+            ),
+            &scratch,
+        );
+        let mut layers = Vec::new();
+        for name in ["big", "small"] {
+            let gz = scratch.join(format!("{name}.tar.gz"));
+            let digest = sha256_file(&gz);
+            let diff_id = sha256_file(&scratch.join(format!("{name}.tar")));
+            let size = std::fs::metadata(&gz).unwrap().len();
+            std::fs::rename(&gz, blobs.join(digest.trim_start_matches("sha256:"))).unwrap();
+            layers.push((digest, diff_id, size));
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {},
+            "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.1.clone()).collect::<Vec<_>>() },
+        })
+        .to_string();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": put_blob(&blobs, config.as_bytes()), "size": config.len() },
+            "layers": layers.iter().map(|(d, _, s)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let manifest_digest = put_blob(&blobs, manifest.as_bytes());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest.len(),
+                "annotations": { "org.opencontainers.image.ref.name": "v1" },
+            }],
+        });
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        std::fs::remove_dir_all(&scratch).unwrap();
+        Image {
+            dir,
+            big: layers[0].0.clone(),
+            small: layers[1].0.clone(),
+        }
+    }
+
+    fn blob(&self, digest: &str) -> PathBuf {
+        blob_path(&self.dir, digest)
+    }
+}
+
+fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+fn put_blob(blobs: &Path, bytes: &[u8]) -> String {
+    let hex = format!("{:x}", Sha256::digest(bytes));
+    std::fs::write(blobs.join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len()
+        && sha256_file(a) == sha256_file(b)
+}
+
+struct Run {
+    ok: bool,
+    output: String,
+}
+
+fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> Run {
+    let out = Command::new("timeout")
+        .args(["-k", "10", "300", program])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        ok: out.status.success(),
+        output: format!(
+            "{program} {}: {}\n{}{}",
+            args.first().unwrap_or(&""),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn skopeo_push(image: &Image, host: &str, repo: &str, token: &Token) -> Run {
+    let started = Instant::now();
+    let r = run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{}:{}", token.username, token.secret),
+            &format!("oci:{}:v1", image.dir.display()),
+            &format!("docker://{host}/{repo}:v1"),
+        ],
+        &[],
+    );
+    eprintln!(
+        "[e2e] skopeo push {repo} as {}: {} in {:.1?}",
+        token.username,
+        r.ok,
+        started.elapsed()
+    );
+    r
+}
+
+fn skopeo_pull(out: &Path, host: &str, repo: &str, token: &Token) -> Run {
+    run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &format!("{}:{}", token.username, token.secret),
+            &format!("docker://{host}/{repo}:v1"),
+            &format!("oci:{}:v1", out.display()),
+        ],
+        &[],
+    )
+}
+
+fn docker(config: &Path, args: &[&str]) -> Run {
+    require("docker");
+    run("docker", args, &[("DOCKER_CONFIG", config)])
+}
+
+fn jwt(gate: &Gate, token: &Token, scope: &str) -> String {
+    let r = send(
+        gate.port,
+        "GET",
+        &format!(
+            "/jwt/auth?service=container_registry&scope={}",
+            scope
+                .replace(':', "%3A")
+                .replace('/', "%2F")
+                .replace(',', "%2C")
+        ),
+        &[("Authorization", &token.basic())],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn bearer(
+    port: u16,
+    method: &str,
+    target: &str,
+    jwt: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let auth = format!("Bearer {jwt}");
+    let mut all = vec![("Authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    send(port, method, target, &all, body)
+}
+
+/// The path and query of an absolute or relative `Location`.
+fn location_target(location: &str, gate: &Gate) -> String {
+    assert!(
+        location.starts_with(&gate.url()) || location.starts_with('/'),
+        "upload sessions must continue through the proxy: {location}"
+    );
+    location.trim_start_matches(&gate.url()).to_string()
+}
+
+fn oci_gate(work: &Path, upstream: Option<u16>) -> Gate {
+    let key = work.join("signing.pem");
+    let route = upstream.map_or_else(String::new, |port| {
+        format!("[upstream.registry]\nurl = \"http://127.0.0.1:{port}\"\n\n[[route]]\nname = \"containers\"\nformat = \"oci\"\npath = \"/v2\"\nupstream = \"registry\"\n")
+    });
+    let body = format!("[signing]\nkey_file = \"{}\"\n\n[registry_auth]\nservice = \"container_registry\"\nissuer = \"tokengate\"\n\n{route}", key.display());
+    Gate::launch(Setup {
+        body: &body,
+        ..Setup::default()
+    })
+}
+
+#[test]
+fn oci_proxy_mode_with_skopeo_and_docker() {
+    require("skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let image = Image::build(work.path(), BIG_LAYER);
+    let reg_dir = work.path().join("reg");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let registry = Registry::start(&reg_dir, None);
+    let gate = oci_gate(work.path(), Some(registry.port));
+    let host = format!("127.0.0.1:{}", gate.port);
+    let rw = gate.token("project:acme/web", RW, &[]);
+    let ro = gate.token("project:acme/web", RO, &[]);
+    let other = gate.token("project:acme/api", RW, &[]);
+
+    // docker login, right and wrong.
+    let docker_config = work.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let login = docker(
+        &docker_config,
+        &["login", &host, "-u", &rw.username, "-p", &rw.secret],
+    );
+    assert!(login.ok, "{}", login.output);
+    let bad = docker(
+        &work.path().join("docker-bad"),
+        &["login", &host, "-u", &rw.username, "-p", "tgdt_wrong"],
+    );
+    assert!(!bad.ok, "a wrong password must not log in: {}", bad.output);
+
+    // Push a multi-layer image (one layer > 100 MiB) and pull it back byte-identical.
+    let rss_before = gate.rss_kib().0;
+    let push = skopeo_push(&image, &host, "acme/web/app", &rw);
+    assert!(
+        push.ok,
+        "{}\n{}",
+        push.output,
+        gate.logs()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let rss_after = gate.rss_kib();
+    println!(
+        "proxy RSS before/after the {} MiB push: {} / {} KiB (peak {} KiB)",
+        BIG_LAYER >> 20,
+        rss_before,
+        rss_after.0,
+        rss_after.1
+    );
+    assert!(registry.has_blob("acme/web/app", &image.big));
+    let inspect = docker(
+        &docker_config,
+        &[
+            "manifest",
+            "inspect",
+            "--insecure",
+            &format!("{host}/acme/web/app:v1"),
+        ],
+    );
+    assert!(
+        inspect.ok && inspect.output.contains(&image.big),
+        "{}",
+        inspect.output
+    );
+    let out = work.path().join("pulled");
+    let pull = skopeo_pull(&out, &host, "acme/web/app", &ro);
+    assert!(pull.ok, "{}", pull.output);
+    assert!(
+        same_file(&image.blob(&image.big), &blob_path(&out, &image.big)),
+        "big layer differs"
+    );
+    assert!(same_file(
+        &image.blob(&image.small),
+        &blob_path(&out, &image.small)
+    ));
+
+    // A read-only token pulls but cannot push; another project's token can do neither.
+    let refused = skopeo_push(&image, &host, "acme/web/ro-app", &ro);
+    assert!(!refused.ok, "read-only push must fail");
+    assert!(!registry.has_blob("acme/web/ro-app", &image.small));
+    assert!(
+        !skopeo_pull(
+            &work.path().join("other-pull"),
+            &host,
+            "acme/web/app",
+            &other
+        )
+        .ok
+    );
+    assert!(!skopeo_push(&image, &host, "acme/web/other-app", &other).ok);
+    assert!(!registry.has_blob("acme/web/other-app", &image.small));
+
+    // A mount from a repository the token cannot read does not leak the blob.
+    let thief = jwt(&gate, &other, "repository:acme/api/loot:pull,push");
+    let r = bearer(
+        gate.port,
+        "POST",
+        &format!(
+            "/v2/acme/api/loot/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
+            image.small.replace(':', "%3A")
+        ),
+        &thief,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "a plain upload, not a mount: {}", r.text());
+    assert!(
+        !registry.has_blob("acme/api/loot", &image.small),
+        "the blob leaked through a mount"
+    );
+
+    // A chunked upload (POST, PATCH, PATCH, PUT) keeps going through the proxy.
+    let push_jwt = jwt(&gate, &rw, "repository:acme/web/chunky:pull,push");
+    let r = bearer(
+        gate.port,
+        "POST",
+        "/v2/acme/web/chunky/blobs/uploads/",
+        &push_jwt,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut target = location_target(r.header("Location").unwrap(), &gate);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for (start, chunk) in [(0usize, &data[..100_000]), (100_000, &data[100_000..])] {
+        let range = format!("{}-{}", start, start + chunk.len() - 1);
+        let r = bearer(
+            gate.port,
+            "PATCH",
+            &target,
+            &push_jwt,
+            &[
+                ("Content-Range", &range),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            chunk,
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        target = location_target(r.header("Location").unwrap(), &gate);
+    }
+    let digest = format!("sha256:{:x}", Sha256::digest(&data));
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let r = bearer(
+        gate.port,
+        "PUT",
+        &format!("{target}{sep}digest={}", digest.replace(':', "%3A")),
+        &push_jwt,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = bearer(
+        gate.port,
+        "GET",
+        &format!("/v2/acme/web/chunky/blobs/{digest}"),
+        &push_jwt,
+        &[],
+        b"",
+    );
+    assert_eq!(back.body, data);
+
+    // Revoked: the unexpired JWT stops working on the next request.
+    let victim = gate.token("project:acme/web", RO, &[]);
+    let victim_jwt = jwt(&gate, &victim, "repository:acme/web/app:pull");
+    let manifest = "/v2/acme/web/app/manifests/v1";
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    assert_eq!(
+        bearer(gate.port, "GET", manifest, &victim_jwt, &accept, b"").status,
+        200
+    );
+    gate.revoke(victim.id);
+    let started = Instant::now();
+    while bearer(gate.port, "GET", manifest, &victim_jwt, &accept, b"").status != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "revoked token's JWT still pulls"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "revoked deploy token's JWT refused after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn oci_proxy_memory_stays_flat_for_a_1_gib_layer() {
+    let work = tempfile::tempdir().unwrap();
+    let reg_dir = work.path().join("reg");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let registry = Registry::start(&reg_dir, None);
+    let gate = oci_gate(work.path(), Some(registry.port));
+    let rw = gate.token("project:acme/web", RW, &[]);
+    let push = jwt(&gate, &rw, "repository:acme/web/huge:pull,push");
+    let r = bearer(
+        gate.port,
+        "POST",
+        "/v2/acme/web/huge/blobs/uploads/",
+        &push,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202);
+    let target = location_target(r.header("Location").unwrap(), &gate);
+    let (rss_before, _) = gate.rss_kib();
+    // One streamed PATCH of 1 GiB (chunked transfer encoding), generated on the fly.
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(
+        stream,
+        "PATCH {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {push}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut hasher = Sha256::new();
+    let mut peak = 0;
+    for i in 0..1024 {
+        write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        hasher.update(&chunk);
+        if i % 64 == 0 {
+            peak = peak.max(gate.rss_kib().0);
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let response = crate::common::read_response(&mut std::io::BufReader::new(stream));
+    assert_eq!(response.status, 202, "{}", response.text());
+    let growth = peak.saturating_sub(rss_before);
+    println!("1 GiB layer through the proxy: RSS {rss_before} KiB before, {peak} KiB at most during (growth {growth} KiB)");
+    assert!(growth < 32 * 1024, "proxy memory grew by {growth} KiB");
+    let next = location_target(response.header("Location").unwrap(), &gate);
+    let digest = format!("sha256:{:x}", hasher.finalize());
+    let sep = if next.contains('?') { '&' } else { '?' };
+    let r = bearer(
+        gate.port,
+        "PUT",
+        &format!("{next}{sep}digest={}", digest.replace(':', "%3A")),
+        &push,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(registry.has_blob("acme/web/huge", &digest));
+}
+
+#[test]
+fn oci_token_server_only_mode() {
+    require("skopeo");
+    let work = tempfile::tempdir().unwrap();
+    // tokengate first: its first start writes the signing key and certificate the registry trusts.
+    let gate = oci_gate(work.path(), None);
+    let cert = work.path().join("signing.crt");
+    assert!(cert.exists(), "tokengate wrote its certificate");
+    let reg_dir = work.path().join("reg");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let registry = Registry::start(&reg_dir, Some((format!("{}/jwt/auth", gate.url()), cert)));
+    let host = format!("127.0.0.1:{}", registry.port);
+    let image = Image::build(work.path(), 1 << 20);
+    let rw = gate.token("project:acme/web", RW, &[]);
+    let ro = gate.token("project:acme/web", RO, &[]);
+    let other = gate.token("project:acme/api", RW, &[]);
+
+    let docker_config = work.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let login = docker(
+        &docker_config,
+        &["login", &host, "-u", &rw.username, "-p", &rw.secret],
+    );
+    assert!(login.ok, "{}", login.output);
+    let push = skopeo_push(&image, &host, "acme/web/app", &rw);
+    assert!(
+        push.ok,
+        "the registry accepts tokengate's JWTs: {}",
+        push.output
+    );
+    let out = work.path().join("pulled");
+    assert!(skopeo_pull(&out, &host, "acme/web/app", &ro).ok);
+    assert!(same_file(
+        &image.blob(&image.small),
+        &blob_path(&out, &image.small)
+    ));
+    assert!(
+        !skopeo_push(&image, &host, "acme/web/ro-app", &ro).ok,
+        "read-only push refused by the registry"
+    );
+    assert!(!skopeo_pull(&work.path().join("o"), &host, "acme/web/app", &other).ok);
+    assert!(!skopeo_push(&image, &host, "acme/web/x", &other).ok);
+}
