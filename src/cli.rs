@@ -231,9 +231,16 @@ async fn serve(config: Config) -> Result<(), CliError> {
         Some(registry) => {
             let keys = KeyRing::load(&registry.key_file, &registry.verify_key_files)
                 .map_err(|e| CliError::Failed(format!("signing key: {e}")))?;
+            // For registries that verify the JWTs themselves (distribution 3.x `auth.token.jwks`).
+            let jwks = registry.key_file.with_extension("jwks.json");
+            if let Err(e) = std::fs::write(&jwks, keys.jwks().to_string()) {
+                tracing::warn!(path = %jwks.display(), error = %e, "JWKS file not written");
+            }
             tracing::info!(
                 kid = keys.kid(),
                 key = %registry.key_file.display(),
+                certificate = %crate::oci::keys::cert_path(&registry.key_file).display(),
+                jwks = %jwks.display(),
                 token_endpoint = %registry.path,
                 "registry token service on"
             );

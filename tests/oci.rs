@@ -405,3 +405,28 @@ fn blob_mounts_need_pull_on_the_source() {
         403
     );
 }
+
+#[test]
+fn anonymous_tokens_grant_nothing() {
+    let up = Recorder::start();
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[signing]\nkey_file = \"{}\"\n\n[registry_auth]\nanonymous = true\n\n[upstream.registry]\nurl = \"{}\"\n\n[[route]]\nname = \"c\"\nformat = \"oci\"\npath = \"/v2\"\nupstream = \"registry\"\n",
+        dir.path().join("k.pem").display(),
+        up.url()
+    );
+    let gate = Gate::launch(Setup {
+        body: &body,
+        ..Setup::default()
+    });
+    let r = token_request(&gate, None, &query(&["repository:acme/web/app:pull"]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let anonymous = body["token"].as_str().unwrap();
+    assert_eq!(claims(anonymous)["access"], serde_json::json!([]));
+    assert!(claims(anonymous).get("deploy_token_id").is_none());
+    assert_eq!(bearer(&gate, "GET", "/v2/", anonymous).status, 401);
+    assert_eq!(bearer(&gate, "GET", "/v2/acme/web/app/manifests/v1", anonymous).status, 401);
+    assert!(up.seen().is_empty());
+    assert!(dir.path().join("k.jwks.json").exists(), "the JWKS file is written next to the key");
+}
