@@ -426,7 +426,13 @@ fn anonymous_tokens_grant_nothing() {
     assert_eq!(claims(anonymous)["access"], serde_json::json!([]));
     assert!(claims(anonymous).get("deploy_token_id").is_none());
     assert_eq!(bearer(&gate, "GET", "/v2/", anonymous).status, 401);
-    assert_eq!(bearer(&gate, "GET", "/v2/acme/web/app/manifests/v1", anonymous).status, 401);
+    assert_eq!(
+        bearer(&gate, "GET", "/v2/acme/web/app/manifests/v1", anonymous).status,
+        401
+    );
     assert!(up.seen().is_empty());
-    assert!(dir.path().join("k.jwks.json").exists(), "the JWKS file is written next to the key");
+    assert!(
+        dir.path().join("k.jwks.json").exists(),
+        "the JWKS file is written next to the key"
+    );
 }
