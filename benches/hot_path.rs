@@ -87,7 +87,7 @@ fn hot_path(c: &mut Criterion) {
                 let path = NormalizedPath::parse(std::hint::black_box(target)).unwrap();
                 let matched = config.routes.find(&path).unwrap();
                 let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
-                let access = matched.route.access(&Method::GET, &rest);
+                let access = matched.route.access(&Method::GET, &rest, None);
                 let presented = format::credentials(&*matched.route.format, &headers)
                     .unwrap()
                     .unwrap();
@@ -100,7 +100,7 @@ fn hot_path(c: &mut Criterion) {
                 };
                 let ask = Ask {
                     username: presented.username.as_deref(),
-                    namespace: matched.namespace,
+                    namespace: &matched.namespace,
                     access,
                     scopes: matched.route.format.scopes_for(access),
                 };

@@ -298,7 +298,7 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
     let matched = config.routes.find(&path).map_err(|e| fail(&e))?;
     let route = matched.route;
     let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
-    let access = route.access(&method, &rest);
+    let access = route.access(&method, &rest, query);
     let scopes = route.format.scopes_for(access);
     let needs = if scopes.is_empty() {
         "nothing: refused for deploy tokens".to_string()
@@ -307,11 +307,7 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
     };
     println!("route:     {} ({})", route.name, route.path_pattern());
     println!("format:    {}", route.format.name());
-    let namespace = match route.namespace {
-        crate::route::NamespaceSource::Repository => "the repository named in the path",
-        _ => matched.namespace,
-    };
-    println!("namespace: {namespace}");
+    println!("namespace: {}", matched.namespace);
     println!("access:    {}", access.as_str());
     println!("needs:     {needs}");
     println!(

@@ -451,9 +451,9 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(src.at(&r.path, key("path"), "another route has the same path"));
         }
         let has_placeholder = path.contains(&PathPart::Namespace);
-        let repository_named = format.authentication() == Authentication::RegistryJwt;
+        let repository_named = format.names_namespace();
         if let Some(allow) = &r.allow_delete {
-            if !repository_named {
+            if format.authentication() != Authentication::RegistryJwt {
                 return Err(src.at(
                     allow,
                     key("allow_delete"),
@@ -461,42 +461,49 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 ));
             }
         }
-        let namespace =
-            match (&r.namespace, has_placeholder) {
-                (None, false) if repository_named => NamespaceSource::Repository,
-                (Some(ns), _) if repository_named => return Err(src.at(
+        let namespace = match (&r.namespace, has_placeholder) {
+            (None, false) if repository_named => NamespaceSource::InPath,
+            (Some(ns), _) if repository_named => {
+                return Err(src.at(
                     ns,
                     key("namespace"),
-                    "an oci route takes no namespace: each request's repository is its namespace",
-                )),
-                (None, true) if repository_named => {
-                    return Err(src.at(
-                        &r.path,
-                        key("path"),
-                        "an oci route takes no {namespace} placeholder",
-                    ))
-                }
-                (Some(ns), false) => {
-                    validate_namespace(ns.get_ref())
-                        .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
-                    NamespaceSource::Fixed(ns.get_ref().clone())
-                }
-                (None, true) => NamespaceSource::Placeholder,
-                (Some(ns), true) => {
-                    return Err(src.at(
-                        ns,
-                        key("namespace"),
-                        "give either `namespace` or a {namespace} placeholder in `path`, not both",
-                    ))
-                }
-                (None, false) => {
-                    return Err(src.at(
-                        route,
-                        key("namespace"),
-                        "missing: give `namespace` or a {namespace} placeholder in `path`",
-                    ))
-                }
-            };
+                    format!(
+                        "a {} route takes no namespace: each request names its own",
+                        format.name()
+                    ),
+                ))
+            }
+            (None, true) if repository_named => {
+                return Err(src.at(
+                    &r.path,
+                    key("path"),
+                    format!(
+                        "a {} route takes no {{namespace}} placeholder",
+                        format.name()
+                    ),
+                ))
+            }
+            (Some(ns), false) => {
+                validate_namespace(ns.get_ref())
+                    .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
+                NamespaceSource::Fixed(ns.get_ref().clone())
+            }
+            (None, true) => NamespaceSource::Placeholder,
+            (Some(ns), true) => {
+                return Err(src.at(
+                    ns,
+                    key("namespace"),
+                    "give either `namespace` or a {namespace} placeholder in `path`, not both",
+                ))
+            }
+            (None, false) => {
+                return Err(src.at(
+                    route,
+                    key("namespace"),
+                    "missing: give `namespace` or a {namespace} placeholder in `path`",
+                ))
+            }
+        };
         let upstream = upstreams
             .get(r.upstream.get_ref())
             .cloned()

@@ -19,7 +19,7 @@ impl Format for Generic {
         ]
     }
 
-    fn access(&self, method: &Method, _rest: &[&str]) -> Access {
+    fn access(&self, method: &Method, _rest: &[&str], _query: Option<&str>) -> Access {
         read_or_write(method, &[Method::PUT, Method::POST, Method::DELETE])
     }
 }

@@ -18,7 +18,7 @@ impl Format for Maven {
     /// `maven-metadata.xml` (and its checksums) is read by `mvn deploy` between
     /// uploads, and a deploy fails unless that read answers 200 or 404: a
     /// write-only token may read it.
-    fn access(&self, method: &Method, rest: &[&str]) -> Access {
+    fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         let access = read_or_write(method, &[Method::PUT, Method::POST, Method::DELETE]);
         let is_metadata = rest
             .last()

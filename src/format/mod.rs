@@ -5,6 +5,7 @@
 
 mod credentials;
 mod generic;
+mod git;
 mod maven;
 mod npm;
 pub mod oci;
@@ -86,11 +87,29 @@ pub trait Format: Send + Sync + 'static {
         Authentication::DeployToken
     }
 
+    /// Whether requests name their own namespace in the path (OCI
+    /// repositories, git projects); routes of such formats take no `namespace`.
+    fn names_namespace(&self) -> bool {
+        false
+    }
+
+    /// The namespace a request names, for formats that do; `None` when the
+    /// path names none (OCI's `/v2/`) or an invalid one.
+    fn namespace_in(&self, _rest: &[&str]) -> Option<String> {
+        None
+    }
+
+    /// What a client is told when this format refuses a request outright.
+    fn refusal(&self) -> &'static str {
+        "this request is not allowed with a deploy token"
+    }
+
     /// Credential headers this format's clients send.
     fn credential_sources(&self) -> &'static [CredentialSource];
 
-    /// The access a request needs; `rest` holds the decoded segments after the route prefix.
-    fn access(&self, method: &Method, rest: &[&str]) -> Access;
+    /// The access a request needs; `rest` holds the decoded segments after
+    /// the route prefix, `query` the raw query (git names its service there).
+    fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access;
 
     /// The scopes of which an access needs one. Package formats share GitLab's package scopes.
     fn scopes_for(&self, access: Access) -> ScopeSet {
@@ -118,12 +137,13 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Format>> {
         "maven" => Arc::new(maven::Maven),
         "generic" => Arc::new(generic::Generic),
         "oci" => Arc::new(oci::Oci),
+        "git" => Arc::new(git::Git),
         _ => return None,
     })
 }
 
 /// The format names accepted in config, for error messages.
-pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci"];
+pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci", "git"];
 
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.
@@ -237,7 +257,7 @@ mod tests {
             ("generic", Method::CONNECT, &["f"], Access::Refused),
         ];
         for (format, method, rest, want) in cases {
-            let got = by_name(format).unwrap().access(method, rest);
+            let got = by_name(format).unwrap().access(method, rest, None);
             assert_eq!(got, *want, "{format} {method} {rest:?}");
         }
     }

@@ -15,7 +15,7 @@ impl Format for Npm {
         &[CredentialSource::Bearer, CredentialSource::Basic]
     }
 
-    fn access(&self, method: &Method, rest: &[&str]) -> Access {
+    fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         if method == Method::POST && rest.starts_with(&["-", "npm", "v1", "security"]) {
             return Access::Read;
         }

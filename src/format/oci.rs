@@ -157,8 +157,19 @@ impl Format for Oci {
         Authentication::RegistryJwt
     }
 
-    fn access(&self, method: &Method, rest: &[&str]) -> Access {
-        match classify(method, rest, None) {
+    fn names_namespace(&self) -> bool {
+        true
+    }
+
+    fn namespace_in(&self, rest: &[&str]) -> Option<String> {
+        match classify(&Method::GET, rest, None) {
+            Endpoint::Repository { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access {
+        match classify(method, rest, query) {
             Endpoint::Base => Access::Read,
             Endpoint::Repository {
                 action: Action::Pull,

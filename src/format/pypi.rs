@@ -15,7 +15,7 @@ impl Format for PyPi {
         &[CredentialSource::Basic]
     }
 
-    fn access(&self, method: &Method, _rest: &[&str]) -> Access {
+    fn access(&self, method: &Method, _rest: &[&str], _query: Option<&str>) -> Access {
         read_or_write(method, &[Method::POST])
     }
 

@@ -10,7 +10,7 @@ use http_body_util::{Either, Full};
 
 use super::ResponseBody;
 use crate::auth::Denial;
-use crate::format::CredentialError;
+use crate::format::{CredentialError, Format};
 use crate::oci::{JwtError, TokenRequestError};
 use crate::route::{MatchError, PathError};
 use crate::store::StoreError;
@@ -30,6 +30,9 @@ pub enum ProxyError {
     BadCredentials(#[from] CredentialError),
     #[error("{0}")]
     Denied(#[from] Denial),
+    /// A request the route's format never allows, in the format's words.
+    #[error("{0}")]
+    Refused(&'static str),
     #[error("too many failed authentication attempts from this address; try again later")]
     TooManyFailures,
     #[error("token store unavailable")]
@@ -85,13 +88,21 @@ pub enum Side {
 }
 
 impl ProxyError {
+    /// A denial, with outright refusals told in the format's words.
+    pub fn denied(denial: Denial, format: &dyn Format) -> ProxyError {
+        match denial {
+            Denial::AccessRefused => ProxyError::Refused(format.refusal()),
+            other => other.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadPath(_) | ProxyError::BadNamespace => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoCredentials | ProxyError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::Refused(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => {

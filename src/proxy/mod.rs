@@ -145,7 +145,7 @@ impl Proxy {
         let route = matched.route;
         outcome.route = Some(route.name.clone());
         let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
-        let access = route.access(req.method(), &rest);
+        let access = route.access(req.method(), &rest, query);
         if self.failures.is_blocked(peer.ip()) {
             return Err(ProxyError::TooManyFailures);
         }
@@ -179,13 +179,13 @@ impl Proxy {
         outcome.token_id = record.map(|r| r.id);
         let ask = Ask {
             username: presented.username.as_deref(),
-            namespace: matched.namespace,
+            namespace: &matched.namespace,
             access,
             scopes: route.format.scopes_for(access),
         };
         let now = chrono::Utc::now();
-        let token =
-            auth::decide(record, &ask, now).map(|()| record.expect("allowed implies a record"))?;
+        auth::decide(record, &ask, now).map_err(|d| ProxyError::denied(d, &*route.format))?;
+        let token = record.expect("allowed implies a record");
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
         let rewrite = route.format.rewrites_metadata(req.method(), &rest);

@@ -6,6 +6,7 @@
 
 pub mod normalize;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
@@ -47,9 +48,9 @@ pub enum NamespaceSource {
     Fixed(String),
     /// The `{namespace}` segment of the path.
     Placeholder,
-    /// The repository the request names (OCI): known only to the format's
-    /// own classification, so [`Matched::namespace`] is empty.
-    Repository,
+    /// Named by the request path itself, as the format reads it (an OCI
+    /// repository, a git project); empty when the path names none.
+    InPath,
 }
 
 /// One segment of an access-override pattern.
@@ -103,11 +104,14 @@ pub struct Route {
 
 impl Route {
     /// The access a request needs: the first matching override, else the format's rule.
-    pub fn access(&self, method: &Method, rest: &[&str]) -> Access {
+    pub fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access {
         self.access_rules
             .iter()
             .find(|rule| rule.matches(method, rest))
-            .map_or_else(|| self.format.access(method, rest), |rule| rule.access)
+            .map_or_else(
+                || self.format.access(method, rest, query),
+                |rule| rule.access,
+            )
     }
 
     fn literal_count(&self) -> usize {
@@ -132,7 +136,7 @@ impl Route {
 /// A request matched to a route.
 pub struct Matched<'a> {
     pub route: &'a Route,
-    pub namespace: &'a str,
+    pub namespace: Cow<'a, str>,
     /// How many leading segments the route prefix took.
     pub prefix_len: usize,
 }
@@ -214,16 +218,19 @@ impl RouteTable {
             }
         }
         let namespace = match (&route.namespace, namespace_at) {
-            (NamespaceSource::Fixed(ns), _) => ns.as_str(),
+            (NamespaceSource::Fixed(ns), _) => Cow::Borrowed(ns.as_str()),
             (NamespaceSource::Placeholder, Some(i)) => {
                 let ns = path.segments[i].decoded.as_str();
                 validate_namespace(ns).map_err(|_| MatchError::InvalidNamespace)?;
-                ns
+                Cow::Borrowed(ns)
             }
             (NamespaceSource::Placeholder, None) => {
                 unreachable!("validated: placeholder routes have {{namespace}}")
             }
-            (NamespaceSource::Repository, _) => "",
+            (NamespaceSource::InPath, _) => {
+                let rest: Vec<&str> = path.decoded().skip(prefix_len).collect();
+                Cow::Owned(route.format.namespace_in(&rest).unwrap_or_default())
+            }
         };
         Ok(Matched {
             route,
@@ -393,9 +400,15 @@ mod tests {
             ],
             access: Access::Refused,
         });
-        assert_eq!(r.access(&Method::GET, &["a", "b"]), Access::Write);
-        assert_eq!(r.access(&Method::PUT, &["admin", "x"]), Access::Refused);
-        assert_eq!(r.access(&Method::PUT, &["admin", "x", "y"]), Access::Write);
-        assert_eq!(r.access(&Method::HEAD, &["a"]), Access::Read);
+        assert_eq!(r.access(&Method::GET, &["a", "b"], None), Access::Write);
+        assert_eq!(
+            r.access(&Method::PUT, &["admin", "x"], None),
+            Access::Refused
+        );
+        assert_eq!(
+            r.access(&Method::PUT, &["admin", "x", "y"], None),
+            Access::Write
+        );
+        assert_eq!(r.access(&Method::HEAD, &["a"], None), Access::Read);
     }
 }
