@@ -15,6 +15,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod git;
 mod oci;
 
 use std::collections::HashMap;
