@@ -90,6 +90,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
     public_url: Option<Spanned<String>>,
     header_read_timeout_seconds: Option<u64>,
     upstream_connect_timeout_seconds: Option<u64>,
@@ -153,6 +154,17 @@ struct RawUpstream {
     url: Spanned<String>,
     basic: Option<Spanned<RawBasic>>,
     token_env: Option<Spanned<String>>,
+    /// CA certificates (PEM) that verify an https upstream instead of the system roots.
+    ca_file: Option<Spanned<String>>,
+    /// A client certificate and key (PEM) presented to an https upstream (mTLS).
+    client_cert: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +210,8 @@ pub struct PublicUrl {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// TLS on the listener (`[server] tls = { cert, key }`); plain HTTP when absent.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub public_url: PublicUrl,
     pub header_read_timeout: Duration,
     pub upstream_connect_timeout: Duration,
@@ -626,11 +640,24 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
             format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
         )
     })?;
+    let tls = match &raw.tls {
+        None => None,
+        Some(tls) => {
+            let t = tls.get_ref();
+            Some(
+                crate::tls::server(Path::new(&t.cert), Path::new(&t.key))
+                    .map_err(|m| src.at(tls, "server.tls", m))?,
+            )
+        }
+    };
     let public_url = match &raw.public_url {
         None => PublicUrl {
-            origin: format!("http://{listen}"),
+            origin: format!(
+                "{}://{listen}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
             base_path: String::new(),
-            https: false,
+            https: tls.is_some(),
         },
         Some(url) => {
             parse_public_url(url.get_ref()).map_err(|m| src.at(url, "server.public_url", m))?
@@ -639,6 +666,7 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
     let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
     Ok(ServerConfig {
         listen,
+        tls,
         public_url,
         header_read_timeout: secs(raw.header_read_timeout_seconds, 10),
         upstream_connect_timeout: secs(raw.upstream_connect_timeout_seconds, 5),
@@ -681,13 +709,45 @@ fn build_upstream(
     let uri: http::Uri = text
         .parse()
         .map_err(|_| src.at(&up.url, key("url"), format!("{text:?} is not a URL")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(src.at(
-            &up.url,
-            key("url"),
-            format!("{text:?}: only http:// upstreams are supported"),
-        ));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(src.at(
+                &up.url,
+                key("url"),
+                format!("{text:?}: expected an http:// or https:// URL"),
+            ))
+        }
+    };
+    let tls = if https {
+        let client = up.client_cert.as_ref().map(|c| {
+            let c = c.get_ref();
+            (Path::new(&c.cert), Path::new(&c.key))
+        });
+        let ca = up.ca_file.as_ref().map(|c| Path::new(c.get_ref()));
+        Some(crate::tls::client(ca, client).map_err(|m| {
+            let span = up
+                .ca_file
+                .as_ref()
+                .map(|c| c.span())
+                .or(up.client_cert.as_ref().map(|c| c.span()))
+                .unwrap_or(up.url.span());
+            src.error(span, key("tls"), m)
+        })?)
+    } else {
+        if let Some(ca) = &up.ca_file {
+            return Err(src.at(ca, key("ca_file"), "only https:// upstreams take ca_file"));
+        }
+        if let Some(cert) = &up.client_cert {
+            return Err(src.at(
+                cert,
+                key("client_cert"),
+                "only https:// upstreams take client_cert",
+            ));
+        }
+        None
+    };
     let authority = uri
         .authority()
         .filter(|a| !a.as_str().contains('@'))
@@ -751,10 +811,15 @@ fn build_upstream(
         .transpose()?;
     Ok(Upstream {
         name: name.to_string(),
-        scheme: http::uri::Scheme::HTTP,
+        scheme: if https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        },
         authority,
         base_path: uri.path().trim_end_matches('/').to_string(),
         authorization,
+        tls,
     })
 }
 

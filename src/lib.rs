@@ -14,4 +14,5 @@ pub mod oci;
 pub mod proxy;
 pub mod route;
 pub mod store;
+pub mod tls;
 pub mod token;

@@ -10,6 +10,7 @@ mod limit;
 mod registry;
 mod rewrite;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -50,7 +52,10 @@ pub struct Proxy {
     last_used: Arc<LastUsed>,
     /// The registry token service, when configured.
     registry: Option<Arc<RegistryAuth>>,
+    /// The pooled client for `http` upstreams.
     client: Client<HttpConnector, IdleTimeout<Incoming>>,
+    /// One pooled client per `https` upstream (each has its own TLS settings).
+    tls_clients: HashMap<String, Client<HttpsConnector<HttpConnector>, IdleTimeout<Incoming>>>,
     failures: FailureLimiter,
 }
 
@@ -64,10 +69,30 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let builder = {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .pool_timer(TokioTimer::new());
+            builder
+        };
+        let client = builder.build(connector.clone());
+        let tls_clients = config
+            .routes
+            .routes()
+            .iter()
+            .filter_map(|route| {
+                let tls = route.upstream.tls.as_ref()?;
+                let mut tcp = connector.clone();
+                tcp.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((**tls).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(tcp);
+                Some((route.upstream.name.clone(), builder.build(https)))
+            })
+            .collect();
         let failures = FailureLimiter::new(
             config.server.failed_auth_per_minute,
             std::time::Duration::from_secs(60),
@@ -78,6 +103,7 @@ impl Proxy {
             last_used,
             registry,
             client,
+            tls_clients,
             failures,
         }
     }
@@ -234,7 +260,11 @@ impl Proxy {
         let idle = self.config.server.body_idle_timeout;
         let timeout = self.config.server.upstream_response_timeout;
         let request = Request::from_parts(parts, IdleTimeout::new(body, idle));
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        let sent = match self.tls_clients.get(&upstream.name) {
+            Some(tls) => tls.request(request),
+            None => self.client.request(request),
+        };
+        let response = tokio::time::timeout(timeout, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
             .map_err(|e| {
@@ -364,6 +394,12 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tls = proxy
+        .config
+        .server
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -378,6 +414,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         let proxy = proxy.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -396,10 +433,22 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let Ok(Ok(stream)) = handshake.await else {
+                        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, client = %peer, "connection ended with an error");
             }
         });

@@ -26,6 +26,8 @@ pub struct Upstream {
     pub base_path: String,
     /// The proxy's own `Authorization` for this upstream, if configured.
     pub authorization: Option<HeaderValue>,
+    /// TLS settings for an `https` upstream.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Upstream {
@@ -268,6 +270,7 @@ mod tests {
             authority: "127.0.0.1:4873".parse().unwrap(),
             base_path: base.into(),
             authorization: None,
+            tls: None,
         })
     }
 

@@ -53,6 +53,8 @@ pub struct Setup<'a> {
     pub backends: Option<String>,
     /// `[upstream.*]` and `[[route]]` sections.
     pub body: &'a str,
+    /// `(cert, key)` PEM files: the listener speaks TLS and the public URL is https.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub env: &'a [(&'a str, &'a str)],
 }
 
@@ -87,8 +89,19 @@ impl Gate {
                 dir.path().join("tokens.db").display()
             )
         });
+        let (scheme, tls) = match &setup.tls {
+            Some((cert, key)) => (
+                "https",
+                format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => ("http", String::new()),
+        };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
             setup.server_extra, setup.body
         );
         std::fs::write(&config, text).unwrap();

@@ -1,0 +1,246 @@
+//! TLS on both sides with a test CA made at test time: HTTP/2 and HTTP/1.1
+//! negotiated by ALPN (curl), old protocol versions and handshake garbage
+//! refused, and https upstreams verified against a CA file (tokengate in
+//! front of tokengate).
+
+mod common;
+#[path = "common/recorder.rs"]
+mod recorder;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Gate, Setup};
+use recorder::Recorder;
+
+/// A CA and a server certificate for 127.0.0.1 / localhost signed by it; returns (ca, cert, key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokengate test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    (
+        write("ca.pem", ca.pem()),
+        // The chain: leaf, then the CA.
+        write("cert.pem", format!("{}{}", cert.pem(), ca.pem())),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+fn routes(upstream_url: &str, extra: &str) -> String {
+    format!(
+        "[upstream.up]\nurl = \"{upstream_url}\"\n{extra}\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"up\"\nstrip_prefix = true\n"
+    )
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let up = Recorder::start();
+    let gate = Gate::launch(Setup {
+        body: &routes(&up.url(), ""),
+        tls: Some((cert, key)),
+        ..Setup::default()
+    });
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let url = format!("https://127.0.0.1:{}/generic/acme/web/file.bin", gate.port);
+    let header = format!("Deploy-Token: {}", t.secret);
+    let ca = ca.to_str().unwrap();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let (ok, out) = curl(&[
+            "--cacert",
+            ca,
+            flag,
+            "-H",
+            &header,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &url,
+        ]);
+        assert!(ok, "{out}");
+        assert_eq!(out, format!("200 {version}"), "{flag}");
+    }
+    // No credentials over TLS: the same 401.
+    let (_, out) = curl(&[
+        "--cacert",
+        ca,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(out, "401");
+    // The upstream is told the client came over https.
+    assert_eq!(up.seen()[0].header("x-forwarded-proto"), ["https"]);
+    // TLS 1.1 and below are refused; so is a client that does not trust the CA.
+    let (ok, _) = curl(&[
+        "--cacert",
+        ca,
+        "--tlsv1.1",
+        "--tls-max",
+        "1.1",
+        "-H",
+        &header,
+        &url,
+    ]);
+    assert!(!ok, "TLS 1.1 must be refused");
+    let (ok, _) = curl(&["-H", &header, &url]);
+    assert!(!ok, "an unknown CA must not verify");
+    // Plain HTTP and handshake garbage on the TLS port: closed, nothing forwarded, still serving.
+    let before = up.seen().len();
+    for garbage in [
+        &b"GET /generic/acme/web/file.bin HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3][..],
+        &[0u8; 4096][..],
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(garbage);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200"),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(up.seen().len(), before);
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &header,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert!(ok && out == "200", "{out}");
+}
+
+#[test]
+fn https_upstreams_are_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let up = Recorder::start();
+    // The inner proxy speaks TLS; the outer one forwards to it with a deploy token of its own.
+    let inner = Gate::launch(Setup {
+        body: &routes(&up.url(), ""),
+        tls: Some((cert, key)),
+        ..Setup::default()
+    });
+    let outer_secret = inner.token("project:acme/web", "read_package_registry", &[]);
+    let inner_url = format!("https://127.0.0.1:{}/generic/acme/web", inner.port);
+    let verified = Gate::launch(Setup {
+        body: &routes(
+            &inner_url,
+            &format!(
+                "ca_file = \"{}\"\nbasic = {{ username = \"{}\", password_env = \"INNER_TOKEN\" }}",
+                ca.display(),
+                outer_secret.username
+            ),
+        ),
+        env: &[("INNER_TOKEN", &outer_secret.secret)],
+        ..Setup::default()
+    });
+    let client = verified.token("project:acme/web", "read_package_registry", &[]);
+    let r = common::send(
+        verified.port,
+        "GET",
+        "/generic/acme/web/file.bin",
+        &[("Deploy-Token", &client.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/file.bin");
+
+    // Without the CA file the system roots are used: the test CA is not among them.
+    let unverified = Gate::launch(Setup {
+        body: &routes(
+            &inner_url,
+            &format!(
+                "basic = {{ username = \"{}\", password_env = \"INNER_TOKEN\" }}",
+                outer_secret.username
+            ),
+        ),
+        env: &[("INNER_TOKEN", &outer_secret.secret)],
+        ..Setup::default()
+    });
+    let client = unverified.token("project:acme/web", "read_package_registry", &[]);
+    let r = common::send(
+        unverified.port,
+        "GET",
+        "/generic/acme/web/file.bin",
+        &[("Deploy-Token", &client.secret)],
+        b"",
+    );
+    assert_eq!(
+        r.status,
+        502,
+        "an unverifiable upstream is unreachable: {}",
+        r.text()
+    );
+    assert_eq!(up.seen().len(), 1, "nothing reached the upstream");
+}
+
+#[test]
+fn tls_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.toml:3: server.tls: cannot read /nonexistent/cert.pem"),
+        "{err}"
+    );
+}
