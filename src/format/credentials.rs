@@ -2,7 +2,9 @@
 //!
 //! Exactly one credential may be presented: two different ones (say an
 //! `Authorization` and a `Deploy-Token` header) would let the proxy and an
-//! upstream disagree about who is calling, so they are refused.
+//! upstream disagree about who is calling, so they are refused. The same
+//! token twice (NuGet clients send source credentials and the API key on a
+//! push) is one credential.
 
 use std::fmt;
 
@@ -51,12 +53,18 @@ pub fn extract<'h>(
     headers: &'h HeaderMap,
 ) -> Result<Option<Presented<'h>>, CredentialError> {
     let mut found = None;
-    let mut take = |p: Presented<'h>| {
-        if found.replace(p).is_some() {
-            Err(CredentialError::Ambiguous)
-        } else {
+    let mut take = |p: Presented<'h>| match &mut found {
+        None => {
+            found = Some(p);
             Ok(())
         }
+        Some(first) if first.secret == p.secret => {
+            if first.username.is_none() {
+                first.username = p.username;
+            }
+            Ok(())
+        }
+        Some(_) => Err(CredentialError::Ambiguous),
     };
     if let Some(value) = single(headers, AUTHORIZATION.as_str())? {
         take(authorization(sources, value)?)?;
@@ -237,6 +245,16 @@ mod tests {
             let got = extract(&[Basic, Bearer, DeployTokenHeader], &h).unwrap_err();
             assert_eq!(got, want, "{h:?}");
         }
+    }
+
+    #[test]
+    fn the_same_token_twice_is_one_credential() {
+        let sources = [Basic, NuGetApiKey];
+        let h = headers(&[("x-nuget-apikey", "tok"), ("authorization", &basic("bot:tok"))]);
+        let p = extract(&sources, &h).unwrap().unwrap();
+        assert_eq!((p.username.as_deref(), &*p.secret), (Some("bot"), "tok"));
+        let h = headers(&[("x-nuget-apikey", "other"), ("authorization", &basic("bot:tok"))]);
+        assert_eq!(extract(&sources, &h).unwrap_err(), CredentialError::Ambiguous);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod generic;
 mod git;
 mod maven;
 mod npm;
+mod nuget;
 pub mod oci;
 mod pypi;
 
@@ -138,12 +139,13 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Format>> {
         "generic" => Arc::new(generic::Generic),
         "oci" => Arc::new(oci::Oci),
         "git" => Arc::new(git::Git),
+        "nuget" => Arc::new(nuget::NuGet),
         _ => return None,
     })
 }
 
 /// The format names accepted in config, for error messages.
-pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci", "git"];
+pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci", "git", "nuget"];
 
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.

@@ -1,0 +1,68 @@
+//! NuGet (v3 API, and v2 push as `nuget.exe` sends it): Basic with the
+//! deploy token's username, or the token as `X-NuGet-ApiKey` on pushes and
+//! deletes. The service index and the other JSON documents carry absolute
+//! upstream URLs (`@id`, `packageContent`, resource URLs); they are rewritten
+//! to the proxy's public URL so that clients keep coming through tokengate.
+
+use http::Method;
+
+use super::{read_or_write, Access, CredentialSource, Format};
+
+pub struct NuGet;
+
+impl Format for NuGet {
+    fn name(&self) -> &'static str {
+        "nuget"
+    }
+
+    fn credential_sources(&self) -> &'static [CredentialSource] {
+        &[CredentialSource::Basic, CredentialSource::NuGetApiKey]
+    }
+
+    fn access(&self, method: &Method, _rest: &[&str], _query: Option<&str>) -> Access {
+        read_or_write(method, &[Method::PUT, Method::DELETE])
+    }
+
+    /// Every JSON document may name upstream URLs; packages are never read.
+    fn rewrites_metadata(&self, method: &Method, rest: &[&str]) -> bool {
+        method == Method::GET
+            && !rest
+                .last()
+                .is_some_and(|f| f.ends_with(".nupkg") || f.ends_with(".snupkg"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pushes_and_documents() {
+        assert_eq!(
+            NuGet.access(&Method::GET, &["v3", "index.json"], None),
+            Access::Read
+        );
+        assert_eq!(
+            NuGet.access(&Method::PUT, &["api", "v2", "package"], None),
+            Access::Write
+        );
+        assert_eq!(
+            NuGet.access(
+                &Method::DELETE,
+                &["api", "v2", "package", "x", "1.0.0"],
+                None
+            ),
+            Access::Write
+        );
+        assert_eq!(
+            NuGet.access(&Method::POST, &["api", "v2", "package"], None),
+            Access::Refused
+        );
+        assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "index.json"]));
+        assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "registration", "x", "index.json"]));
+        assert!(
+            !NuGet.rewrites_metadata(&Method::GET, &["v3", "flat", "x", "1.0.0", "x.1.0.0.nupkg"])
+        );
+        assert!(!NuGet.rewrites_metadata(&Method::PUT, &["api", "v2", "package"]));
+    }
+}
