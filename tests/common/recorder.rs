@@ -18,7 +18,12 @@ pub struct Seen {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// The body's first bytes (up to [`KEPT_BODY`]).
+    pub body: Vec<u8>,
 }
+
+/// How much of each request body is kept for inspection.
+pub const KEPT_BODY: usize = 16 << 20;
 
 impl Seen {
     pub fn header(&self, name: &str) -> Vec<&str> {
@@ -43,6 +48,14 @@ type Body = http_body_util::Either<
 
 impl Recorder {
     pub fn start() -> Recorder {
+        Recorder::start_serving(None)
+    }
+
+    /// Also answers GETs from the files under `root`, with `{{upstream}}` in
+    /// them replaced by this server's URL (documents that name their server
+    /// by absolute URL, like NuGet's).
+    pub fn start_serving(root: Option<std::path::PathBuf>) -> Recorder {
+        let root = Arc::new(root);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -60,9 +73,11 @@ impl Recorder {
                     continue;
                 };
                 let seen = shared.clone();
+                let root = root.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| handle(req, seen.clone(), port));
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(req, seen.clone(), port, root.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -96,6 +111,7 @@ async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     port: u16,
+    root: Arc<Option<std::path::PathBuf>>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let target = req.uri().to_string();
@@ -111,21 +127,55 @@ async fn handle(
         .collect();
     let mut body = req.into_body();
     let mut body_len = 0u64;
+    let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_len += d.len() as u64;
+                    let room = KEPT_BODY.saturating_sub(kept.len());
+                    kept.extend_from_slice(&d[..d.len().min(room)]);
+                }
+            }
             Err(_) => break,
         }
     }
+    let is_get = method == "GET";
+    let is_put = method == "PUT";
     seen.lock().unwrap().push(Seen {
         method,
         target: target.clone(),
         headers,
         body_len,
+        body: kept,
     });
     let path = target.split('?').next().unwrap_or("");
     let tail = path.rsplit('/').next().unwrap_or("");
-    let response = if let Some(n) = path
+    let file = (*root)
+        .as_ref()
+        .filter(|_| is_get && !path.contains(".."))
+        .map(|root| root.join(path.trim_start_matches('/')))
+        .filter(|f| f.is_file());
+    let response = if let Some(file) = file {
+        let bytes = std::fs::read(&file).unwrap();
+        let (content_type, bytes) = if path.ends_with(".json") {
+            let text = String::from_utf8(bytes)
+                .unwrap()
+                .replace("{{upstream}}", &format!("http://127.0.0.1:{port}"));
+            ("application/json", text.into_bytes())
+        } else {
+            ("application/octet-stream", bytes)
+        };
+        Response::builder()
+            .header("content-type", content_type)
+            .body(http_body_util::Either::Left(Full::new(Bytes::from(bytes))))
+            .unwrap()
+    } else if is_put && root.is_some() {
+        Response::builder()
+            .status(201)
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(b"created"))))
+            .unwrap()
+    } else if let Some(n) = path
         .strip_suffix(tail)
         .filter(|p| p.ends_with("/big/"))
         .and(tail.parse::<usize>().ok())
