@@ -250,11 +250,20 @@ mod tests {
     #[test]
     fn the_same_token_twice_is_one_credential() {
         let sources = [Basic, NuGetApiKey];
-        let h = headers(&[("x-nuget-apikey", "tok"), ("authorization", &basic("bot:tok"))]);
+        let h = headers(&[
+            ("x-nuget-apikey", "tok"),
+            ("authorization", &basic("bot:tok")),
+        ]);
         let p = extract(&sources, &h).unwrap().unwrap();
         assert_eq!((p.username.as_deref(), &*p.secret), (Some("bot"), "tok"));
-        let h = headers(&[("x-nuget-apikey", "other"), ("authorization", &basic("bot:tok"))]);
-        assert_eq!(extract(&sources, &h).unwrap_err(), CredentialError::Ambiguous);
+        let h = headers(&[
+            ("x-nuget-apikey", "other"),
+            ("authorization", &basic("bot:tok")),
+        ]);
+        assert_eq!(
+            extract(&sources, &h).unwrap_err(),
+            CredentialError::Ambiguous
+        );
     }
 
     #[test]

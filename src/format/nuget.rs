@@ -19,8 +19,16 @@ impl Format for NuGet {
         &[CredentialSource::Basic, CredentialSource::NuGetApiKey]
     }
 
-    fn access(&self, method: &Method, _rest: &[&str], _query: Option<&str>) -> Access {
-        read_or_write(method, &[Method::PUT, Method::DELETE])
+    /// `nuget push` first GETs the publish endpoint itself (`api/v2/package`)
+    /// and gives up unless that succeeds, so either scope may read that one
+    /// URL (it lists nothing), and a write-only token can push.
+    fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
+        let access = read_or_write(method, &[Method::PUT, Method::DELETE]);
+        if access == Access::Read && rest.ends_with(&["api", "v2", "package"]) {
+            Access::ReadForWrite
+        } else {
+            access
+        }
     }
 
     /// Every JSON document may name upstream URLs; packages are never read.
@@ -57,6 +65,10 @@ mod tests {
         assert_eq!(
             NuGet.access(&Method::POST, &["api", "v2", "package"], None),
             Access::Refused
+        );
+        assert_eq!(
+            NuGet.access(&Method::GET, &["api", "v2", "package"], None),
+            Access::ReadForWrite
         );
         assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "index.json"]));
         assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "registration", "x", "index.json"]));

@@ -173,7 +173,9 @@ async fn handle(
     } else if is_put && root.is_some() {
         Response::builder()
             .status(201)
-            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(b"created"))))
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"created",
+            ))))
             .unwrap()
     } else if let Some(n) = path
         .strip_suffix(tail)

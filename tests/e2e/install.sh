@@ -28,7 +28,7 @@ mkdir -p "$E2E_HOME"
 # ---------------------------------------------------------------- apt packages
 APT_PACKAGES=(nginx curl openssl ca-certificates maven libmaven-deploy-plugin-java
   libmaven-dependency-plugin-java libmaven-install-plugin-java junit4
-  docker-registry skopeo fcgiwrap)
+  docker-registry skopeo fcgiwrap nuget)
 
 pkg_installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]

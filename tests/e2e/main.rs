@@ -16,7 +16,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod git;
+mod nuget;
 mod oci;
+#[path = "../common/recorder.rs"]
+mod recorder;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
