@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::{Gate, Setup};
 use recorder::Recorder;
 
-/// A CA and a server certificate for 127.0.0.1 / localhost signed by it; returns (ca, cert, key).
+/// A CA and a server certificate for 127.0.0.1 / localhost signed by it;
+/// returns (ca, cert, key). Also writes `client.pem` and `client-key.pem`.
 fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
@@ -35,6 +36,16 @@ fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         std::fs::write(&path, text).unwrap();
         path
     };
+    // A client certificate, for upstreams that ask for one.
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokengate client");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+    write("client.pem", client.pem());
+    write("client-key.pem", client_key.serialize_pem());
     (
         write("ca.pem", ca.pem()),
         // The chain: leaf, then the CA.
@@ -221,6 +232,84 @@ fn https_upstreams_are_verified_against_the_configured_ca() {
         r.text()
     );
     assert_eq!(up.seen().len(), 1, "nothing reached the upstream");
+}
+
+#[test]
+fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let (client_cert, client_key) = (
+        dir.path().join("client.pem"),
+        dir.path().join("client-key.pem"),
+    );
+    // nginx as the upstream, requiring a client certificate from the test CA.
+    let port = common::free_port();
+    let d = dir.path().display();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_client_certificate {};\n    ssl_verify_client on;\n    location / {{ return 200 \"client=$ssl_client_s_dn\"; }}\n  }}\n}}\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let nginx_bin = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut nginx = Command::new(nginx_bin)
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .expect("nginx (tests/e2e/install.sh installs it)");
+    common::wait_for_port(port, Duration::from_secs(10));
+    let upstream = format!("https://127.0.0.1:{port}");
+    let start = |client: &str| {
+        Gate::launch(Setup {
+            body: &routes(
+                &upstream,
+                &format!("ca_file = \"{}\"\n{client}", ca.display()),
+            ),
+            ..Setup::default()
+        })
+    };
+    let with_cert = start(&format!(
+        "client_cert = {{ cert = \"{}\", key = \"{}\" }}",
+        client_cert.display(),
+        client_key.display()
+    ));
+    let t = with_cert.token("project:acme/web", "read_package_registry", &[]);
+    let r = common::send(
+        with_cert.port,
+        "GET",
+        "/generic/acme/web/x",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "client=CN=tokengate client");
+    let without = start("");
+    let t = without.token("project:acme/web", "read_package_registry", &[]);
+    let r = common::send(
+        without.port,
+        "GET",
+        "/generic/acme/web/x",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(
+        r.status,
+        400,
+        "nginx refuses a client without a certificate: {}",
+        r.text()
+    );
+    common::terminate(&mut nginx);
 }
 
 #[test]

@@ -247,6 +247,13 @@ impl Gate {
     }
 }
 
+/// Stops a server the way its operator would (SIGTERM), so that servers
+/// with worker processes (nginx) take their workers with them.
+pub fn terminate(child: &mut Child) {
+    unsafe_kill(child.id(), "TERM");
+    let _ = child.wait();
+}
+
 fn unsafe_kill(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))

@@ -18,8 +18,7 @@ struct Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::common::terminate(child);
         }
     }
 }
