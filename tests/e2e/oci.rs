@@ -319,6 +319,11 @@ fn location_target(location: &str, gate: &Gate) -> String {
 }
 
 fn oci_gate(work: &Path, upstream: Option<u16>) -> Gate {
+    oci_gate_with(work, upstream, None)
+}
+
+/// `tls`: `(cert, key)` to serve HTTPS.
+fn oci_gate_with(work: &Path, upstream: Option<u16>, tls: Option<(PathBuf, PathBuf)>) -> Gate {
     let key = work.join("signing.pem");
     let route = upstream.map_or_else(String::new, |port| {
         format!("[upstream.registry]\nurl = \"http://127.0.0.1:{port}\"\n\n[[route]]\nname = \"containers\"\nformat = \"oci\"\npath = \"/v2\"\nupstream = \"registry\"\n")
@@ -326,6 +331,7 @@ fn oci_gate(work: &Path, upstream: Option<u16>) -> Gate {
     let body = format!("[signing]\nkey_file = \"{}\"\n\n[registry_auth]\nservice = \"container_registry\"\nissuer = \"tokengate\"\n\n{route}", key.display());
     Gate::launch(Setup {
         body: &body,
+        tls,
         ..Setup::default()
     })
 }
@@ -618,4 +624,90 @@ fn oci_token_server_only_mode() {
     );
     assert!(!skopeo_pull(&work.path().join("o"), &host, "acme/web/app", &other).ok);
     assert!(!skopeo_push(&image, &host, "acme/web/x", &other).ok);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with rcgen;
+/// returns (ca, cert, key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    (
+        write("ca.crt", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[test]
+fn oci_over_tls_with_a_verified_certificate() {
+    require("skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // skopeo trusts the *.crt files of --dest-cert-dir / --src-cert-dir.
+    let (_ca, cert, key) = test_pki(&certs);
+    let reg_dir = work.path().join("reg");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let registry = Registry::start(&reg_dir, None);
+    let gate = oci_gate_with(work.path(), Some(registry.port), Some((cert, key)));
+    let host = format!("127.0.0.1:{}", gate.port);
+    let image = Image::build(work.path(), 1 << 20);
+    let rw = gate.token("project:acme/web", RW, &[]);
+    let creds = format!("{}:{}", rw.username, rw.secret);
+    let cert_dir = certs.to_str().unwrap();
+    let push = run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--dest-cert-dir",
+            cert_dir,
+            "--dest-creds",
+            &creds,
+            &format!("oci:{}:v1", image.dir.display()),
+            &format!("docker://{host}/acme/web/tls-app:v1"),
+        ],
+        &[],
+    );
+    assert!(push.ok, "push over verified TLS: {}", push.output);
+    assert!(registry.has_blob("acme/web/tls-app", &image.small));
+    let out = work.path().join("pulled");
+    let pull = run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--src-cert-dir",
+            cert_dir,
+            "--src-creds",
+            &creds,
+            &format!("docker://{host}/acme/web/tls-app:v1"),
+            &format!("oci:{}:v1", out.display()),
+        ],
+        &[],
+    );
+    assert!(pull.ok, "pull over verified TLS: {}", pull.output);
+    assert!(same_file(
+        &image.blob(&image.big),
+        &blob_path(&out, &image.big)
+    ));
+    // The challenge sends clients to the https realm.
+    let logs = gate.logs();
+    assert!(
+        logs.contains("route=registry-token"),
+        "the token endpoint was used over TLS"
+    );
 }
