@@ -705,9 +705,26 @@ fn oci_over_tls_with_a_verified_certificate() {
         &blob_path(&out, &image.big)
     ));
     // The challenge sends clients to the https realm.
-    let logs = gate.logs();
+    let ca = format!("{cert_dir}/ca.crt");
+    let challenge = run(
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &ca,
+            &format!("https://{host}/v2/"),
+        ],
+        &[],
+    );
     assert!(
-        logs.contains("route=registry-token"),
-        "the token endpoint was used over TLS"
+        challenge
+            .output
+            .contains(&format!("realm=\"https://{host}/jwt/auth\"")),
+        "{}",
+        challenge.output
     );
 }
