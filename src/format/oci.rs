@@ -6,6 +6,7 @@
 use http::Method;
 
 use super::{Access, Authentication, CredentialSource, Format};
+use crate::oci::form_decode;
 use crate::oci::scope::valid_repository;
 use crate::token::{Scope, ScopeSet};
 
@@ -116,32 +117,8 @@ fn action(method: &Method, tail: &[&str]) -> Option<Action> {
 pub fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v).unwrap_or_default())
+        (k == key).then(|| form_decode(v).unwrap_or_default())
     })
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 impl Format for Oci {

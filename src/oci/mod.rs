@@ -134,12 +134,14 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((decode(k)?, decode(v)?))
+            Some((form_decode(k)?, form_decode(v)?))
         })
         .collect()
 }
 
-fn decode(text: &str) -> Option<String> {
+/// Decodes one `application/x-www-form-urlencoded` value; `None` when it is
+/// not valid percent-encoded UTF-8.
+pub fn form_decode(text: &str) -> Option<String> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {

@@ -78,12 +78,12 @@ impl Gate {
         })
     }
 
+    /// Starts `tokengate serve`. Ports are picked free but may be taken by
+    /// another test before the gate binds them; then it starts again on others.
     pub fn launch(setup: Setup<'_>) -> Gate {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let admin_port = free_port();
         let config = dir.path().join("proxy.toml");
-        let backends = setup.backends.unwrap_or_else(|| {
+        let backends = setup.backends.clone().unwrap_or_else(|| {
             format!(
                 "[store]\nurl = \"sqlite://{}\"\n",
                 dir.path().join("tokens.db").display()
@@ -100,35 +100,68 @@ impl Gate {
             ),
             None => ("http", String::new()),
         };
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
-            setup.server_extra, setup.body
-        );
-        std::fs::write(&config, text).unwrap();
-        let env = setup.env;
         let mut gate = Gate {
             dir,
-            port,
-            admin_port,
+            port: 0,
+            admin_port: 0,
             config,
             child: None,
         };
-        // Create the store before serving, so the proxy and the CLI never race on migrations.
-        gate.cli(&["token", "list"]);
-        let log = std::fs::File::create(gate.log_path()).unwrap();
-        let child = Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(&gate.config)
-            .env("TOKENGATE_LOG", "debug,hyper=info,sqlx=warn,h2=info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        gate.child = Some(child);
-        wait_for_port(port, Duration::from_secs(30));
-        wait_for_port(admin_port, Duration::from_secs(5));
+        for attempt in 1.. {
+            gate.port = free_port();
+            gate.admin_port = free_port();
+            let (port, admin_port) = (gate.port, gate.admin_port);
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
+                setup.server_extra, setup.body
+            );
+            std::fs::write(&gate.config, text).unwrap();
+            if attempt == 1 {
+                // Create the store before serving, so the proxy and the CLI never race on migrations.
+                gate.cli(&["token", "list"]);
+            }
+            let log = std::fs::File::create(gate.log_path()).unwrap();
+            let child = Command::new(bin())
+                .args(["serve", "--config"])
+                .arg(&gate.config)
+                .env("TOKENGATE_LOG", "debug,hyper=info,sqlx=warn,h2=info")
+                .envs(setup.env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            gate.child = Some(child);
+            if gate.wait_until_listening() {
+                break;
+            }
+            let logs = gate.logs();
+            assert!(
+                attempt < 3 && logs.contains("in use"),
+                "tokengate exited before listening:\n{logs}"
+            );
+        }
         gate
+    }
+
+    /// Waits for both listeners; false when the process exited first.
+    fn wait_until_listening(&mut self) -> bool {
+        let start = Instant::now();
+        for port in [self.port, self.admin_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    self.child = None;
+                    eprintln!("tokengate exited with {status} before listening on {port}");
+                    return false;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "port {port} did not open within 30s:\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        true
     }
 
     /// The Prometheus text from `/metrics`.
