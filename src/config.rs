@@ -142,6 +142,7 @@ struct RawRegistryAuth {
     service: Option<String>,
     issuer: Option<String>,
     token_ttl_seconds: Option<Spanned<u64>>,
+    session_ttl_seconds: Option<Spanned<u64>>,
     #[serde(default)]
     anonymous: bool,
     #[serde(default)]
@@ -273,6 +274,8 @@ pub struct RegistryAuthConfig {
     pub service: String,
     pub issuer: String,
     pub token_ttl: Duration,
+    /// Lifetime of session JWTs (Conan logins).
+    pub session_ttl: Duration,
     /// Requests without credentials get a token granting nothing (else 401).
     pub anonymous: bool,
     /// Grant the `delete` action (for registries that verify the JWTs themselves).
@@ -555,10 +558,10 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             access_rules,
         });
     }
-    let has_oci_route = routes
+    let needs_signing = routes
         .iter()
-        .any(|r| r.format.authentication() == Authentication::RegistryJwt);
-    let registry_auth = if raw.registry_auth.is_some() || raw.signing.is_some() || has_oci_route {
+        .any(|r| r.format.authentication() != Authentication::DeployToken);
+    let registry_auth = if raw.registry_auth.is_some() || raw.signing.is_some() || needs_signing {
         Some(build_registry_auth(
             src,
             raw.registry_auth
@@ -597,15 +600,14 @@ fn build_registry_auth(
         }
         Ok(path.clone())
     };
-    let ttl = raw.token_ttl_seconds.as_ref().map_or(300, |t| *t.get_ref());
-    if ttl < 60 {
-        let span = raw.token_ttl_seconds.as_ref().map_or(0..0, |t| t.span());
-        return Err(src.error(
-            span,
-            "registry_auth.token_ttl_seconds",
-            "must be at least 60 (clients treat less as 60)",
-        ));
-    }
+    let ttl = |value: &Option<Spanned<u64>>, key: &str, default: u64| {
+        let seconds = value.as_ref().map_or(default, |t| *t.get_ref());
+        if seconds < 60 {
+            let span = value.as_ref().map_or(0..0, |t| t.span());
+            return Err(src.error(span, key, "must be at least 60 (clients treat less as 60)"));
+        }
+        Ok(Duration::from_secs(seconds))
+    };
     Ok(RegistryAuthConfig {
         path: endpoint(&raw.path, "registry_auth.path", "/jwt/auth")?,
         jwks_path: endpoint(&raw.jwks_path, "registry_auth.jwks_path", "/jwt/jwks.json")?,
@@ -614,7 +616,16 @@ fn build_registry_auth(
             .clone()
             .unwrap_or_else(|| "container_registry".into()),
         issuer: raw.issuer.clone().unwrap_or_else(|| "tokengate".into()),
-        token_ttl: Duration::from_secs(ttl),
+        token_ttl: ttl(
+            &raw.token_ttl_seconds,
+            "registry_auth.token_ttl_seconds",
+            300,
+        )?,
+        session_ttl: ttl(
+            &raw.session_ttl_seconds,
+            "registry_auth.session_ttl_seconds",
+            3600,
+        )?,
         anonymous: raw.anonymous,
         allow_delete: raw.allow_delete,
         key_file: PathBuf::from(

@@ -3,6 +3,7 @@
 //! and how it challenges a client. Nothing else in the crate matches on
 //! format names; [`by_name`] is the only registry of them.
 
+mod conan;
 mod credentials;
 mod generic;
 mod git;
@@ -76,6 +77,20 @@ pub enum Authentication {
     /// A registry JWT from tokengate's token endpoint (`Bearer`), naming the
     /// deploy token it was issued to and the repositories and actions granted.
     RegistryJwt,
+    /// A session JWT that tokengate issued on the format's own login endpoint
+    /// (Conan's `users/authenticate`) in exchange for the deploy token. It
+    /// names only the token; the format's access rules apply as usual.
+    SessionJwt,
+}
+
+/// The login endpoints of a [`Authentication::SessionJwt`] format, which
+/// tokengate answers itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEndpoint {
+    /// Basic deploy-token credentials in, a session JWT out.
+    Login,
+    /// Is this session JWT still good? Answers with the token's username.
+    Check,
 }
 
 /// One registry protocol's rules.
@@ -97,6 +112,18 @@ pub trait Format: Send + Sync + 'static {
     /// The namespace a request names, for formats that do; `None` when the
     /// path names none (OCI's `/v2/`) or an invalid one.
     fn namespace_in(&self, _rest: &[&str]) -> Option<String> {
+        None
+    }
+
+    /// Which login endpoint this request is, for session-JWT formats.
+    fn session_endpoint(&self, _method: &Method, _rest: &[&str]) -> Option<SessionEndpoint> {
+        None
+    }
+
+    /// For upstreams with a login flow of their own (Conan servers): the
+    /// path, relative to the upstream URL, where the proxy trades its Basic
+    /// credentials for a Bearer token, which it caches and refreshes.
+    fn upstream_login(&self) -> Option<&'static str> {
         None
     }
 
@@ -140,12 +167,15 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Format>> {
         "oci" => Arc::new(oci::Oci),
         "git" => Arc::new(git::Git),
         "nuget" => Arc::new(nuget::NuGet),
+        "conan" => Arc::new(conan::Conan),
         _ => return None,
     })
 }
 
 /// The format names accepted in config, for error messages.
-pub const NAMES: &[&str] = &["npm", "pypi", "maven", "generic", "oci", "git", "nuget"];
+pub const NAMES: &[&str] = &[
+    "npm", "pypi", "maven", "generic", "oci", "git", "nuget", "conan",
+];
 
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.

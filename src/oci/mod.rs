@@ -94,6 +94,27 @@ impl RegistryAuth {
             .verify(jwt, &self.config.issuer, &self.config.service)
     }
 
+    /// A session JWT for a format's own login (Conan): bound to the deploy
+    /// token, granting nothing by itself. `audience` is the format's name, so
+    /// a session of one format is no registry token and no session of another.
+    pub fn issue_session(&self, token: &TokenRecord, audience: &str, now: DateTime<Utc>) -> String {
+        self.keys.sign(&Claims {
+            iss: self.config.issuer.clone(),
+            sub: token.username.clone(),
+            aud: audience.to_string(),
+            exp: now.timestamp() + self.config.session_ttl.as_secs() as i64,
+            nbf: now.timestamp(),
+            iat: now.timestamp(),
+            jti: random_id(),
+            access: Vec::new(),
+            deploy_token_id: Some(token.id),
+        })
+    }
+
+    pub fn verify_session(&self, jwt: &str, audience: &str) -> Result<Claims, JwtError> {
+        self.keys.verify(jwt, &self.config.issuer, audience)
+    }
+
     pub fn jwks(&self) -> serde_json::Value {
         self.keys.jwks()
     }
@@ -172,6 +193,7 @@ mod tests {
             service: "container_registry".into(),
             issuer: "tokengate".into(),
             token_ttl: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(3600),
             anonymous: false,
             allow_delete: false,
             key_file: key.clone(),
@@ -242,5 +264,23 @@ mod tests {
         let claims = auth.verify(anonymous["token"].as_str().unwrap()).unwrap();
         assert!(claims.access.is_empty());
         assert_eq!(claims.deploy_token_id, None);
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let jwt = auth.issue_session(&token(), "conan", Utc::now());
+        let claims = auth.verify_session(&jwt, "conan").unwrap();
+        assert_eq!(claims.deploy_token_id, Some(42));
+        assert!(claims.access.is_empty());
+        assert!(auth.verify(&jwt).is_err(), "a session is no registry token");
+        assert!(auth.verify_session(&jwt, "nuget").is_err());
+        let registry = auth.issue(Some(&token()), None, Utc::now()).unwrap();
+        let registry = registry["token"].as_str().unwrap();
+        assert!(auth.verify_session(registry, "conan").is_err());
+        let expired =
+            auth.issue_session(&token(), "conan", Utc::now() - chrono::Duration::hours(2));
+        assert!(auth.verify_session(&expired, "conan").is_err());
     }
 }

@@ -41,6 +41,8 @@ pub enum ProxyError {
     UpstreamUnreachable(String),
     #[error("upstream {0} did not answer in time")]
     UpstreamTimeout(String),
+    #[error("upstream {0} refused the proxy's own login")]
+    UpstreamLogin(String),
     #[error("upstream {0} sent metadata that could not be rewritten")]
     UpstreamMetadata(String),
     #[error(transparent)]
@@ -105,9 +107,9 @@ impl ProxyError {
             ProxyError::Denied(_) | ProxyError::Refused(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamMetadata(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamLogin(_)
+            | ProxyError::UpstreamMetadata(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TokenRequest(TokenRequestError::UnknownService(_)) => StatusCode::NOT_FOUND,
             ProxyError::TokenRequest(TokenRequestError::BadScope(_)) => StatusCode::BAD_REQUEST,
@@ -122,6 +124,7 @@ impl ProxyError {
             ProxyError::StoreUnavailable(_) => Side::Internal,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamLogin(_)
             | ProxyError::UpstreamMetadata(_) => Side::Upstream,
             _ => Side::Downstream,
         }

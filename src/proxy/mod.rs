@@ -9,6 +9,8 @@ mod headers;
 mod limit;
 mod registry;
 mod rewrite;
+mod session;
+mod upstream_login;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -19,7 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -30,7 +32,7 @@ use tokio::net::TcpListener;
 pub use error::{ErrorStyle, ProxyError, Side};
 
 use crate::auth::{self, Ask};
-use crate::cache::{Lookup, TokenResolver};
+use crate::cache::TokenResolver;
 use crate::config::Config;
 use crate::format::{self, Authentication};
 use crate::oci::RegistryAuth;
@@ -41,9 +43,13 @@ use crate::token::{self, Digest, TokenRecord};
 use body::IdleTimeout;
 use limit::FailureLimiter;
 use rewrite::UrlMap;
+use upstream_login::UpstreamLogins;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
 pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
+
+/// Upstream request bodies: the client's, streamed, or none (the proxy's own logins).
+type UpstreamBody = Either<IdleTimeout<Incoming>, Empty<Bytes>>;
 
 /// Everything a request needs; shared by all connections.
 pub struct Proxy {
@@ -53,9 +59,10 @@ pub struct Proxy {
     /// The registry token service, when configured.
     registry: Option<Arc<RegistryAuth>>,
     /// The pooled client for `http` upstreams.
-    client: Client<HttpConnector, IdleTimeout<Incoming>>,
+    client: Client<HttpConnector, UpstreamBody>,
     /// One pooled client per `https` upstream (each has its own TLS settings).
-    tls_clients: HashMap<String, Client<HttpsConnector<HttpConnector>, IdleTimeout<Incoming>>>,
+    tls_clients: HashMap<String, Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
+    upstream_logins: UpstreamLogins,
     failures: FailureLimiter,
 }
 
@@ -97,6 +104,7 @@ impl Proxy {
             config.server.failed_auth_per_minute,
             std::time::Duration::from_secs(60),
         );
+        let upstream_logins = UpstreamLogins::for_routes(config.routes.routes());
         Proxy {
             config,
             resolver,
@@ -104,6 +112,7 @@ impl Proxy {
             registry,
             client,
             tls_clients,
+            upstream_logins,
             failures,
         }
     }
@@ -175,48 +184,62 @@ impl Proxy {
         if self.failures.is_blocked(peer.ip()) {
             return Err(ProxyError::TooManyFailures);
         }
-        if route.format.authentication() == Authentication::RegistryJwt {
-            let registry = self
-                .registry
-                .as_ref()
-                .expect("config: oci routes imply [registry_auth]");
-            let (token, query) = self
-                .authorize_registry(registry, &req, &matched, &rest, access, query, outcome)
-                .await?;
-            drop(rest);
-            return self
-                .forward(req, &path, query.as_deref(), &matched, &token, peer, false)
-                .await;
-        }
-        let presented =
-            format::credentials(&*route.format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
-        if !token::well_formed(&presented.secret) {
-            return Err(auth::Denial::UnknownToken.into());
-        }
-        let lookup = self
-            .resolver
-            .resolve(Digest::of(&presented.secret))
-            .await
-            .map_err(ProxyError::StoreUnavailable)?;
-        let record = match &lookup {
-            Lookup::Found(record) => Some(&**record),
-            Lookup::Absent => None,
+        let format = &*route.format;
+        let (record, username) = match format.authentication() {
+            Authentication::RegistryJwt => {
+                let registry = self
+                    .registry
+                    .as_ref()
+                    .expect("config: oci routes imply signing");
+                let (token, query) = self
+                    .authorize_registry(registry, &req, &matched, &rest, access, query, outcome)
+                    .await?;
+                drop(rest);
+                return self
+                    .forward(req, &path, query.as_deref(), &matched, &token, peer, false)
+                    .await;
+            }
+            Authentication::SessionJwt => {
+                let registry = self
+                    .registry
+                    .as_ref()
+                    .expect("config: session formats imply signing");
+                if let Some(endpoint) = format.session_endpoint(req.method(), &rest) {
+                    return self
+                        .answer_session(registry, endpoint, &req, &matched, outcome)
+                        .await;
+                }
+                self.session_token(registry, &req, format).await?
+            }
+            Authentication::DeployToken => {
+                let presented =
+                    format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+                if !token::well_formed(&presented.secret) {
+                    return Err(auth::Denial::UnknownToken.into());
+                }
+                let lookup = self
+                    .resolver
+                    .resolve(Digest::of(&presented.secret))
+                    .await
+                    .map_err(ProxyError::StoreUnavailable)?;
+                (registry::found(lookup), presented.username)
+            }
         };
-        outcome.token_id = record.map(|r| r.id);
+        outcome.token_id = record.as_ref().map(|r| r.id);
         let ask = Ask {
-            username: presented.username.as_deref(),
+            username: username.as_deref(),
             namespace: &matched.namespace,
             access,
-            scopes: route.format.scopes_for(access),
+            scopes: format.scopes_for(access),
         };
         let now = chrono::Utc::now();
-        auth::decide(record, &ask, now).map_err(|d| ProxyError::denied(d, &*route.format))?;
+        auth::decide(record.as_deref(), &ask, now).map_err(|d| ProxyError::denied(d, format))?;
         let token = record.expect("allowed implies a record");
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
         let rewrite = route.format.rewrites_metadata(req.method(), &rest);
         drop(rest);
-        self.forward(req, &path, query, &matched, token, peer, rewrite)
+        self.forward(req, &path, query, &matched, &token, peer, rewrite)
             .await
     }
 
@@ -245,6 +268,7 @@ impl Proxy {
             .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
         parts.version = http::Version::HTTP_11;
         let public_host = public.origin.split_once("://").map_or("", |(_, h)| h);
+        let authorization = self.upstream_authorization(upstream).await?;
         headers::to_upstream(
             &mut parts.headers,
             &headers::Forwarding {
@@ -252,18 +276,15 @@ impl Proxy {
                 public_https: public.https,
                 public_host,
                 upstream_host: upstream.authority.as_str(),
-                upstream_authorization: upstream.authorization.as_ref(),
+                upstream_authorization: authorization.as_ref(),
                 token,
                 identity_encoding: rewrite,
             },
         );
         let idle = self.config.server.body_idle_timeout;
         let timeout = self.config.server.upstream_response_timeout;
-        let request = Request::from_parts(parts, IdleTimeout::new(body, idle));
-        let sent = match self.tls_clients.get(&upstream.name) {
-            Some(tls) => tls.request(request),
-            None => self.client.request(request),
-        };
+        let request = Request::from_parts(parts, Either::Left(IdleTimeout::new(body, idle)));
+        let sent = self.send_upstream(upstream, request);
         let response = tokio::time::timeout(timeout, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
@@ -272,6 +293,9 @@ impl Proxy {
                 ProxyError::UpstreamUnreachable(upstream.name.clone())
             })?;
         let (mut parts, body) = response.into_parts();
+        if parts.status == StatusCode::UNAUTHORIZED {
+            self.upstream_logins.invalidate(&upstream.name);
+        }
         headers::to_downstream(&mut parts.headers);
         let needs_map = rewrite || parts.headers.contains_key(header::LOCATION);
         let map = needs_map.then(|| {
@@ -318,6 +342,20 @@ impl Proxy {
                 parts,
                 Either::Left(IdleTimeout::new(body, idle)),
             )),
+        }
+    }
+}
+
+impl Proxy {
+    /// Sends a request on the upstream's pooled client.
+    fn send_upstream(
+        &self,
+        upstream: &crate::route::Upstream,
+        request: Request<UpstreamBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match self.tls_clients.get(&upstream.name) {
+            Some(tls) => tls.request(request),
+            None => self.client.request(request),
         }
     }
 }

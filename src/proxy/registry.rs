@@ -189,7 +189,7 @@ impl Proxy {
     }
 }
 
-fn found(lookup: Lookup) -> Option<Arc<TokenRecord>> {
+pub(super) fn found(lookup: Lookup) -> Option<Arc<TokenRecord>> {
     match lookup {
         Lookup::Found(record) => Some(record),
         Lookup::Absent => None,

@@ -193,6 +193,11 @@ async fn handle(
                 futures_util::stream::iter(frames),
             )))
             .unwrap()
+    } else if path.ends_with("/unauthorized") {
+        Response::builder()
+            .status(401)
+            .body(http_body_util::Either::Left(Full::new(Bytes::new())))
+            .unwrap()
     } else if path.ends_with("/redirect") {
         Response::builder()
             .status(302)

@@ -18,6 +18,8 @@ E2E_HOME=${TOKENGATE_E2E_HOME:-$HOME/.cache/tokengate-e2e}
 VERDACCIO_VERSION=6.8.0
 # Pinned Python packages (the versions that were verified; see NOTES.md).
 PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 setuptools wheel)
+# Conan 2 client and server, in a venv of their own (they pin their own dependencies).
+CONAN_PACKAGES=(conan==2.34.0 conan-server==2.33.0)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -139,5 +141,18 @@ else
 fi
 log "python packages: $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null |
   grep -iE '^(pypiserver|passlib|twine|build|setuptools|wheel) ' | tr -s ' ' | tr '\n' ';')"
+
+# ---------------------------------------------------------------- Conan venv
+CONAN_VENV=$E2E_HOME/conan
+if [ -x "$CONAN_VENV/bin/conan" ] && [ -x "$CONAN_VENV/bin/conan_server" ]; then
+  log "conan venv present in $CONAN_VENV"
+else
+  [ -x "$CONAN_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$CONAN_VENV" ||
+    die "conan venv creation failed"
+  log "pip install ${CONAN_PACKAGES[*]}"
+  "$CONAN_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CONAN_PACKAGES[@]}" ||
+    die "pip install of conan failed"
+fi
+log "conan: $("$CONAN_VENV/bin/conan" --version)"
 
 log "done in $(($(date +%s) - start_ts))s (home: $E2E_HOME)"

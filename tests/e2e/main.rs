@@ -15,6 +15,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod conan;
 mod git;
 mod nuget;
 mod oci;
