@@ -248,6 +248,9 @@ async fn serve(config: Config) -> Result<(), CliError> {
         }
         None => None,
     };
+    if let Some(tls) = &config.server.tls {
+        tasks.push(tokio::spawn(reload_certificate_on_sighup(tls.cert.clone())));
+    }
     let listener = bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), "tokengate serving");
     let proxy = Arc::new(crate::proxy::Proxy::new(
@@ -271,6 +274,24 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Cli
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))
+}
+
+/// SIGHUP re-reads the listener's certificate and key (renewed by an ACME
+/// client, say); new handshakes use them, open connections keep theirs.
+async fn reload_certificate_on_sighup(cert: Arc<crate::tls::ServerCert>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: the certificate is not reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match cert.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -212,7 +212,7 @@ pub struct PublicUrl {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// TLS on the listener (`[server] tls = { cert, key }`); plain HTTP when absent.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<crate::tls::ServerTls>,
     pub public_url: PublicUrl,
     pub header_read_timeout: Duration,
     pub upstream_connect_timeout: Duration,

@@ -333,3 +333,67 @@ fn tls_config_errors_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let (ca1, cert, key) = test_pki(first.path());
+    let (ca2, cert2, key2) = test_pki(second.path());
+    let up = Recorder::start();
+    let gate = Gate::launch(Setup {
+        body: &routes(&up.url(), ""),
+        tls: Some((cert.clone(), key.clone())),
+        ..Setup::default()
+    });
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let url = format!("https://127.0.0.1:{}/generic/acme/web/f", gate.port);
+    let header = format!("Deploy-Token: {}", t.secret);
+    let status_with = |ca: &Path| {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            &header,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gate.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let wait_for_log = |needle: &str, count: usize| {
+        let started = std::time::Instant::now();
+        while gate.logs().matches(needle).count() < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{needle}:\n{}",
+                gate.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(status_with(&ca1), (true, "200".to_string()));
+
+    // A key that does not match the certificate: refused, the old pair stays.
+    std::fs::copy(&key2, &key).unwrap();
+    hup();
+    wait_for_log("certificate not reloaded", 1);
+    assert_eq!(status_with(&ca1), (true, "200".to_string()));
+
+    // The renewed pair (another CA): new handshakes use it at once.
+    std::fs::copy(&cert2, &cert).unwrap();
+    hup();
+    wait_for_log("TLS certificate reloaded", 1);
+    assert_eq!(status_with(&ca2), (true, "200".to_string()));
+    let (ok, _) = status_with(&ca1);
+    assert!(!ok, "the old certificate is still served");
+}

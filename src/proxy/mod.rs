@@ -436,8 +436,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         .config
         .server
         .tls
-        .clone()
-        .map(tokio_rustls::TlsAcceptor::from);
+        .as_ref()
+        .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
