@@ -72,13 +72,24 @@ impl Format for Conan {
         }
     }
 
-    fn rewrites_metadata(&self, _method: &Method, rest: &[&str]) -> bool {
-        // Conan 1 servers answer these with absolute URLs of their own.
-        rest.first() == Some(&"v1")
-            && matches!(
-                rest.last(),
-                Some(&("download_urls" | "upload_urls" | "digest"))
-            )
+    fn rewrites_metadata(&self, method: &Method, rest: &[&str]) -> bool {
+        self.url_grant(method, rest).is_some()
+    }
+
+    fn url_grant(&self, method: &Method, rest: &[&str]) -> Option<Access> {
+        // Conan 1 servers answer these with absolute, pre-signed URLs of their
+        // own, which the client then uses without its session token.
+        match (rest.first(), rest.last()) {
+            (Some(&"v1"), Some(&"upload_urls")) if method == Method::POST => Some(Access::Write),
+            (Some(&"v1"), Some(&("download_urls" | "digest"))) if method == Method::GET => {
+                Some(Access::Read)
+            }
+            _ => None,
+        }
+    }
+
+    fn takes_url_grant(&self, rest: &[&str]) -> bool {
+        rest.starts_with(&["v1", "files"])
     }
 }
 
@@ -168,11 +179,35 @@ mod tests {
     }
 
     #[test]
-    fn conan_1_url_documents_are_rewritten() {
-        assert!(Conan.rewrites_metadata(
-            &Method::GET,
-            &["v1", "conans", "z", "1", "_", "_", "download_urls"]
-        ));
+    fn conan_1_url_documents_carry_grants_for_their_files() {
+        let refs = ["v1", "conans", "z", "1", "_", "_"];
+        let with = |last: &str| [&refs[..], &[last]].concat();
+        assert_eq!(
+            Conan.url_grant(&Method::GET, &with("download_urls")),
+            Some(Access::Read)
+        );
+        assert_eq!(
+            Conan.url_grant(&Method::GET, &with("digest")),
+            Some(Access::Read)
+        );
+        assert_eq!(
+            Conan.url_grant(&Method::POST, &with("upload_urls")),
+            Some(Access::Write)
+        );
+        assert_eq!(Conan.url_grant(&Method::GET, &with("upload_urls")), None);
+        assert!(Conan.rewrites_metadata(&Method::GET, &with("download_urls")));
         assert!(!Conan.rewrites_metadata(&Method::GET, &["v2", "conans", "z"]));
+        assert!(Conan.takes_url_grant(&[
+            "v1",
+            "files",
+            "z",
+            "1",
+            "_",
+            "_",
+            "0",
+            "export",
+            "conanfile.py"
+        ]));
+        assert!(!Conan.takes_url_grant(&["v2", "files"]));
     }
 }

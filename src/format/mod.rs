@@ -83,6 +83,9 @@ pub enum Authentication {
     SessionJwt,
 }
 
+/// The query parameter carrying tokengate's grant on pre-signed file URLs.
+pub const URL_GRANT_PARAM: &str = "tokengate_grant";
+
 /// The login endpoints of a [`Authentication::SessionJwt`] format, which
 /// tokengate answers itself instead of forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +128,20 @@ pub trait Format: Send + Sync + 'static {
     /// credentials for a Bearer token, which it caches and refreshes.
     fn upstream_login(&self) -> Option<&'static str> {
         None
+    }
+
+    /// For documents listing pre-signed file URLs (Conan 1's `upload_urls`,
+    /// `download_urls`, `digest`): the access those URLs give. tokengate
+    /// appends a grant of its own to each, because clients send the file
+    /// requests without credentials.
+    fn url_grant(&self, _method: &Method, _rest: &[&str]) -> Option<Access> {
+        None
+    }
+
+    /// Whether a request is one of those pre-signed file URLs, authorized by
+    /// tokengate's grant (the [`URL_GRANT_PARAM`] query parameter).
+    fn takes_url_grant(&self, _rest: &[&str]) -> bool {
+        false
     }
 
     /// What a client is told when this format refuses a request outright.

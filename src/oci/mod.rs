@@ -98,6 +98,38 @@ impl RegistryAuth {
     /// token, granting nothing by itself. `audience` is the format's name, so
     /// a session of one format is no registry token and no session of another.
     pub fn issue_session(&self, token: &TokenRecord, audience: &str, now: DateTime<Utc>) -> String {
+        self.sign_bound(token, audience, Vec::new(), now)
+    }
+
+    /// A grant for pre-signed file URLs: each of `paths` (public URL paths)
+    /// for `action`, bound to the deploy token like a session.
+    pub fn issue_url_grant(
+        &self,
+        token: &TokenRecord,
+        audience: &str,
+        paths: Vec<String>,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> String {
+        let access = paths
+            .into_iter()
+            .map(|name| Grant {
+                kind: "file".into(),
+                class: None,
+                name,
+                actions: vec![action.to_string()],
+            })
+            .collect();
+        self.sign_bound(token, audience, access, now)
+    }
+
+    fn sign_bound(
+        &self,
+        token: &TokenRecord,
+        audience: &str,
+        access: Vec<Grant>,
+        now: DateTime<Utc>,
+    ) -> String {
         self.keys.sign(&Claims {
             iss: self.config.issuer.clone(),
             sub: token.username.clone(),
@@ -106,7 +138,7 @@ impl RegistryAuth {
             nbf: now.timestamp(),
             iat: now.timestamp(),
             jti: random_id(),
-            access: Vec::new(),
+            access,
             deploy_token_id: Some(token.id),
         })
     }

@@ -11,6 +11,7 @@ mod registry;
 mod rewrite;
 mod session;
 mod upstream_login;
+mod url_grant;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -185,6 +186,8 @@ impl Proxy {
             return Err(ProxyError::TooManyFailures);
         }
         let format = &*route.format;
+        // A query of our own to forward instead of the client's.
+        let mut own_query = None;
         let (record, username) = match format.authentication() {
             Authentication::RegistryJwt => {
                 let registry = self
@@ -196,7 +199,15 @@ impl Proxy {
                     .await?;
                 drop(rest);
                 return self
-                    .forward(req, &path, query.as_deref(), &matched, &token, peer, false)
+                    .forward(
+                        req,
+                        &path,
+                        query.as_deref(),
+                        &matched,
+                        &token,
+                        peer,
+                        Rewrite::default(),
+                    )
                     .await;
             }
             Authentication::SessionJwt => {
@@ -209,7 +220,15 @@ impl Proxy {
                         .answer_session(registry, endpoint, &req, &matched, outcome)
                         .await;
                 }
-                self.session_token(registry, &req, format).await?
+                if format.takes_url_grant(&rest) {
+                    let (record, username, query) = self
+                        .url_grant_token(registry, &path, query, access, format)
+                        .await?;
+                    own_query = Some(query);
+                    (record, username)
+                } else {
+                    self.session_token(registry, &req, format).await?
+                }
             }
             Authentication::DeployToken => {
                 let presented =
@@ -237,8 +256,15 @@ impl Proxy {
         let token = record.expect("allowed implies a record");
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
-        let rewrite = route.format.rewrites_metadata(req.method(), &rest);
+        let rewrite = Rewrite {
+            urls: format.rewrites_metadata(req.method(), &rest),
+            url_grant: format.url_grant(req.method(), &rest),
+        };
         drop(rest);
+        let query = match &own_query {
+            Some(own) => own.as_deref(),
+            None => query,
+        };
         self.forward(req, &path, query, &matched, &token, peer, rewrite)
             .await
     }
@@ -252,7 +278,7 @@ impl Proxy {
         matched: &Matched<'_>,
         token: &TokenRecord,
         peer: SocketAddr,
-        rewrite: bool,
+        rewrite: Rewrite,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let route = matched.route;
         let upstream = &*route.upstream;
@@ -278,7 +304,7 @@ impl Proxy {
                 upstream_host: upstream.authority.as_str(),
                 upstream_authorization: authorization.as_ref(),
                 token,
-                identity_encoding: rewrite,
+                identity_encoding: rewrite.urls,
             },
         );
         let idle = self.config.server.body_idle_timeout;
@@ -297,7 +323,7 @@ impl Proxy {
             self.upstream_logins.invalidate(&upstream.name);
         }
         headers::to_downstream(&mut parts.headers);
-        let needs_map = rewrite || parts.headers.contains_key(header::LOCATION);
+        let needs_map = rewrite.urls || parts.headers.contains_key(header::LOCATION);
         let map = needs_map.then(|| {
             let mut public_path = public.base_path.clone();
             if route.strip_prefix {
@@ -322,7 +348,7 @@ impl Proxy {
             }
         }
         match map {
-            Some(map) if rewrite && is_rewritable(&parts) => {
+            Some(map) if rewrite.urls && is_rewritable(&parts) => {
                 let limit = self.config.server.metadata_max_bytes;
                 let collected = Limited::new(body, limit).collect().await.map_err(|e| {
                     tracing::warn!(upstream = %upstream.name, error = %e, "metadata body not rewritten");
@@ -330,7 +356,15 @@ impl Proxy {
                 })?;
                 let bytes = collected.to_bytes();
                 let bytes = match std::str::from_utf8(&bytes) {
-                    Ok(text) => Bytes::from(map.body(text)),
+                    Ok(text) => {
+                        let text = map.body(text);
+                        let granted = rewrite.url_grant.zip(self.registry.as_ref()).and_then(
+                            |(access, registry)| {
+                                self.grant_urls(registry, &text, token, access, &*route.format)
+                            },
+                        );
+                        Bytes::from(granted.unwrap_or(text))
+                    }
                     Err(_) => bytes,
                 };
                 parts
@@ -399,6 +433,15 @@ fn origin_form<'u>(
         return Err(PathError::NotOriginForm.into());
     }
     Ok((path, uri.query()))
+}
+
+/// What the proxy does to a successful metadata response.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rewrite {
+    /// Map absolute upstream URLs to the proxy's public URL.
+    urls: bool,
+    /// Add a grant for this access to each URL (pre-signed file URLs).
+    url_grant: Option<format::Access>,
 }
 
 /// What the access log says about a request, and how its errors are told.

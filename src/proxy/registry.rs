@@ -178,7 +178,7 @@ impl Proxy {
                         && auth::decide(record.as_deref(), &source, now).is_ok();
                     if !readable {
                         tracing::info!(token_id = id, from = %from, "blob mount from an unreadable repository dropped");
-                        forward_query = query.and_then(without_mount);
+                        forward_query = query.and_then(|q| without_params(q, &["mount", "from"]));
                     }
                 }
             }
@@ -204,13 +204,13 @@ fn path_is(path: &NormalizedPath, configured: &str) -> bool {
             .eq(configured.split('/').filter(|s| !s.is_empty()))
 }
 
-/// The query without `mount` and `from`; `None` when nothing is left.
-fn without_mount(query: &str) -> Option<String> {
+/// The query without the parameters `names`; `None` when nothing is left.
+pub(super) fn without_params(query: &str, names: &[&str]) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            key != "mount" && key != "from"
+            !names.contains(&key)
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
@@ -232,9 +232,13 @@ mod tests {
 
     #[test]
     fn dropping_a_mount_keeps_the_rest() {
-        assert_eq!(without_mount("mount=sha256%3Aab&from=acme%2Fx"), None);
+        let mount = ["mount", "from"];
         assert_eq!(
-            without_mount("mount=sha256%3Aab&x=1&from=acme%2Fx"),
+            without_params("mount=sha256%3Aab&from=acme%2Fx", &mount),
+            None
+        );
+        assert_eq!(
+            without_params("mount=sha256%3Aab&x=1&from=acme%2Fx", &mount),
             Some("x=1".to_string())
         );
     }

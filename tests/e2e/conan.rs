@@ -14,15 +14,40 @@ use crate::{e2e_home, Cast, E2E_DIR, REVOCATION_BOUND};
 const UPSTREAM_USER: &str = "proxy";
 const UPSTREAM_PASSWORD: &str = "upstream-secret";
 
+/// Which Conan: the client and server of one major version, each in a venv of
+/// its own (Conan 1 speaks the v1 API with pre-signed file URLs, Conan 2 the v2 API).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conan {
+    V1,
+    V2,
+}
+
+impl Conan {
+    fn venv(self) -> PathBuf {
+        e2e_home().join(match self {
+            Conan::V1 => "conan1",
+            Conan::V2 => "conan",
+        })
+    }
+
+    /// A package reference as this version writes it.
+    fn reference(self, version: &str) -> String {
+        match self {
+            Conan::V1 => format!("hello/{version}@demo/testing"),
+            Conan::V2 => format!("hello/{version}"),
+        }
+    }
+}
+
 struct ConanServer {
     port: u16,
     child: Child,
 }
 
 impl ConanServer {
-    fn start(dir: &Path) -> ConanServer {
+    fn start(conan: Conan, dir: &Path) -> ConanServer {
         let port = free_port();
-        let python = conan_venv().join("bin/python");
+        let python = conan.venv().join("bin/python");
         let log = std::fs::File::create(dir.join("conan_server.log")).unwrap();
         let child = Command::new(&python)
             .arg(format!("{E2E_DIR}/conan_server.py"))
@@ -44,26 +69,28 @@ impl Drop for ConanServer {
     }
 }
 
-fn conan_venv() -> PathBuf {
-    e2e_home().join("conan")
-}
-
 /// One Conan client home, logged in (or not) to the remote `tg`.
 struct Client {
+    conan: Conan,
     home: PathBuf,
 }
 
 impl Client {
-    fn new(work: &Path, name: &str, remote: &str) -> Client {
+    fn new(conan: Conan, work: &Path, name: &str, remote: &str) -> Client {
         let client = Client {
+            conan,
             home: work.join(name),
         };
         std::fs::create_dir_all(&client.home).unwrap();
-        for args in [
-            &["profile", "detect"][..],
-            &["remote", "remove", "conancenter"],
-            &["remote", "add", "tg", remote],
-        ] {
+        let setup: &[&[&str]] = match conan {
+            Conan::V1 => &[&["remote", "clean"]],
+            Conan::V2 => &[&["profile", "detect"], &["remote", "remove", "conancenter"]],
+        };
+        for args in setup
+            .iter()
+            .copied()
+            .chain([&["remote", "add", "tg", remote][..]])
+        {
             let (ok, out) = client.run(args);
             assert!(ok, "conan {args:?}: {out}");
         }
@@ -71,12 +98,17 @@ impl Client {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
+        let home_var = match self.conan {
+            Conan::V1 => "CONAN_USER_HOME",
+            Conan::V2 => "CONAN_HOME",
+        };
         let out = Command::new("timeout")
             .args(["-k", "5", "120"])
-            .arg(conan_venv().join("bin/conan"))
+            .arg(self.conan.venv().join("bin/conan"))
             .args(args)
-            .env("CONAN_HOME", &self.home)
+            .env(home_var, &self.home)
             .env("NO_COLOR", "1")
+            .env("CONAN_NON_INTERACTIVE", "1")
             .current_dir(&self.home)
             .stdin(Stdio::null())
             .output()
@@ -92,23 +124,31 @@ impl Client {
     }
 
     fn login(&self, token: &Token) -> (bool, String) {
-        self.run(&[
-            "remote",
-            "login",
-            "tg",
-            &token.username,
-            "-p",
-            &token.secret,
-        ])
+        let (user, secret) = (token.username.as_str(), token.secret.as_str());
+        match self.conan {
+            Conan::V1 => self.run(&["user", "-p", secret, "-r", "tg", user]),
+            Conan::V2 => self.run(&["remote", "login", "tg", user, "-p", secret]),
+        }
     }
 
     /// Creates `hello/VERSION` in the local cache (a recipe that needs no compiler).
     fn create(&self, version: &str) {
         let dir = self.home.join(format!("hello-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("conanfile.py"),
-            format!(
+        let recipe = match self.conan {
+            Conan::V1 => format!(
+                r#"from conans import ConanFile, tools
+
+class Hello(ConanFile):
+    name = "hello"
+    version = "{version}"
+
+    def package(self):
+        tools.save("include/hello.h", "// hello {version}\n")
+        self.copy("*.h")
+"#
+            ),
+            Conan::V2 => format!(
                 r#"import os
 from conan import ConanFile
 from conan.tools.files import save
@@ -121,32 +161,41 @@ class Hello(ConanFile):
         save(self, os.path.join(self.package_folder, "include", "hello.h"), "// hello {version}\n")
 "#
             ),
-        )
-        .unwrap();
-        let (ok, out) = self.run(&["create", dir.to_str().unwrap()]);
+        };
+        std::fs::write(dir.join("conanfile.py"), recipe).unwrap();
+        let dir = dir.to_str().unwrap();
+        let (ok, out) = match self.conan {
+            Conan::V1 => self.run(&["create", dir, "demo/testing"]),
+            Conan::V2 => self.run(&["create", dir]),
+        };
         assert!(ok, "conan create: {out}");
     }
 
     fn upload(&self, version: &str) -> (bool, String) {
-        self.run(&["upload", &format!("hello/{version}"), "-r", "tg", "-c"])
+        let reference = self.conan.reference(version);
+        match self.conan {
+            Conan::V1 => self.run(&["upload", &reference, "-r", "tg", "--all", "--confirm"]),
+            Conan::V2 => self.run(&["upload", &reference, "-r", "tg", "-c"]),
+        }
     }
 
     /// Installs `hello/VERSION` from the remote into an empty cache.
     fn install(&self, version: &str) -> (bool, String) {
-        let (ok, out) = self.run(&["remove", "hello/*", "-c"]);
+        let reference = self.conan.reference(version);
+        let (ok, out) = match self.conan {
+            Conan::V1 => self.run(&["remove", "-f", "hello/*"]),
+            Conan::V2 => self.run(&["remove", "hello/*", "-c"]),
+        };
         assert!(ok, "conan remove (local): {out}");
-        self.run(&[
-            "install",
-            "--requires",
-            &format!("hello/{version}"),
-            "-r",
-            "tg",
-        ])
+        match self.conan {
+            Conan::V1 => self.run(&["install", &reference, "-r", "tg"]),
+            Conan::V2 => self.run(&["install", "--requires", &reference, "-r", "tg"]),
+        }
     }
 }
 
-fn start(work: &Path) -> (ConanServer, Gate) {
-    let server = ConanServer::start(work);
+fn start(conan: Conan, work: &Path) -> (ConanServer, Gate) {
+    let server = ConanServer::start(conan, work);
     let body = format!(
         r#"
 [upstream.conan]
@@ -170,6 +219,9 @@ strip_prefix = true
     (server, gate)
 }
 
+/// The route's path for the project acme/web.
+const ROUTE: &str = "/api/v4/projects/acme%2Fweb/packages/conan";
+
 fn remote(gate: &Gate, project: &str) -> String {
     format!(
         "{}/api/v4/projects/{}/packages/conan",
@@ -182,11 +234,11 @@ fn remote(gate: &Gate, project: &str) -> String {
 fn conan_upload_and_install_with_each_kind_of_token() {
     crate::require_prerequisites();
     let work = tempfile::tempdir().unwrap();
-    let (_server, gate) = start(work.path());
+    let (_server, gate) = start(Conan::V2, work.path());
     let cast = Cast::issue(&gate);
     let web = remote(&gate, "acme/web");
     let client = |name: &str, token: &Token| {
-        let c = Client::new(work.path(), name, &web);
+        let c = Client::new(Conan::V2, work.path(), name, &web);
         let (ok, out) = c.login(token);
         assert!(ok, "conan remote login ({name}): {out}\n{}", gate.logs());
         c
@@ -234,7 +286,7 @@ fn conan_upload_and_install_with_each_kind_of_token() {
     assert!(ok, "install with the group's token: {out}");
 
     // Another project's token cannot even log in here; a wrong username neither.
-    let other = Client::new(work.path(), "other", &web);
+    let other = Client::new(Conan::V2, work.path(), "other", &web);
     let (ok, out) = other.login(&cast.other);
     assert!(!ok, "another project's token logged in: {out}");
     let wrong_user = Token {
@@ -261,9 +313,9 @@ fn conan_upload_and_install_with_each_kind_of_token() {
 fn a_revoked_token_s_conan_session_ends_within_the_bound() {
     crate::require_prerequisites();
     let work = tempfile::tempdir().unwrap();
-    let (_server, gate) = start(work.path());
+    let (_server, gate) = start(Conan::V2, work.path());
     let cast = Cast::issue(&gate);
-    let rw = Client::new(work.path(), "rw", &remote(&gate, "acme/web"));
+    let rw = Client::new(Conan::V2, work.path(), "rw", &remote(&gate, "acme/web"));
     let (ok, out) = rw.login(&cast.rw);
     assert!(ok, "{out}");
     rw.create("2.0");
@@ -271,11 +323,11 @@ fn a_revoked_token_s_conan_session_ends_within_the_bound() {
     assert!(ok, "{out}");
 
     // A session JWT as the client holds one, replayed until it stops working.
-    let jwt = login_by_hand(&gate, &cast.rw);
-    let path = "/api/v4/projects/acme%2Fweb/packages/conan/v2/conans/hello/2.0/_/_/latest";
+    let jwt = login_by_hand(&gate, &cast.rw, "v2");
+    let path = format!("{ROUTE}/v2/conans/hello/2.0/_/_/latest");
     let bearer = format!("Bearer {jwt}");
     let status =
-        || crate::common::send(gate.port, "GET", path, &[("Authorization", &bearer)], b"").status;
+        || crate::common::send(gate.port, "GET", &path, &[("Authorization", &bearer)], b"").status;
     assert_eq!(status(), 200);
     gate.revoke(cast.rw.id);
     let started = Instant::now();
@@ -295,15 +347,90 @@ fn a_revoked_token_s_conan_session_ends_within_the_bound() {
     assert!(out.contains("needs authentication"), "{out}");
 }
 
-/// `GET …/v2/users/authenticate` with Basic, as `conan remote login` sends it.
-fn login_by_hand(gate: &Gate, token: &Token) -> String {
+/// `GET …/{api}/users/authenticate` with Basic, as `conan remote login` sends it.
+fn login_by_hand(gate: &Gate, token: &Token, api: &str) -> String {
     let r = crate::common::send(
         gate.port,
         "GET",
-        "/api/v4/projects/acme%2Fweb/packages/conan/v2/users/authenticate",
+        &format!("{ROUTE}/{api}/users/authenticate"),
         &[("Authorization", &token.basic())],
         b"",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     r.text()
+}
+
+#[test]
+fn conan_1_uploads_and_installs_through_granted_file_urls() {
+    crate::require_prerequisites();
+    let work = tempfile::tempdir().unwrap();
+    let (_server, gate) = start(Conan::V1, work.path());
+    let cast = Cast::issue(&gate);
+    let web = remote(&gate, "acme/web");
+    let client = |name: &str, token: &Token| {
+        let c = Client::new(Conan::V1, work.path(), name, &web);
+        let (ok, out) = c.login(token);
+        assert!(ok, "conan user ({name}): {out}\n{}", gate.logs());
+        c
+    };
+    // Conan 1 uploads and downloads files by pre-signed URLs, sent without
+    // credentials: they go through on tokengate's grants.
+    let rw = client("rw", &cast.rw);
+    rw.create("1.0");
+    let (ok, out) = rw.upload("1.0");
+    assert!(ok, "upload with a read+write token: {out}\n{}", gate.logs());
+    let (ok, out) = rw.install("1.0");
+    assert!(ok, "install with a read+write token: {out}");
+    let ro = client("ro", &cast.ro);
+    let (ok, out) = ro.install("1.0");
+    assert!(ok, "install with a read-only token: {out}");
+    ro.create("1.1");
+    let (ok, out) = ro.upload("1.1");
+    assert!(!ok, "a read-only token must not upload: {out}");
+
+    // The grants, by hand.
+    let send = crate::common::send;
+    let jwt = login_by_hand(&gate, &cast.ro, "v1");
+    let bearer = format!("Bearer {jwt}");
+    let r = send(
+        gate.port,
+        "GET",
+        &format!("{ROUTE}/v1/conans/hello/1.0/demo/testing/download_urls"),
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let urls: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let manifest = urls["conanmanifest.txt"].as_str().unwrap();
+    let target = manifest
+        .strip_prefix(&gate.url())
+        .unwrap_or_else(|| panic!("not a URL of the proxy: {manifest}"));
+    assert!(
+        target.contains("signature=") && target.contains("tokengate_grant="),
+        "{target}"
+    );
+    let get = |target: &str| send(gate.port, "GET", target, &[], b"").status;
+    assert_eq!(get(target), 200);
+    // Without the grant, for another file, or for another access: refused.
+    let (path, query) = target.split_once('?').unwrap();
+    let upstream_signature: String = query
+        .split('&')
+        .filter(|p| !p.starts_with("tokengate_grant="))
+        .collect::<Vec<_>>()
+        .join("&");
+    assert_eq!(get(&format!("{path}?{upstream_signature}")), 401);
+    let elsewhere = target.replace("conanmanifest.txt", "conan_sources.tgz");
+    assert_eq!(get(&elsewhere), 403);
+    let put = send(gate.port, "PUT", target, &[], b"overwritten");
+    assert_eq!(put.status, 403);
+    // Revoked: the URLs stop within the bound, long before the upstream's signature expires.
+    gate.revoke(cast.ro.id);
+    let started = Instant::now();
+    while get(target) != 401 {
+        assert!(
+            started.elapsed() < REVOCATION_BOUND,
+            "a revoked token's URL still works"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -20,6 +20,8 @@ VERDACCIO_VERSION=6.8.0
 PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 setuptools wheel)
 # Conan 2 client and server, in a venv of their own (they pin their own dependencies).
 CONAN_PACKAGES=(conan==2.34.0 conan-server==2.33.0)
+# Conan 1 (client and server in one package): the v1 API with pre-signed file URLs.
+CONAN1_PACKAGES=(conan==1.66.0)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -154,5 +156,16 @@ else
     die "pip install of conan failed"
 fi
 log "conan: $("$CONAN_VENV/bin/conan" --version)"
+CONAN1_VENV=$E2E_HOME/conan1
+if [ -x "$CONAN1_VENV/bin/conan" ] && [ -x "$CONAN1_VENV/bin/conan_server" ]; then
+  log "conan 1 venv present in $CONAN1_VENV"
+else
+  [ -x "$CONAN1_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$CONAN1_VENV" ||
+    die "conan 1 venv creation failed"
+  log "pip install ${CONAN1_PACKAGES[*]}"
+  "$CONAN1_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CONAN1_PACKAGES[@]}" ||
+    die "pip install of conan 1 failed"
+fi
+log "conan 1: $("$CONAN1_VENV/bin/conan" --version 2>/dev/null)"
 
 log "done in $(($(date +%s) - start_ts))s (home: $E2E_HOME)"

@@ -160,6 +160,9 @@ fn require_prerequisites() {
         home.join("venv/bin/pypi-server"),
         home.join("venv/bin/twine"),
         home.join("venv/bin/python"),
+        home.join("conan/bin/conan"),
+        home.join("conan/bin/conan_server"),
+        home.join("conan1/bin/conan"),
         PathBuf::from("/usr/share/maven-repo/org/apache/maven/plugins/maven-deploy-plugin/3.0.0"),
         PathBuf::from(
             "/usr/share/maven-repo/org/apache/maven/plugins/maven-dependency-plugin/3.5.0",
