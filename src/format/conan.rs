@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn conan_1_url_documents_carry_grants_for_their_files() {
         let refs = ["v1", "conans", "z", "1", "_", "_"];
-        let with = |last: &str| [&refs[..], &[last]].concat();
+        let with = |last: &'static str| [&refs[..], &[last]].concat();
         assert_eq!(
             Conan.url_grant(&Method::GET, &with("download_urls")),
             Some(Access::Read)
