@@ -9,50 +9,13 @@ mod recorder;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::pki::test_pki;
 use common::{Gate, Setup};
 use recorder::Recorder;
-
-/// A CA and a server certificate for 127.0.0.1 / localhost signed by it;
-/// returns (ca, cert, key). Also writes `client.pem` and `client-key.pem`.
-fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokengate test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    // A client certificate, for upstreams that ask for one.
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokengate client");
-    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
-    write("client.pem", client.pem());
-    write("client-key.pem", client_key.serialize_pem());
-    (
-        write("ca.pem", ca.pem()),
-        // The chain: leaf, then the CA.
-        write("cert.pem", format!("{}{}", cert.pem(), ca.pem())),
-        write("key.pem", key.serialize_pem()),
-    )
-}
 
 fn routes(upstream_url: &str, extra: &str) -> String {
     format!(

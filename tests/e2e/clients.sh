@@ -34,6 +34,8 @@
 # Environment:
 #   TOKENGATE_E2E_HOME  where install.sh put the venv (default $HOME/.cache/tokengate-e2e)
 #   E2E_KEEP_TMP=1      keep the per-command temporary HOME (its path is printed)
+#   E2E_CA_FILE=PEM     trust this CA for https URLs (npm cafile, twine and pip --cert,
+#                       a Maven truststore made with keytool, curl --cacert)
 set -euo pipefail
 
 E2E_HOME=${TOKENGATE_E2E_HOME:-$HOME/.cache/tokengate-e2e}
@@ -41,6 +43,13 @@ VENV=$E2E_HOME/venv
 MVN_DEPLOY_PLUGIN=org.apache.maven.plugins:maven-deploy-plugin:3.0.0
 MVN_DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.5.0
 MVN_REPO_ID=e2e
+CA_FILE=${E2E_CA_FILE:-}
+CA_ARGS=()
+if [ -n "$CA_FILE" ]; then
+  CA_ARGS=(--cert "$CA_FILE")
+  # requests lets these override a session's own CA bundle (twine --cert).
+  export REQUESTS_CA_BUNDLE=$CA_FILE CURL_CA_BUNDLE=$CA_FILE
+fi
 
 log() { printf '[clients] %s\n' "$*" >&2; }
 die() { printf '[clients] ERROR: %s\n' "$*" >&2; exit 2; }
@@ -97,6 +106,7 @@ write_npmrc() { # write_npmrc FILE URL USER TOKEN MODE
   nerf=//${url#*://}   # //host:port/path/
   {
     echo "registry=$url"
+    [ -z "$CA_FILE" ] || echo "cafile=$CA_FILE"
     case $mode in
       bearer) echo "$nerf:_authToken=$token" ;;
       basic) echo "$nerf:_auth=$(b64 "$user:$token")" ;;
@@ -194,7 +204,7 @@ EOF
   run "$VENV/bin/python" -m build --no-isolation --sdist --wheel --outdir dist . >"$TMPH/build.log" 2>&1 ||
     { cat "$TMPH/build.log" >&2; return 1; }
   log "built: $(cd dist && echo *)"
-  MASK=$TOKEN run "$VENV/bin/twine" upload --non-interactive --disable-progress-bar \
+  MASK=$TOKEN run "$VENV/bin/twine" upload --non-interactive --disable-progress-bar "${CA_ARGS[@]}" \
     --repository-url "$url" -u "$user" -p "$TOKEN" dist/*
 }
 
@@ -209,7 +219,7 @@ cmd_pip_install() {
   authurl="$scheme://$(urlenc "$user"):$(urlenc "$TOKEN")@$rest"
   local target=$TMPH/target
   MASK=$(urlenc "$TOKEN") run "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
-    --no-cache-dir --no-deps --keyring-provider disabled --target "$target" \
+    --no-cache-dir --no-deps --keyring-provider disabled --target "$target" "${CA_ARGS[@]}" \
     --index-url "$authurl" "$name==$version" || return $?
   local norm
   norm=$(printf '%s' "$name" | tr 'A-Z.-' 'a-z__')
@@ -271,7 +281,14 @@ EOF
 }
 
 mvn_cmd() {
-  MASK=$TOKEN run mvn -B -ntp -gs "$TMPH/global-settings.xml" -s "$TMPH/settings.xml" "$@"
+  local trust=()
+  if [ -n "$CA_FILE" ]; then
+    keytool -importcert -noprompt -alias e2e-ca -file "$CA_FILE" -keystore "$TMPH/trust.p12" \
+      -storetype PKCS12 -storepass changeit >/dev/null 2>&1 || die "keytool could not import $CA_FILE"
+    trust=(-Djavax.net.ssl.trustStore="$TMPH/trust.p12" -Djavax.net.ssl.trustStoreType=PKCS12
+      -Djavax.net.ssl.trustStorePassword=changeit)
+  fi
+  MASK=$TOKEN run mvn -B -ntp "${trust[@]}" -gs "$TMPH/global-settings.xml" -s "$TMPH/settings.xml" "$@"
 }
 
 cmd_mvn_deploy() {
@@ -321,6 +338,7 @@ cmd_generic_put() {
   TOKEN=$2
   [ -f "$file" ] || die "no such file: $file"
   curl_auth "$TOKEN" "${4:-}"
+  [ -z "$CA_FILE" ] || AUTH+=(--cacert "$CA_FILE")
   MASK=$TOKEN run curl -sS -f -T "$file" "${AUTH[@]}" -w 'HTTP %{http_code}\n' "$url"
 }
 
@@ -329,6 +347,7 @@ cmd_generic_get() {
   local url=$1 out=$3
   TOKEN=$2
   curl_auth "$TOKEN" "${4:-}"
+  [ -z "$CA_FILE" ] || AUTH+=(--cacert "$CA_FILE")
   MASK=$TOKEN run curl -sS -f -o "$out" "${AUTH[@]}" -w 'HTTP %{http_code}\n' "$url"
 }
 

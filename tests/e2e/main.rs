@@ -21,6 +21,7 @@ mod nuget;
 mod oci;
 #[path = "../common/recorder.rs"]
 mod recorder;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -314,14 +315,21 @@ strip_prefix = true
 }
 
 fn start_gate(reg: &Registries) -> Gate {
-    Gate::start_with(
-        &gate_config(reg),
-        &[
+    start_gate_with(reg, None)
+}
+
+/// The gate in front of the registries; `tls` is `(cert, key)` for an https listener.
+fn start_gate_with(reg: &Registries, tls: Option<(PathBuf, PathBuf)>) -> Gate {
+    Gate::launch(common::Setup {
+        body: &gate_config(reg),
+        env: &[
             ("TG_NPM_TOKEN", reg.var("NPM_UPSTREAM_TOKEN")),
             ("TG_PYPI_PASSWORD", reg.var("PYPI_PASSWORD")),
             ("TG_DAV_PASSWORD", reg.var("DAV_PASSWORD")),
         ],
-    )
+        tls,
+        ..common::Setup::default()
+    })
 }
 
 /// An RFC 3339 time `secs` seconds from now (whole seconds, UTC), and that instant.
@@ -467,12 +475,14 @@ struct Run {
     output: String,
 }
 
-fn client(args: &[&str]) -> Run {
+/// Runs `clients.sh ARGS` with `env` added.
+fn client(env: &[(&str, &str)], args: &[&str]) -> Run {
     let script = format!("{E2E_DIR}/clients.sh");
     let out = Command::new("timeout")
         .args(["-k", "10", "240"])
         .arg(&script)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run clients.sh");
@@ -493,38 +503,38 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 fn expect_ok(gate: &Gate, what: &str, args: &[&str]) -> String {
-    let t = Instant::now();
-    let run = client(args);
-    eprintln!(
-        "[e2e] {what}: {} in {:.1?}",
-        if run.ok { "ok" } else { "FAILED" },
-        t.elapsed()
-    );
-    assert!(
-        run.ok,
-        "{what}: expected success, the client failed.\nclients.sh {}\n{}proxy access log (last lines):\n{}",
-        args.first().unwrap(),
-        tail(&run.output, 60),
-        access_tail(gate, 25)
-    );
-    run.output
+    expect_client(gate, &[], what, args, true)
 }
 
 fn expect_fail(gate: &Gate, what: &str, args: &[&str]) -> String {
+    expect_client(gate, &[], what, args, false)
+}
+
+/// Runs a client and asserts it succeeded (`succeed`) or failed; returns its output.
+fn expect_client(
+    gate: &Gate,
+    env: &[(&str, &str)],
+    what: &str,
+    args: &[&str],
+    succeed: bool,
+) -> String {
     let t = Instant::now();
-    let run = client(args);
-    eprintln!(
-        "[e2e] {what}: {} in {:.1?}",
-        if run.ok {
-            "SUCCEEDED"
-        } else {
-            "failed as expected"
-        },
-        t.elapsed()
-    );
+    let run = client(env, args);
+    let verdict = match (succeed, run.ok) {
+        (true, true) => "ok",
+        (true, false) => "FAILED",
+        (false, false) => "failed as expected",
+        (false, true) => "SUCCEEDED",
+    };
+    eprintln!("[e2e] {what}: {verdict} in {:.1?}", t.elapsed());
+    let expected = if succeed {
+        "expected success, the client failed"
+    } else {
+        "expected the client to fail, it succeeded"
+    };
     assert!(
-        !run.ok,
-        "{what}: expected the client to fail, it succeeded.\nclients.sh {}\n{}proxy access log (last lines):\n{}",
+        run.ok == succeed,
+        "{what}: {expected}.\nclients.sh {}\n{}proxy access log (last lines):\n{}",
         args.first().unwrap(),
         tail(&run.output, 60),
         access_tail(gate, 25)

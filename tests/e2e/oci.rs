@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::common::pki::test_pki;
 use crate::common::{free_port, send, wait_for_port, Gate, RawResponse, Setup, Token};
 
 const RW: &str = "read_registry,write_registry";
@@ -624,34 +625,6 @@ fn oci_token_server_only_mode() {
     );
     assert!(!skopeo_pull(&work.path().join("o"), &host, "acme/web/app", &other).ok);
     assert!(!skopeo_push(&image, &host, "acme/web/x", &other).ok);
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, made with rcgen;
-/// returns (ca, cert, key).
-fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokengate e2e CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    (
-        write("ca.crt", ca.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
-    )
 }
 
 #[test]
