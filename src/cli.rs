@@ -13,8 +13,9 @@ use crate::config::{CacheConfig, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::oci::{KeyRing, RegistryAuth};
 use crate::route::NormalizedPath;
-use crate::store::{LastUsed, ListFilter, NewToken, StoreError, TokenStore};
-use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError};
+use crate::store::{LastUsed, ListFilter, StoreError, TokenStore};
+use crate::token::{OwnerKind, TokenError};
+use crate::tokens::{CreateRequest, ManageError, TokenAdmin};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +109,8 @@ enum CliError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
+    Manage(#[from] ManageError),
+    #[error("{0}")]
     Failed(String),
 }
 
@@ -115,7 +118,8 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) | CliError::Token(_) => 2,
-            CliError::Store(_) | CliError::Failed(_) => 1,
+            CliError::Manage(ManageError::Invalid(_)) => 2,
+            CliError::Store(_) | CliError::Manage(_) | CliError::Failed(_) => 1,
         }
     }
 }
@@ -222,10 +226,26 @@ async fn serve(config: Config) -> Result<(), CliError> {
         tasks.push(tokio::spawn(redis.clone().keep_connected()));
         tasks.push(tokio::spawn(redis.clone().listen(resolver.clone())));
     }
+    let tokens = Arc::new(TokenAdmin::new(
+        store.clone(),
+        redis.clone(),
+        Some(resolver.clone()),
+        Some(metrics.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        tokens
+            .clone()
+            .refresh_active_every(std::time::Duration::from_secs(60)),
+    ));
     if let Some(admin) = &config.admin {
         let listener = bind(admin.listen).await?;
-        tracing::info!(listen = %admin.listen, "admin listener serving /healthz, /readyz, /metrics");
-        tasks.push(tokio::spawn(crate::admin::serve(metrics.clone(), listener)));
+        tracing::info!(listen = %admin.listen, tls = admin.tls.is_some(), admin_tokens = admin.tokens.len(), "admin listener serving the API (/api/v4), the web page (/ui), /healthz, /readyz and /metrics");
+        let state = Arc::new(crate::admin::Admin::new(admin, metrics.clone(), tokens));
+        tasks.push(tokio::spawn(crate::admin::serve(
+            state,
+            listener,
+            admin.tls.clone(),
+        )));
     }
     let registry = match &config.registry_auth {
         Some(registry) => {
@@ -345,6 +365,12 @@ async fn token_command(
     cmd: TokenCommand,
 ) -> Result<(), CliError> {
     let now = chrono::Utc::now();
+    let redis = cache
+        .redis
+        .as_ref()
+        .map(|redis| RedisCache::new(redis, cache, &Metrics::new(true)));
+    let admin = TokenAdmin::new(store.clone(), redis, None, None);
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_default());
     match cmd {
         TokenCommand::Create {
             owner,
@@ -363,29 +389,15 @@ async fn token_command(
                     ))
                 }
             };
-            token::validate_namespace(&owner_path)?;
-            if name.is_empty() || name.len() > 255 {
-                return Err(TokenError::InvalidName.into());
-            }
-            if let Some(u) = &username {
-                token::validate_username(u)?;
-            }
-            let scopes = ScopeSet::parse_list(&scopes)?;
-            let expires_at = expires_at
-                .map(|e| token::parse_expiry(&e, now))
-                .transpose()?;
-            let secret = Secret::generate();
-            let record = store
-                .create(NewToken {
-                    name,
-                    username,
-                    owner_kind,
-                    owner_path,
-                    scopes,
-                    expires_at,
-                    digest: secret.digest(),
-                })
-                .await?;
+            let request = CreateRequest {
+                owner_kind,
+                owner_path,
+                name,
+                scopes: vec![scopes],
+                username,
+                expires_at,
+            };
+            let (record, secret) = admin.create(&actor, request).await?;
             if json {
                 println!("{}", record.to_gitlab_json(now, Some(&secret)));
             } else {
@@ -414,7 +426,7 @@ async fn token_command(
                 (_, Some(g)) => Some((OwnerKind::Group, g.as_str())),
                 _ => None,
             };
-            let tokens = store
+            let tokens = admin
                 .list(ListFilter {
                     owner,
                     active_only: active,
@@ -450,20 +462,9 @@ async fn token_command(
             }
             Ok(())
         }
-        TokenCommand::Revoke { id } => match store.revoke(id).await? {
-            Some((t, digest)) => {
+        TokenCommand::Revoke { id } => match admin.revoke(&actor, id).await? {
+            Some(t) => {
                 println!("Revoked deploy token {} ({}).", t.id, t.name);
-                if let Some(redis) = &cache.redis {
-                    let metrics = Metrics::new(true);
-                    if let Err(e) = RedisCache::new(redis, cache, &metrics)
-                        .announce(&digest, t.id)
-                        .await
-                    {
-                        eprintln!(
-                            "warning: Redis unreachable ({e}); proxies drop the token through the store's change feed within about a second"
-                        );
-                    }
-                }
                 Ok(())
             }
             None => Err(CliError::Failed(format!("no deploy token with id {id}"))),

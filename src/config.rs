@@ -124,6 +124,19 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
+    /// One admin token, named `admin`.
+    token_env: Option<Spanned<String>>,
+    /// Named admin tokens (several, for rotation).
+    #[serde(default)]
+    tokens: Vec<Spanned<RawAdminToken>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    name: String,
+    token_env: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,6 +300,24 @@ pub struct RegistryAuthConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Named admin credentials, as digests (the secrets come from the environment).
+    pub tokens: Vec<AdminToken>,
+    pub tls: Option<crate::tls::ServerTls>,
+}
+
+/// One admin credential: its name (in the audit log) and the SHA-256 of its secret.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub digest: crate::token::Digest,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 /// What token commands need: where tokens live and which caches to tell.
@@ -425,18 +456,11 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = build_server(src, &raw.server)?;
     let store = build_store(src, &raw.store)?;
     let cache = build_cache(src, &raw.cache)?;
-    let admin = match &raw.admin {
-        None => None,
-        Some(admin) => Some(AdminConfig {
-            listen: admin.listen.get_ref().parse().map_err(|_| {
-                src.at(
-                    &admin.listen,
-                    "admin.listen",
-                    "not an address like 127.0.0.1:9090",
-                )
-            })?,
-        }),
-    };
+    let admin = raw
+        .admin
+        .as_ref()
+        .map(|admin| build_admin(src, admin))
+        .transpose()?;
     let mut upstreams = BTreeMap::new();
     for (name, up) in &raw.upstream {
         upstreams.insert(name.clone(), Arc::new(build_upstream(src, name, up)?));
@@ -635,6 +659,61 @@ fn build_registry_auth(
                 .unwrap_or("tokengate-signing.pem"),
         ),
         verify_key_files: signing.verify_key_files.iter().map(PathBuf::from).collect(),
+    })
+}
+
+fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigError> {
+    let listen = raw.listen.get_ref().parse().map_err(|_| {
+        src.at(
+            &raw.listen,
+            "admin.listen",
+            "not an address like 127.0.0.1:9090",
+        )
+    })?;
+    let secret = |var: &str, at: &dyn Fn(String) -> ConfigError| {
+        let value =
+            std::env::var(var).map_err(|_| at(format!("environment variable {var} is not set")))?;
+        if value.len() < 16 {
+            return Err(at(format!(
+                "the admin token in {var} is shorter than 16 characters"
+            )));
+        }
+        Ok(crate::token::Digest::of(&value))
+    };
+    let mut tokens = Vec::new();
+    if let Some(var) = &raw.token_env {
+        let digest = secret(var.get_ref(), &|m| src.at(var, "admin.token_env", m))?;
+        tokens.push(AdminToken {
+            name: "admin".into(),
+            digest,
+        });
+    }
+    for (i, entry) in raw.tokens.iter().enumerate() {
+        let key = format!("admin.tokens[{i}]");
+        let t = entry.get_ref();
+        if t.name.is_empty() || tokens.iter().any(|known| known.name == t.name) {
+            return Err(src.at(entry, &key, "each admin token needs a name of its own"));
+        }
+        let digest = secret(&t.token_env, &|m| src.at(entry, &key, m))?;
+        tokens.push(AdminToken {
+            name: t.name.clone(),
+            digest,
+        });
+    }
+    let tls = match &raw.tls {
+        None => None,
+        Some(tls) => {
+            let t = tls.get_ref();
+            Some(
+                crate::tls::server(Path::new(&t.cert), Path::new(&t.key))
+                    .map_err(|m| src.at(tls, "admin.tls", m))?,
+            )
+        }
+    };
+    Ok(AdminConfig {
+        listen,
+        tokens,
+        tls,
     })
 }
 

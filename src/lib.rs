@@ -16,3 +16,4 @@ pub mod route;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod tokens;

@@ -7,12 +7,56 @@ use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::token::{Scope, ScopeSet};
+
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// A configured name (route, upstream) as a label value: shared, so
+/// recording a request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+/// One request's outcome, as counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name, or `-` when none matched.
+    pub route: Name,
+    pub format: &'static str,
+    /// allowed, unauthenticated, forbidden, ...
+    pub decision: &'static str,
+    /// Why it was denied (`-` when allowed).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: Name,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~5 min
+    Histogram::new(exponential_buckets(0.00001, 3.0, 16))
+}
 
 /// Every metric tokengate exports, and the registry that encodes them.
 pub struct Metrics {
@@ -28,6 +72,14 @@ pub struct Metrics {
     pub store: Arc<Dependency>,
     /// `None` when no Redis is configured.
     pub redis: Option<Arc<Dependency>>,
+    tokens_created: Family<ScopeLabel, Counter>,
+    tokens_revoked: Family<ScopeLabel, Counter>,
+    tokens_active: Family<ScopeLabel, Gauge>,
+    requests: Family<RequestLabels, Counter>,
+    /// Time from the request's arrival to the auth decision.
+    pub decision_seconds: Histogram,
+    upstream_seconds: HistogramFamily<UpstreamLabel>,
+    upstream_errors: Family<UpstreamLabel, Counter>,
 }
 
 impl Metrics {
@@ -79,7 +131,65 @@ impl Metrics {
                 errors: errors.get_or_create(&labels).clone(),
             })
         };
+        let tokens_created = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "deploy_tokens_created",
+            "Deploy tokens created through this instance, per scope",
+            tokens_created.clone(),
+        );
+        let tokens_revoked = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "deploy_tokens_revoked",
+            "Deploy tokens revoked through this instance, per scope",
+            tokens_revoked.clone(),
+        );
+        let tokens_active = Family::<ScopeLabel, Gauge>::default();
+        registry.register(
+            "deploy_tokens_active",
+            "Active (neither revoked nor expired) deploy tokens in the store, per scope",
+            tokens_active.clone(),
+        );
+        for scope in Scope::ALL {
+            let label = ScopeLabel {
+                scope: scope.as_str(),
+            };
+            drop(tokens_created.get_or_create(&label));
+            drop(tokens_revoked.get_or_create(&label));
+            drop(tokens_active.get_or_create(&label));
+        }
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Proxied requests per route, format, decision and reason",
+            requests.clone(),
+        );
+        let decision_seconds = latency_histogram();
+        registry.register(
+            "auth_decision_seconds",
+            "Time from a request's arrival to its auth decision",
+            decision_seconds.clone(),
+        );
+        let upstream_seconds: HistogramFamily<UpstreamLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_response_seconds",
+            "Time to an upstream's response headers",
+            upstream_seconds.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream requests that failed (unreachable, timed out, bad metadata, login refused)",
+            upstream_errors.clone(),
+        );
         Metrics {
+            tokens_created,
+            tokens_revoked,
+            tokens_active,
+            requests,
+            decision_seconds,
+            upstream_seconds,
+            upstream_errors,
             local_hits: lookup("local", "hit"),
             local_misses: lookup("local", "miss"),
             redis_hits: lookup("redis", "hit"),
@@ -90,6 +200,59 @@ impl Metrics {
             redis: with_redis.then(|| dependency("redis")),
             registry,
         }
+    }
+
+    /// Counts a created deploy token under each of its scopes.
+    pub fn token_created(&self, scopes: &ScopeSet) {
+        for scope in scopes.iter() {
+            let scope = scope.as_str();
+            self.tokens_created
+                .get_or_create(&ScopeLabel { scope })
+                .inc();
+        }
+    }
+
+    pub fn token_revoked(&self, scopes: &ScopeSet) {
+        for scope in scopes.iter() {
+            let scope = scope.as_str();
+            self.tokens_revoked
+                .get_or_create(&ScopeLabel { scope })
+                .inc();
+        }
+    }
+
+    /// Sets the active-token gauges from the scopes of every active token.
+    pub fn set_active<'a>(&self, active: impl Iterator<Item = &'a ScopeSet>) {
+        let mut counts = [0i64; Scope::ALL.len()];
+        for scopes in active {
+            for scope in scopes.iter() {
+                counts[scope as usize] += 1;
+            }
+        }
+        for (scope, count) in Scope::ALL.iter().zip(counts) {
+            let scope = scope.as_str();
+            self.tokens_active
+                .get_or_create(&ScopeLabel { scope })
+                .set(count);
+        }
+    }
+
+    pub fn request(&self, labels: &RequestLabels) {
+        self.requests.get_or_create(labels).inc();
+    }
+
+    pub fn upstream_answered(&self, upstream: &Arc<str>, seconds: f64) {
+        let label = UpstreamLabel {
+            upstream: Name(upstream.clone()),
+        };
+        self.upstream_seconds.get_or_create(&label).observe(seconds);
+    }
+
+    pub fn upstream_failed(&self, upstream: &Arc<str>) {
+        let label = UpstreamLabel {
+            upstream: Name(upstream.clone()),
+        };
+        self.upstream_errors.get_or_create(&label).inc();
     }
 
     /// The Prometheus text exposition.

@@ -1,57 +1,170 @@
-//! The admin listener: health, readiness and metrics, on an address of its
-//! own so that operators never expose it with the registries.
+//! The admin listener, on an address of its own so that operators never
+//! expose it with the registries: health, readiness, metrics, the
+//! GitLab-compatible deploy-token API ([`api`]) and the web page ([`ui`]).
+//! Everything but `/healthz` needs an admin credential ([`credentials`]).
+
+mod api;
+mod credentials;
+mod ui;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::config::AdminConfig;
 use crate::metrics::Metrics;
+use crate::proxy::FailureLimiter;
+use crate::tokens::TokenAdmin;
+pub use credentials::AdminCredentials;
+use credentials::Sessions;
+
+/// Largest request body the admin endpoints read (forms and JSON).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Everything the admin endpoints need.
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    tokens: Arc<TokenAdmin>,
+    credentials: AdminCredentials,
+    sessions: Sessions,
+    /// Failed admin logins per client address.
+    failures: FailureLimiter,
+    /// Cookies get `Secure` when the listener speaks TLS.
+    tls: bool,
+}
+
+impl Admin {
+    pub fn new(config: &AdminConfig, metrics: Arc<Metrics>, tokens: Arc<TokenAdmin>) -> Admin {
+        if config.tokens.is_empty() {
+            tracing::warn!("no admin token configured: the admin API, web page, /readyz and /metrics refuse everyone");
+        }
+        Admin {
+            metrics,
+            tokens,
+            credentials: AdminCredentials::new(config.tokens.clone()),
+            sessions: Sessions::default(),
+            failures: FailureLimiter::new(10, Duration::from_secs(60)),
+            tls: config.tls.is_some(),
+        }
+    }
+}
+
+/// A request as the admin handlers see it: body read, path and query split.
+pub(crate) struct AdminRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(metrics: Arc<Metrics>, listener: TcpListener) {
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::tls::ServerTls>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
+        .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&metrics, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
 
-fn respond<B>(metrics: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
+async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return message(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "413 Request Entity Too Large",
+            )
+        }
+    };
+    let request = AdminRequest {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+        peer,
+    };
+    let mut response = route(admin, &request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn route(admin: &Admin, req: &AdminRequest) -> AdminResponse {
+    if req.path == "/healthz" {
+        return text(StatusCode::OK, "text/plain", "ok\n".into());
     }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            let (ready, body) = metrics.readiness();
+    if req.path == "/ui" || req.path.starts_with("/ui/") {
+        return ui::handle(admin, req).await;
+    }
+    if admin.failures.is_blocked(req.peer.ip()) {
+        return message(StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests");
+    }
+    let actor = match admin.credentials.from_headers(&req.headers) {
+        Ok(name) => name,
+        Err(credentials::Refusal::Missing) => {
+            return message(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+        }
+        Err(credentials::Refusal::Wrong) => {
+            admin.failures.record_failure(req.peer.ip());
+            tracing::warn!(target: "tokengate::audit", event = "admin_login_failed", client = %req.peer.ip(), path = %req.path);
+            return message(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+        }
+    };
+    match (req.path.as_str(), &req.method) {
+        ("/readyz", &Method::GET) => {
+            let (ready, body) = admin.metrics.readiness();
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -59,20 +172,29 @@ fn respond<B>(metrics: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
             };
             text(status, "application/json", format!("{body}\n"))
         }
-        "/metrics" => text(
+        ("/metrics", &Method::GET) => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
+            admin.metrics.encode(),
         ),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        (path, _) if path.starts_with("/api/v4/") => api::handle(admin, &actor, req).await,
+        _ => message(StatusCode::NOT_FOUND, "404 Not Found"),
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
-        .header(header::CACHE_CONTROL, "no-store")
         .body(Full::new(Bytes::from(body)))
         .expect("static parts are valid")
+}
+
+/// GitLab's error body: `{"message": "..."}`.
+fn message(status: StatusCode, message: &str) -> AdminResponse {
+    json(status, &serde_json::json!({ "message": message }))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    text(status, "application/json", value.to_string())
 }

@@ -42,7 +42,7 @@ use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
 use crate::token::{self, Digest, TokenRecord};
 use body::IdleTimeout;
-use limit::FailureLimiter;
+pub use limit::FailureLimiter;
 use rewrite::UrlMap;
 use upstream_login::UpstreamLogins;
 

@@ -35,6 +35,9 @@ pub fn wait_for_port(port: u16, timeout: Duration) {
     }
 }
 
+/// The admin token every test gate is started with (`[admin] token_env`).
+pub const ADMIN_TOKEN: &str = "tg-test-admin-token-0123456789";
+
 /// A running `tokengate serve` with its own config, store and log file.
 pub struct Gate {
     pub dir: tempfile::TempDir,
@@ -113,7 +116,7 @@ impl Gate {
             gate.admin_port = free_port();
             let (port, admin_port) = (gate.port, gate.admin_port);
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{backends}\n{}",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TG_TEST_ADMIN_TOKEN\"\n\n{backends}\n{}",
                 setup.server_extra, setup.body
             );
             std::fs::write(&gate.config, text).unwrap();
@@ -126,6 +129,7 @@ impl Gate {
                 .args(["serve", "--config"])
                 .arg(&gate.config)
                 .env("TOKENGATE_LOG", "debug,hyper=info,sqlx=warn,h2=info")
+                .env("TG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
                 .envs(setup.env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -165,9 +169,22 @@ impl Gate {
         true
     }
 
+    /// A request to the admin listener with the admin token (`PRIVATE-TOKEN`).
+    pub fn admin(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawResponse {
+        let mut all = vec![("PRIVATE-TOKEN", ADMIN_TOKEN)];
+        all.extend_from_slice(headers);
+        send(self.admin_port, method, target, &all, body)
+    }
+
     /// The Prometheus text from `/metrics`.
     pub fn metrics(&self) -> String {
-        let r = send(self.admin_port, "GET", "/metrics", &[], b"");
+        let r = self.admin("GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200);
         r.text()
     }
@@ -182,7 +199,7 @@ impl Gate {
 
     /// `/readyz`: status code and JSON body.
     pub fn readyz(&self) -> (u16, serde_json::Value) {
-        let r = send(self.admin_port, "GET", "/readyz", &[], b"");
+        let r = self.admin("GET", "/readyz", &[], b"");
         (r.status, serde_json::from_slice(&r.body).unwrap())
     }
 
