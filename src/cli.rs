@@ -130,7 +130,8 @@ pub fn main() -> ExitCode {
     init_tracing(if matches!(cli.command, Command::Serve) {
         "info"
     } else {
-        "warn"
+        // Token commands still write their audit events.
+        "warn,tokengate::audit=info"
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -278,6 +279,7 @@ async fn serve(config: Config) -> Result<(), CliError> {
         resolver,
         last_used.clone(),
         registry,
+        metrics.clone(),
     ));
     crate::proxy::serve(proxy, listener, shutdown_signal()).await;
     for task in tasks {

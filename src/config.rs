@@ -900,7 +900,7 @@ fn build_upstream(
         })
         .transpose()?;
     Ok(Upstream {
-        name: name.to_string(),
+        name: name.into(),
         scheme: if https {
             http::uri::Scheme::HTTPS
         } else {

@@ -139,6 +139,36 @@ impl ProxyError {
         }
     }
 
+    /// Why, in one word, for metrics and the audit log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BadNamespace => "bad_namespace",
+            ProxyError::NoCredentials => "no_credentials",
+            ProxyError::BadCredentials(_) => "bad_credentials",
+            ProxyError::Denied(d) => match d {
+                Denial::UnknownToken => "unknown_token",
+                Denial::Revoked => "revoked",
+                Denial::Expired => "expired",
+                Denial::UsernameMismatch => "wrong_username",
+                Denial::AccessRefused => "refused",
+                Denial::MissingScope(_) => "missing_scope",
+                Denial::NamespaceNotCovered(_) => "namespace",
+            },
+            ProxyError::Refused(_) => "refused",
+            ProxyError::TooManyFailures => "rate_limited",
+            ProxyError::StoreUnavailable(_) => "store_unavailable",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamLogin(_) => "upstream_login",
+            ProxyError::UpstreamMetadata(_) => "upstream_metadata",
+            ProxyError::TokenRequest(_) => "bad_token_request",
+            ProxyError::BadRegistryToken(_) => "bad_registry_token",
+            ProxyError::InsufficientScope => "insufficient_scope",
+        }
+    }
+
     /// The decision label used in logs.
     pub fn decision(&self) -> &'static str {
         match self.status() {

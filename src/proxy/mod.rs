@@ -36,6 +36,7 @@ use crate::auth::{self, Ask};
 use crate::cache::TokenResolver;
 use crate::config::Config;
 use crate::format::{self, Authentication};
+use crate::metrics::{Metrics, Name, RequestLabels};
 use crate::oci::RegistryAuth;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
@@ -65,6 +66,7 @@ pub struct Proxy {
     tls_clients: HashMap<String, Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
     upstream_logins: UpstreamLogins,
     failures: FailureLimiter,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -73,6 +75,7 @@ impl Proxy {
         resolver: Arc<TokenResolver>,
         last_used: Arc<LastUsed>,
         registry: Option<Arc<RegistryAuth>>,
+        metrics: Arc<Metrics>,
     ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
@@ -98,7 +101,7 @@ impl Proxy {
                     .https_only()
                     .enable_http1()
                     .wrap_connector(tcp);
-                Some((route.upstream.name.clone(), builder.build(https)))
+                Some((route.upstream.name.to_string(), builder.build(https)))
             })
             .collect();
         let failures = FailureLimiter::new(
@@ -115,6 +118,7 @@ impl Proxy {
             tls_clients,
             upstream_logins,
             failures,
+            metrics,
         }
     }
 
@@ -124,25 +128,44 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        let started = Instant::now();
         let method = req.method().clone();
         let raw_path = req.uri().path().to_string();
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome::new();
         let response = match self.process(req, peer, &mut outcome).await {
             Ok(response) => response,
             Err(e) => {
                 if e.is_failed_authentication() {
                     self.failures.record_failure(peer.ip());
                 }
-                let decision = e.decision();
                 let side = e.side();
                 if side != Side::Downstream {
                     tracing::warn!(error = %e, ?side, "request failed");
                 }
-                outcome.decision = decision;
+                outcome.decision = e.decision();
+                outcome.reason = e.reason();
+                if matches!(outcome.decision, "unauthenticated" | "forbidden") {
+                    tracing::info!(
+                        target: "tokengate::audit",
+                        event = "request_denied",
+                        client = %peer.ip(),
+                        %method,
+                        path = %raw_path,
+                        route = %outcome.route.as_deref().unwrap_or("-"),
+                        token_id = outcome.token_id,
+                        needed = %outcome.needed.map_or(String::from("-"), |s| s.to_string()),
+                        reason = outcome.reason,
+                    );
+                }
                 e.into_response(body_left_unread(&method), &outcome.style)
             }
         };
+        let route = outcome.route.clone().unwrap_or_else(|| Arc::from("-"));
+        self.metrics.request(&RequestLabels {
+            route: Name(route),
+            format: outcome.format,
+            decision: outcome.decision,
+            reason: outcome.reason,
+        });
         tracing::info!(
             target: "tokengate::access",
             client = %peer.ip(),
@@ -152,7 +175,7 @@ impl Proxy {
             token_id = outcome.token_id,
             decision = %outcome.decision,
             status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = outcome.started.elapsed().as_micros() as u64,
         );
         response
     }
@@ -180,6 +203,7 @@ impl Proxy {
         let matched = self.config.routes.find(&path)?;
         let route = matched.route;
         outcome.route = Some(route.name.clone());
+        outcome.format = route.format.name();
         let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(req.method(), &rest, query);
         if self.failures.is_blocked(peer.ip()) {
@@ -251,8 +275,13 @@ impl Proxy {
             access,
             scopes: format.scopes_for(access),
         };
+        outcome.needed = Some(ask.scopes);
         let now = chrono::Utc::now();
-        auth::decide(record.as_deref(), &ask, now).map_err(|d| ProxyError::denied(d, format))?;
+        let decision = auth::decide(record.as_deref(), &ask, now);
+        self.metrics
+            .decision_seconds
+            .observe(outcome.started.elapsed().as_secs_f64());
+        decision.map_err(|d| ProxyError::denied(d, format))?;
         let token = record.expect("allowed implies a record");
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
@@ -311,13 +340,20 @@ impl Proxy {
         let timeout = self.config.server.upstream_response_timeout;
         let request = Request::from_parts(parts, Either::Left(IdleTimeout::new(body, idle)));
         let sent = self.send_upstream(upstream, request);
+        let asked = Instant::now();
         let response = tokio::time::timeout(timeout, sent)
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout(upstream.name.clone()))?
+            .map_err(|_| {
+                self.metrics.upstream_failed(&upstream.name);
+                ProxyError::UpstreamTimeout(upstream.name.to_string())
+            })?
             .map_err(|e| {
+                self.metrics.upstream_failed(&upstream.name);
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-                ProxyError::UpstreamUnreachable(upstream.name.clone())
+                ProxyError::UpstreamUnreachable(upstream.name.to_string())
             })?;
+        self.metrics
+            .upstream_answered(&upstream.name, asked.elapsed().as_secs_f64());
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::UNAUTHORIZED {
             self.upstream_logins.invalidate(&upstream.name);
@@ -351,8 +387,9 @@ impl Proxy {
             Some(map) if rewrite.urls && is_rewritable(&parts) => {
                 let limit = self.config.server.metadata_max_bytes;
                 let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+                    self.metrics.upstream_failed(&upstream.name);
                     tracing::warn!(upstream = %upstream.name, error = %e, "metadata body not rewritten");
-                    ProxyError::UpstreamMetadata(upstream.name.clone())
+                    ProxyError::UpstreamMetadata(upstream.name.to_string())
                 })?;
                 let bytes = collected.to_bytes();
                 let bytes = match std::str::from_utf8(&bytes) {
@@ -387,7 +424,7 @@ impl Proxy {
         upstream: &crate::route::Upstream,
         request: Request<UpstreamBody>,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        match self.tls_clients.get(&upstream.name) {
+        match self.tls_clients.get(&*upstream.name) {
             Some(tls) => tls.request(request),
             None => self.client.request(request),
         }
@@ -444,13 +481,33 @@ struct Rewrite {
     url_grant: Option<format::Access>,
 }
 
-/// What the access log says about a request, and how its errors are told.
-#[derive(Default)]
+/// What the access log, the metrics and the audit log say about a request,
+/// and how its errors are told.
 struct Outcome {
+    started: Instant,
     route: Option<Arc<str>>,
+    format: &'static str,
     token_id: Option<i64>,
+    /// The scopes of which the request needed one.
+    needed: Option<crate::token::ScopeSet>,
     decision: &'static str,
+    reason: &'static str,
     style: ErrorStyle,
+}
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            started: Instant::now(),
+            route: None,
+            format: "-",
+            token_id: None,
+            needed: None,
+            decision: "-",
+            reason: "-",
+            style: ErrorStyle::default(),
+        }
+    }
 }
 
 /// Whether a refused request may carry a body that was never read: such

@@ -56,7 +56,7 @@ impl UpstreamLogins {
                     current: ArcSwapOption::empty(),
                     in_progress: tokio::sync::Mutex::new(()),
                 };
-                Some((r.upstream.name.clone(), login))
+                Some((r.upstream.name.to_string(), login))
             })
             .collect();
         UpstreamLogins { by_upstream }
@@ -77,7 +77,7 @@ impl Proxy {
         &self,
         upstream: &Upstream,
     ) -> Result<Option<HeaderValue>, ProxyError> {
-        let Some(login) = self.upstream_logins.by_upstream.get(&upstream.name) else {
+        let Some(login) = self.upstream_logins.by_upstream.get(&*upstream.name) else {
             return Ok(upstream.authorization.clone());
         };
         let fresh = |s: &Session| s.refresh_at > Instant::now();
@@ -89,8 +89,9 @@ impl Proxy {
             return Ok(Some(session.authorization.clone()));
         }
         let session = self.log_in(upstream, login.path).await.map_err(|why| {
+            self.metrics.upstream_failed(&upstream.name);
             tracing::warn!(upstream = %upstream.name, %why, "login to the upstream failed");
-            ProxyError::UpstreamLogin(upstream.name.clone())
+            ProxyError::UpstreamLogin(upstream.name.to_string())
         })?;
         let authorization = session.authorization.clone();
         login.current.store(Some(Arc::new(session)));

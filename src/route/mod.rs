@@ -18,7 +18,7 @@ pub use normalize::{NormalizedPath, PathError};
 /// Where allowed requests of a route go.
 #[derive(Debug)]
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,

@@ -60,6 +60,8 @@ pub struct Setup<'a> {
     /// `(cert, key)` PEM files: the listener speaks TLS and the public URL is https.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub env: &'a [(&'a str, &'a str)],
+    /// More `[admin]` keys, one per line.
+    pub admin_extra: &'a str,
 }
 
 impl Gate {
@@ -116,8 +118,8 @@ impl Gate {
             gate.admin_port = free_port();
             let (port, admin_port) = (gate.port, gate.admin_port);
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TG_TEST_ADMIN_TOKEN\"\n\n{backends}\n{}",
-                setup.server_extra, setup.body
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TG_TEST_ADMIN_TOKEN\"\n{}\n\n{backends}\n{}",
+                setup.server_extra, setup.admin_extra, setup.body
             );
             std::fs::write(&gate.config, text).unwrap();
             if attempt == 1 {

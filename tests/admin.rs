@@ -1,0 +1,536 @@
+//! The admin listener over real HTTP against the binary: the admin
+//! credential and its rate limit, GitLab's deploy-token API (fields, status
+//! codes, errors, pagination), the per-scope metrics, and the audit log in
+//! JSON with no secret in any line.
+
+mod common;
+#[path = "common/recorder.rs"]
+mod recorder;
+
+use std::time::{Duration, Instant};
+
+use common::{send, Gate, RawResponse, Setup, ADMIN_TOKEN};
+use recorder::Recorder;
+use serde_json::{json, Value};
+
+fn start(up: &Recorder, setup: Setup<'_>) -> Gate {
+    let body = format!(
+        "[upstream.files]\nurl = \"{}\"\n\n[[route]]\nname = \"files\"\nformat = \"generic\"\npath = \"/api/v4/projects/{{namespace}}/packages/generic\"\nupstream = \"files\"\nstrip_prefix = true\n",
+        up.url()
+    );
+    Gate::launch(Setup {
+        body: &body,
+        ..setup
+    })
+}
+
+fn body(r: &RawResponse) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
+}
+
+fn post_json(gate: &Gate, target: &str, value: &Value) -> RawResponse {
+    gate.admin(
+        "POST",
+        target,
+        &[("Content-Type", "application/json")],
+        value.to_string().as_bytes(),
+    )
+}
+
+/// A GET through the proxy with a deploy token in `Deploy-Token`.
+fn fetch(gate: &Gate, project: &str, secret: &str) -> u16 {
+    send(
+        gate.port,
+        "GET",
+        &format!("/api/v4/projects/{project}/packages/generic/p/1/f.bin"),
+        &[("Deploy-Token", secret)],
+        b"",
+    )
+    .status
+}
+
+#[test]
+fn every_admin_endpoint_but_healthz_needs_an_admin_token() {
+    let up = Recorder::start();
+    let gate = start(
+        &up,
+        Setup {
+            admin_extra: "tokens = [{ name = \"next\", token_env = \"TG_NEXT_ADMIN\" }]",
+            env: &[("TG_NEXT_ADMIN", "the-next-admin-token-0123")],
+            ..Setup::default()
+        },
+    );
+    assert_eq!(
+        send(gate.admin_port, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    for target in [
+        "/readyz",
+        "/metrics",
+        "/api/v4/deploy_tokens",
+        "/api/v4/projects/acme%2Fweb/deploy_tokens",
+    ] {
+        let r = send(gate.admin_port, "GET", target, &[], b"");
+        assert_eq!(r.status, 401, "{target}");
+        assert_eq!(body(&r), json!({"message": "401 Unauthorized"}));
+        let r = send(
+            gate.admin_port,
+            "GET",
+            target,
+            &[("PRIVATE-TOKEN", "not-the-admin-token")],
+            b"",
+        );
+        assert_eq!(r.status, 401, "{target}");
+    }
+    // Both named admin tokens, in either header.
+    for headers in [
+        [("PRIVATE-TOKEN", ADMIN_TOKEN)],
+        [("Authorization", "Bearer the-next-admin-token-0123")],
+    ] {
+        assert_eq!(
+            send(
+                gate.admin_port,
+                "GET",
+                "/api/v4/deploy_tokens",
+                &headers,
+                b""
+            )
+            .status,
+            200
+        );
+    }
+    // A deploy token is no admin token.
+    let deploy = gate.token("project:acme/web", "read_package_registry", &[]);
+    let r = send(
+        gate.admin_port,
+        "GET",
+        "/api/v4/deploy_tokens",
+        &[("PRIVATE-TOKEN", &deploy.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    // Guessing is rate-limited per address: after 10 failures even the right token waits.
+    for _ in 0..10 {
+        send(
+            gate.admin_port,
+            "GET",
+            "/metrics",
+            &[("PRIVATE-TOKEN", "guess-guess-guess")],
+            b"",
+        );
+    }
+    assert_eq!(gate.admin("GET", "/metrics", &[], b"").status, 429);
+}
+
+#[test]
+fn the_gitlab_deploy_token_api() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
+
+    // Create (JSON, as python-gitlab sends it).
+    let r = post_json(
+        &gate,
+        project,
+        &json!({"name": "ci", "scopes": ["read_package_registry", "write_package_registry"], "expires_at": "2099-01-02"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = body(&r);
+    let keys: Vec<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "id",
+        "name",
+        "username",
+        "expires_at",
+        "scopes",
+        "revoked",
+        "expired",
+        "token",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {created}");
+    }
+    assert_eq!(created["name"], "ci");
+    assert_eq!(
+        created["scopes"],
+        json!(["read_package_registry", "write_package_registry"])
+    );
+    assert_eq!(created["expires_at"], "2099-01-02T00:00:00.000Z");
+    assert_eq!(created["revoked"], false);
+    assert_eq!(created["expired"], false);
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(created["username"], format!("tokengate+deploy-token-{id}"));
+    let secret = created["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        fetch(&gate, "acme%2Fweb", &secret),
+        200,
+        "the new token works through the proxy"
+    );
+
+    // Create (form, as curl scripts send it) with a username; and for a group.
+    let r = gate.admin(
+        "POST",
+        project,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=deployer&username=deployer.bot&scopes%5B%5D=read_registry&scopes%5B%5D=write_registry",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let form = body(&r);
+    assert_eq!(form["username"], "deployer.bot");
+    assert_eq!(form["expires_at"], Value::Null);
+    let r = post_json(
+        &gate,
+        "/api/v4/groups/acme/deploy_tokens",
+        &json!({"name": "group", "scopes": "read_repository"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let group = body(&r);
+
+    // Read back: the secret is never shown again.
+    let r = gate.admin("GET", &format!("{project}/{id}"), &[], b"");
+    assert_eq!(r.status, 200);
+    let shown = body(&r);
+    assert!(shown.get("token").is_none());
+    assert_eq!(shown["id"], id);
+    let listed = body(&gate.admin("GET", project, &[], b""));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains(&secret));
+    let all = body(&gate.admin("GET", "/api/v4/deploy_tokens", &[], b""));
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let groups = body(&gate.admin("GET", "/api/v4/groups/acme/deploy_tokens", &[], b""));
+    assert_eq!(groups[0]["id"], group["id"]);
+    // A token is found only under its own owner.
+    let r = gate.admin(
+        "GET",
+        &format!("/api/v4/projects/acme%2Fother/deploy_tokens/{id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.status, body(&r)),
+        (404, json!({"message": "404 Deploy Token Not Found"}))
+    );
+    assert_eq!(
+        gate.admin(
+            "GET",
+            &format!("/api/v4/groups/acme/deploy_tokens/{id}"),
+            &[],
+            b""
+        )
+        .status,
+        404
+    );
+
+    // Delete: 204, denied by the proxy at once, 404 the second time, filtered by ?active=true.
+    let r = gate.admin("DELETE", &format!("{project}/{id}"), &[], b"");
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    let started = Instant::now();
+    while fetch(&gate, "acme%2Fweb", &secret) != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the deleted token still works"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        gate.admin("DELETE", &format!("{project}/{id}"), &[], b"")
+            .status,
+        404
+    );
+    let r = body(&gate.admin("GET", &format!("{project}/{id}"), &[], b""));
+    assert_eq!(r["revoked"], true);
+    let active = body(&gate.admin("GET", "/api/v4/deploy_tokens?active=true", &[], b""));
+    let ids: Vec<i64> = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert!(!ids.contains(&id) && ids.len() == 2, "{active}");
+
+    // Errors as GitLab gives them.
+    let bad: &[(&str, Value, &str)] = &[
+        (
+            project,
+            json!({"scopes": ["read_registry"]}),
+            "name is missing",
+        ),
+        (project, json!({"name": "x"}), "scopes is missing"),
+        (
+            project,
+            json!({"name": "x", "scopes": ["api"]}),
+            "unknown scope",
+        ),
+        (
+            project,
+            json!({"name": "x", "scopes": ["read_registry"], "expires_at": "tomorrow"}),
+            "",
+        ),
+        (
+            project,
+            json!({"name": "x", "scopes": ["read_registry"], "expires_at": "2001-01-01"}),
+            "",
+        ),
+        (
+            project,
+            json!({"name": "x", "scopes": ["read_registry"], "username": "no spaces"}),
+            "",
+        ),
+    ];
+    for (target, value, says) in bad {
+        let r = post_json(&gate, target, value);
+        assert_eq!(r.status, 400, "{value}: {}", r.text());
+        let message = body(&r)["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{value}: {message}");
+    }
+    let r = gate.admin(
+        "POST",
+        project,
+        &[("Content-Type", "application/json")],
+        b"{not json",
+    );
+    assert_eq!(r.status, 400);
+    let r = gate.admin("GET", "/api/v4/projects/..%2Fetc/deploy_tokens", &[], b"");
+    assert_eq!(
+        (r.status, body(&r)),
+        (404, json!({"message": "404 Project Not Found"}))
+    );
+    assert_eq!(
+        gate.admin("GET", &format!("{project}/abc"), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(gate.admin("PUT", project, &[], b"").status, 405);
+    assert_eq!(gate.admin("GET", "/api/v4/users", &[], b"").status, 404);
+    assert_eq!(
+        body(&gate.admin("GET", "/api/v4/deploy_tokens", &[], b""))
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "nothing bad was created"
+    );
+}
+
+#[test]
+fn lists_are_paginated_like_gitlab() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
+    for i in 0..5 {
+        let r = post_json(
+            &gate,
+            project,
+            &json!({"name": format!("t{i}"), "scopes": ["read_registry"]}),
+        );
+        assert_eq!(r.status, 201);
+    }
+    let r = gate.admin(
+        "GET",
+        &format!("{project}?per_page=2&page=2"),
+        &[("Host", "admin.example:9090")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let names: Vec<String> = body(&r)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["t2", "t3"]);
+    for (header, value) in [
+        ("x-page", "2"),
+        ("x-per-page", "2"),
+        ("x-total", "5"),
+        ("x-total-pages", "3"),
+        ("x-next-page", "3"),
+        ("x-prev-page", "1"),
+    ] {
+        assert_eq!(r.header(header), Some(value), "{header}");
+    }
+    let link = r.header("link").unwrap();
+    let origin = format!("http://127.0.0.1:{}", gate.admin_port);
+    for rel in [
+        format!("<{origin}{project}?page=3&per_page=2>; rel=\"next\""),
+        format!("<{origin}{project}?page=1&per_page=2>; rel=\"prev\""),
+        format!("<{origin}{project}?page=1&per_page=2>; rel=\"first\""),
+        format!("<{origin}{project}?page=3&per_page=2>; rel=\"last\""),
+    ] {
+        assert!(link.contains(&rel), "{rel} not in {link}");
+    }
+    let last = gate.admin("GET", &format!("{project}?per_page=2&page=3"), &[], b"");
+    assert_eq!(body(&last).as_array().unwrap().len(), 1);
+    assert_eq!(last.header("x-next-page"), Some(""));
+    let default = gate.admin("GET", project, &[], b"");
+    assert_eq!(default.header("x-per-page"), Some("20"));
+    let capped = gate.admin("GET", &format!("{project}?per_page=1000"), &[], b"");
+    assert_eq!(capped.header("x-per-page"), Some("100"));
+}
+
+#[test]
+fn metrics_count_tokens_per_scope_and_requests_per_decision() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
+    let sample =
+        |name: &str, scope: &str| gate.metric(&format!("tokengate_{name}{{scope=\"{scope}\"}}"));
+    let scopes = [
+        "read_registry",
+        "write_registry",
+        "read_package_registry",
+        "write_package_registry",
+        "read_repository",
+    ];
+    let before: Vec<(f64, f64)> = scopes
+        .iter()
+        .map(|s| {
+            (
+                sample("deploy_tokens_created_total", s),
+                sample("deploy_tokens_revoked_total", s),
+            )
+        })
+        .collect();
+
+    let create = |scopes: &[&str]| {
+        let r = post_json(&gate, project, &json!({"name": "m", "scopes": scopes}));
+        assert_eq!(r.status, 201);
+        let v = body(&r);
+        (
+            v["id"].as_i64().unwrap(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    };
+    let (a, secret) = create(&["read_registry", "write_registry"]);
+    create(&["read_registry"]);
+    create(&["read_package_registry", "write_package_registry"]);
+    assert_eq!(
+        gate.admin("DELETE", &format!("{project}/{a}"), &[], b"")
+            .status,
+        204
+    );
+
+    let created = [2.0, 1.0, 1.0, 1.0, 0.0];
+    let revoked = [1.0, 1.0, 0.0, 0.0, 0.0];
+    let active = [1.0, 0.0, 1.0, 1.0, 0.0];
+    for (i, scope) in scopes.iter().enumerate() {
+        assert_eq!(
+            sample("deploy_tokens_created_total", scope) - before[i].0,
+            created[i],
+            "created {scope}"
+        );
+        assert_eq!(
+            sample("deploy_tokens_revoked_total", scope) - before[i].1,
+            revoked[i],
+            "revoked {scope}"
+        );
+        assert_eq!(
+            sample("deploy_tokens_active", scope),
+            active[i],
+            "active {scope}"
+        );
+    }
+
+    // Requests per route, format, decision and reason.
+    let (_, reader) = create(&["read_package_registry"]);
+    assert_eq!(fetch(&gate, "acme%2Fweb", &reader), 200);
+    assert_eq!(fetch(&gate, "acme%2Fother", &reader), 403);
+    assert_eq!(fetch(&gate, "acme%2Fweb", &secret), 401);
+    let metrics = gate.metrics();
+    for line in [
+        r#"tokengate_requests_total{route="files",format="generic",decision="allowed",reason="-"} 1"#,
+        r#"tokengate_requests_total{route="files",format="generic",decision="forbidden",reason="namespace"} 1"#,
+        r#"tokengate_requests_total{route="files",format="generic",decision="unauthenticated",reason="revoked"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(gate.metric("tokengate_auth_decision_seconds_count") >= 3.0);
+    assert!(gate.metric("tokengate_upstream_response_seconds_count{upstream=\"files\"}") >= 1.0);
+}
+
+#[test]
+fn audit_events_in_json_and_no_secret_in_any_line() {
+    let up = Recorder::start();
+    let gate = start(
+        &up,
+        Setup {
+            env: &[("TOKENGATE_LOG_FORMAT", "json")],
+            ..Setup::default()
+        },
+    );
+    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
+    let r = post_json(
+        &gate,
+        project,
+        &json!({"name": "audited", "scopes": ["read_package_registry"]}),
+    );
+    let created = body(&r);
+    let id = created["id"].as_i64().unwrap();
+    let secret = created["token"].as_str().unwrap().to_string();
+    assert_eq!(fetch(&gate, "acme%2Fother", &secret), 403);
+    assert_eq!(
+        gate.admin("DELETE", &format!("{project}/{id}"), &[], b"")
+            .status,
+        204
+    );
+    assert_eq!(fetch(&gate, "acme%2Fweb", &secret), 401);
+    send(
+        gate.admin_port,
+        "GET",
+        "/metrics",
+        &[("PRIVATE-TOKEN", "wrong-admin-token")],
+        b"",
+    );
+    let cli_token = gate.token("group:acme", "read_registry", &[]);
+    gate.revoke(cli_token.id);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let logs = gate.logs();
+    let events: Vec<Value> = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not a JSON line: {l}"))
+        })
+        .filter(|v| v["target"] == "tokengate::audit")
+        .collect();
+    let find = |event: &str, check: &dyn Fn(&Value) -> bool| {
+        events
+            .iter()
+            .find(|e| e["fields"]["event"] == event && check(&e["fields"]))
+            .unwrap_or_else(|| panic!("no {event} event in {events:#?}"))
+            .clone()
+    };
+    let created = find("token_created", &|f| f["token_id"] == id);
+    assert_eq!(created["fields"]["actor"], "admin");
+    assert_eq!(created["fields"]["owner"], "project:acme/web");
+    assert_eq!(created["fields"]["scopes"], "read_package_registry");
+    assert_eq!(created["fields"]["name"], "audited");
+    find("token_revoked", &|f| {
+        f["token_id"] == id && f["actor"] == "admin"
+    });
+    let denied = find("request_denied", &|f| f["reason"] == "namespace");
+    assert_eq!(denied["fields"]["token_id"], id);
+    assert_eq!(denied["fields"]["route"], "files");
+    assert_eq!(denied["fields"]["needed"], "read_package_registry");
+    assert_eq!(denied["fields"]["client"], "127.0.0.1");
+    find("request_denied", &|f| {
+        f["reason"] == "revoked" && f["token_id"] == id
+    });
+    find("admin_login_failed", &|f| f["client"] == "127.0.0.1");
+    let cli_log = std::fs::read_to_string(gate.dir.path().join("cli.log")).unwrap_or_default();
+    assert!(
+        cli_log.contains("token_revoked"),
+        "the CLI audits too: {cli_log}"
+    );
+
+    for text in [&logs, &cli_log] {
+        for secret in [secret.as_str(), cli_token.secret.as_str(), ADMIN_TOKEN] {
+            assert!(!text.contains(secret), "a secret reached the log");
+        }
+    }
+}
