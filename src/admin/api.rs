@@ -87,7 +87,10 @@ async fn list(
     owner: Option<(OwnerKind, &str)>,
 ) -> Result<AdminResponse, ManageError> {
     let params = Params::parse(req);
-    let active_only = params.first("active").is_some_and(|v| v == "true");
+    // Grape's Boolean: `true`, `True` (Python's requests), `1`.
+    let active_only = params
+        .first("active")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t" | "yes"));
     let tokens = admin.tokens.list(ListFilter { owner, active_only }).await?;
     let page = params
         .first("page")

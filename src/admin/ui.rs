@@ -39,8 +39,9 @@ document.querySelectorAll("form.revoke").forEach(function (f) {
 "#;
 
 const STYLE: &str = r#"
+*{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:0;padding:1rem;max-width:60rem;margin-inline:auto;color:#1f1f1f}
-h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}.card h2{margin-top:0}
 form.card,section.card{border:1px solid #ccc;border-radius:6px;padding:1rem;margin:1rem 0}
 label{display:block;margin:.6rem 0 .2rem;font-weight:600}
 input[type=text],input[type=password],input[type=date],select{width:100%;max-width:28rem;padding:.4rem;box-sizing:border-box}
@@ -49,7 +50,7 @@ input[type=text],input[type=password],input[type=date],select{width:100%;max-wid
 button{padding:.45rem 1rem;margin-top:.8rem;cursor:pointer}
 .warning{background:#fff4e5;border-left:4px solid #e69500;padding:.6rem}
 .error{background:#fdecea;border-left:4px solid #c62828;padding:.6rem}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #ddd;vertical-align:top}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere}
 .row{display:flex;gap:.5rem;flex-wrap:wrap;align-items:center}
 @media (max-width:40rem){table,thead,tbody,tr,th,td{display:block}thead{display:none}tr{border:1px solid #ddd;margin:.5rem 0;padding:.3rem}td{border:0}td::before{content:attr(data-label) ": ";font-weight:600}}
 "#;

@@ -17,7 +17,7 @@ set -euo pipefail
 E2E_HOME=${TOKENGATE_E2E_HOME:-$HOME/.cache/tokengate-e2e}
 VERDACCIO_VERSION=6.8.0
 # Pinned Python packages (the versions that were verified; see NOTES.md).
-PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 setuptools wheel)
+PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 python-gitlab==8.6.0 setuptools wheel)
 # Conan 2 client and server, in a venv of their own (they pin their own dependencies).
 CONAN_PACKAGES=(conan==2.34.0 conan-server==2.33.0)
 # Conan 1 (client and server in one package): the v1 API with pre-signed file URLs.
@@ -32,7 +32,7 @@ mkdir -p "$E2E_HOME"
 # ---------------------------------------------------------------- apt packages
 APT_PACKAGES=(nginx curl openssl ca-certificates maven libmaven-deploy-plugin-java
   libmaven-dependency-plugin-java libmaven-install-plugin-java junit4
-  docker-registry skopeo fcgiwrap nuget)
+  docker-registry skopeo fcgiwrap nuget chromium chromium-driver)
 
 pkg_installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
@@ -121,7 +121,7 @@ fi
 VENV=$E2E_HOME/venv
 venv_ok() {
   [ -x "$VENV/bin/pypi-server" ] && [ -x "$VENV/bin/twine" ] &&
-    "$VENV/bin/python" -c 'import build, passlib, pypiserver, twine, setuptools, wheel' 2>/dev/null
+    "$VENV/bin/python" -c 'import build, gitlab, passlib, pypiserver, twine, setuptools, wheel' 2>/dev/null
 }
 if venv_ok; then
   log "venv present in $VENV"

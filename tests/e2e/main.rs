@@ -13,6 +13,7 @@
 //!
 //! Every client run goes through `tests/e2e/clients.sh` (fresh HOME per run, see there).
 
+mod admin;
 #[path = "../common/mod.rs"]
 mod common;
 mod conan;
@@ -162,6 +163,8 @@ fn require_prerequisites() {
         home.join("venv/bin/twine"),
         home.join("venv/bin/python"),
         home.join("conan/bin/conan"),
+        PathBuf::from("/usr/bin/chromium"),
+        PathBuf::from("/usr/bin/chromedriver"),
         home.join("conan/bin/conan_server"),
         home.join("conan1/bin/conan"),
         PathBuf::from("/usr/share/maven-repo/org/apache/maven/plugins/maven-deploy-plugin/3.0.0"),
