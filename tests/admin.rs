@@ -534,3 +534,228 @@ fn audit_events_in_json_and_no_secret_in_any_line() {
         }
     }
 }
+
+/// The hidden CSRF field of a page.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[at..at + 64].to_string()
+}
+
+fn session_cookie(r: &RawResponse) -> String {
+    let cookie = r.header("set-cookie").expect("a session cookie");
+    cookie.split(';').next().unwrap().to_string()
+}
+
+#[test]
+fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let page = send(gate.admin_port, "GET", "/ui", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Admin token"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert!(
+        !page.text().contains("http://") && !page.text().contains("https://"),
+        "nothing from elsewhere"
+    );
+
+    let wrong = send(
+        gate.admin_port,
+        "POST",
+        "/ui/login",
+        &form,
+        b"token=wrong-token-123456789",
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    let login = format!("token={ADMIN_TOKEN}");
+    let r = send(
+        gate.admin_port,
+        "POST",
+        "/ui/login",
+        &form,
+        login.as_bytes(),
+    );
+    assert_eq!(r.status, 303);
+    let set = r.header("set-cookie").unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    let cookie = session_cookie(&r);
+    assert!(
+        !set.contains(ADMIN_TOKEN),
+        "the cookie is a session id, not the admin token"
+    );
+    let with_cookie = |extra: &[(&'static str, &'static str)]| {
+        let mut h: Vec<(&str, &str)> = vec![("Cookie", cookie.as_str())];
+        h.extend_from_slice(extra);
+        h
+    };
+    let page = send(
+        gate.admin_port,
+        "GET",
+        "/ui?kind=project&path=acme%2Fweb",
+        &with_cookie(&[]),
+        b"",
+    );
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.text());
+
+    // Forms without the session's CSRF token, or without a session, change nothing.
+    let create = |csrf: &str, headers: &[(&str, &str)]| {
+        let body =
+            format!("csrf={csrf}&kind=project&path=acme%2Fweb&name=from-page&scopes=read_registry");
+        send(
+            gate.admin_port,
+            "POST",
+            "/ui/tokens",
+            headers,
+            body.as_bytes(),
+        )
+    };
+    let mut form_with_cookie = with_cookie(&form);
+    assert_eq!(create("", &form_with_cookie).status, 403);
+    assert_eq!(create(&"0".repeat(64), &form_with_cookie).status, 403);
+    assert_eq!(
+        create(&csrf, &form).status,
+        303,
+        "no session: back to sign-in"
+    );
+    let listed = body(&gate.admin("GET", "/api/v4/deploy_tokens", &[], b""));
+    assert_eq!(listed, json!([]), "nothing was created");
+
+    // With it: created, and the secret is on that one page.
+    let made = create(&csrf, &form_with_cookie);
+    assert_eq!(made.status, 200);
+    let text = made.text();
+    assert!(text.contains("Save the deploy token somewhere safe"));
+    let at = text.find("id=\"new-token\" readonly value=\"").unwrap() + 31;
+    let secret = &text[at..at + 41];
+    assert!(secret.starts_with("tgdt_"), "{secret}");
+    assert_eq!(
+        fetch(&gate, "acme%2Fweb", secret),
+        401,
+        "read_registry is no package scope"
+    );
+
+    // Names are escaped, never markup.
+    let r = post_json(
+        &gate,
+        "/api/v4/projects/acme%2Fweb/deploy_tokens",
+        &json!({"name": "<script>alert(1)</script>", "scopes": ["read_registry"]}),
+    );
+    assert_eq!(r.status, 201);
+    let page = send(
+        gate.admin_port,
+        "GET",
+        "/ui?kind=project&path=acme%2Fweb",
+        &with_cookie(&[]),
+        b"",
+    )
+    .text();
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+            && !page.contains("<script>alert(1)")
+    );
+
+    // Revoke needs the CSRF token too; signing out ends the session.
+    let id = body(&gate.admin("GET", "/api/v4/deploy_tokens", &[], b""))[0]["id"]
+        .as_i64()
+        .unwrap();
+    let revoke = |csrf: &str| {
+        let body = format!("csrf={csrf}&kind=project&path=acme%2Fweb");
+        send(
+            gate.admin_port,
+            "POST",
+            &format!("/ui/tokens/{id}/revoke"),
+            &form_with_cookie,
+            body.as_bytes(),
+        )
+    };
+    assert_eq!(revoke("nope").status, 403);
+    assert_eq!(
+        body(&gate.admin(
+            "GET",
+            &format!("/api/v4/projects/acme%2Fweb/deploy_tokens/{id}"),
+            &[],
+            b""
+        ))["revoked"],
+        false
+    );
+    assert_eq!(revoke(&csrf).status, 303);
+    assert_eq!(
+        body(&gate.admin(
+            "GET",
+            &format!("/api/v4/projects/acme%2Fweb/deploy_tokens/{id}"),
+            &[],
+            b""
+        ))["revoked"],
+        true
+    );
+    let out = send(
+        gate.admin_port,
+        "POST",
+        "/ui/logout",
+        &form_with_cookie,
+        format!("csrf={csrf}").as_bytes(),
+    );
+    assert_eq!(out.status, 303);
+    form_with_cookie.truncate(1);
+    let after = send(
+        gate.admin_port,
+        "GET",
+        "/ui?kind=project&path=acme%2Fweb",
+        &form_with_cookie,
+        b"",
+    );
+    assert!(after.text().contains("Admin token"), "signed out");
+}
+
+#[test]
+fn the_admin_listener_speaks_tls_and_its_cookies_are_secure() {
+    let up = Recorder::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::pki::test_pki(dir.path());
+    let extra = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let gate = start(
+        &up,
+        Setup {
+            admin_extra: &extra,
+            ..Setup::default()
+        },
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--cacert", ca.to_str().unwrap(), "--data"])
+        .arg(format!("token={ADMIN_TOKEN}"))
+        .arg(format!("https://127.0.0.1:{}/ui/login", gate.admin_port))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/2 303"), "HTTP/2 by ALPN: {head}");
+    let cookie = head.lines().find(|l| l.starts_with("set-cookie:")).unwrap();
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", ca.to_str().unwrap(), "-H"])
+        .arg(format!("PRIVATE-TOKEN: {ADMIN_TOKEN}"))
+        .arg(format!(
+            "https://127.0.0.1:{}/api/v4/deploy_tokens",
+            gate.admin_port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]");
+}
