@@ -759,3 +759,57 @@ fn the_admin_listener_speaks_tls_and_its_cookies_are_secure() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]");
 }
+
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let up = Recorder::start();
+    let down = format!(
+        "[upstream.down]\nurl = \"http://127.0.0.1:{}\"\n\n[[route]]\nname = \"down\"\nformat = \"generic\"\npath = \"/down\"\nnamespace = \"acme/web\"\nupstream = \"down\"\n",
+        common::free_port()
+    );
+    let body = format!(
+        "[upstream.files]\nurl = \"{}\"\n\n[[route]]\nname = \"files\"\nformat = \"generic\"\npath = \"/api/v4/projects/{{namespace}}/packages/generic\"\nupstream = \"files\"\nstrip_prefix = true\n\n{down}",
+        up.url()
+    );
+    let gate = Gate::launch(Setup {
+        body: &body,
+        ..Setup::default()
+    });
+    // Every family has a sample: a forwarded request and a failed one.
+    let reader = gate.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(fetch(&gate, "acme%2Fweb", &reader.secret), 200);
+    let r = send(
+        gate.port,
+        "GET",
+        "/down/x",
+        &[("Deploy-Token", &reader.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 502);
+    let exported = gate.metrics();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("tokengate_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.contains(&format!("# TYPE {family} ")),
+                    "{} queries {name}, which tokengate does not export",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+}
