@@ -14,8 +14,13 @@ use recorder::Recorder;
 use serde_json::{json, Value};
 
 fn start(up: &Recorder, setup: Setup<'_>) -> Gate {
+    start_with_routes(up, "", setup)
+}
+
+/// The gate with a generic route to `up` (GitLab's path style) and `more` routes.
+fn start_with_routes(up: &Recorder, more: &str, setup: Setup<'_>) -> Gate {
     let body = format!(
-        "[upstream.files]\nurl = \"{}\"\n\n[[route]]\nname = \"files\"\nformat = \"generic\"\npath = \"/api/v4/projects/{{namespace}}/packages/generic\"\nupstream = \"files\"\nstrip_prefix = true\n",
+        "[upstream.files]\nurl = \"{}\"\n\n[[route]]\nname = \"files\"\nformat = \"generic\"\npath = \"/api/v4/projects/{{namespace}}/packages/generic\"\nupstream = \"files\"\nstrip_prefix = true\n\n{more}",
         up.url()
     );
     Gate::launch(Setup {
@@ -767,14 +772,7 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
         "[upstream.down]\nurl = \"http://127.0.0.1:{}\"\n\n[[route]]\nname = \"down\"\nformat = \"generic\"\npath = \"/down\"\nnamespace = \"acme/web\"\nupstream = \"down\"\n",
         common::free_port()
     );
-    let body = format!(
-        "[upstream.files]\nurl = \"{}\"\n\n[[route]]\nname = \"files\"\nformat = \"generic\"\npath = \"/api/v4/projects/{{namespace}}/packages/generic\"\nupstream = \"files\"\nstrip_prefix = true\n\n{down}",
-        up.url()
-    );
-    let gate = Gate::launch(Setup {
-        body: &body,
-        ..Setup::default()
-    });
+    let gate = start_with_routes(&up, &down, Setup::default());
     // Every family has a sample: a forwarded request and a failed one.
     let reader = gate.token("project:acme/web", "read_package_registry", &[]);
     assert_eq!(fetch(&gate, "acme%2Fweb", &reader.secret), 200);

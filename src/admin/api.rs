@@ -13,7 +13,7 @@ use chrono::Utc;
 use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
-use super::{json, message, Admin, AdminRequest, AdminResponse};
+use super::{json, message, Admin, AdminRequest, AdminResponse, Params};
 use crate::oci::form_decode;
 use crate::store::ListFilter;
 use crate::token::{OwnerKind, TokenRecord};
@@ -86,7 +86,7 @@ async fn list(
     req: &AdminRequest,
     owner: Option<(OwnerKind, &str)>,
 ) -> Result<AdminResponse, ManageError> {
-    let params = Params::parse(req);
+    let params = query_params(req);
     // Grape's Boolean: `true`, `True` (Python's requests), `1`.
     let active_only = params
         .first("active")
@@ -181,7 +181,7 @@ async fn create(
     owner_kind: OwnerKind,
     owner_path: String,
 ) -> Result<AdminResponse, ManageError> {
-    let params = match Params::parse_with_body(req) {
+    let params = match params_with_body(req) {
         Ok(params) => params,
         Err(why) => return Ok(message(StatusCode::BAD_REQUEST, &why)),
     };
@@ -267,65 +267,43 @@ async fn delete(
     }
 }
 
-/// Request parameters from the query string and, for writes, a JSON or
-/// form body. Repeated keys and `key[]` arrays keep every value.
-struct Params(Vec<(String, String)>);
+/// The query string's parameters.
+fn query_params(req: &AdminRequest) -> Params {
+    Params::form(req.query.as_deref().unwrap_or(""))
+}
 
-impl Params {
-    fn parse(req: &AdminRequest) -> Params {
-        Params(form_pairs(req.query.as_deref().unwrap_or("")))
+/// The query string's parameters and, for writes, those of a JSON or form
+/// body. JSON arrays give one pair per element.
+fn params_with_body(req: &AdminRequest) -> Result<Params, String> {
+    let mut params = query_params(req);
+    if req.body.is_empty() {
+        return Ok(params);
     }
-
-    fn parse_with_body(req: &AdminRequest) -> Result<Params, String> {
-        let mut params = Params::parse(req);
-        if req.body.is_empty() {
-            return Ok(params);
-        }
-        let content_type = req
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("application/json") {
-            let body: serde_json::Map<String, Value> = serde_json::from_slice(&req.body)
-                .map_err(|_| "the body is not a JSON object".to_string())?;
-            for (key, value) in body {
-                match value {
-                    Value::Array(items) => {
-                        for item in items {
-                            params.0.push((key.clone(), scalar(&item)));
-                        }
+    let content_type = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") {
+        let body: serde_json::Map<String, Value> = serde_json::from_slice(&req.body)
+            .map_err(|_| "the body is not a JSON object".to_string())?;
+        for (key, value) in body {
+            match value {
+                Value::Array(items) => {
+                    for item in items {
+                        params.push(key.clone(), scalar(&item));
                     }
-                    Value::Null => {}
-                    other => params.0.push((key, scalar(&other))),
                 }
+                Value::Null => {}
+                other => params.push(key, scalar(&other)),
             }
-        } else {
-            let text =
-                std::str::from_utf8(&req.body).map_err(|_| "the body is not UTF-8".to_string())?;
-            params.0.extend(form_pairs(text));
         }
-        Ok(params)
+    } else {
+        let text =
+            std::str::from_utf8(&req.body).map_err(|_| "the body is not UTF-8".to_string())?;
+        params.extend(Params::form(text));
     }
-
-    fn first(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of `key`, split at commas (`scopes=a,b` and `scopes[]=a`).
-    fn all(&self, key: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
+    Ok(params)
 }
 
 fn scalar(value: &Value) -> String {
@@ -335,28 +313,15 @@ fn scalar(value: &Value) -> String {
     }
 }
 
-/// Form pairs, decoded, with `key[]` read as `key`.
-fn form_pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = form_decode(k)?;
-            let k = k.strip_suffix("[]").map(str::to_string).unwrap_or(k);
-            Some((k, form_decode(v)?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn form_arrays_and_comma_lists_give_the_same_scopes() {
-        let p = Params(form_pairs(
+        let p = Params::form(
             "name=ci&scopes%5B%5D=read_registry&scopes[]=write_registry&scopes=read_repository,read_package_registry",
-        ));
+        );
         assert_eq!(p.first("name"), Some("ci"));
         assert_eq!(
             p.all("scopes"),

@@ -198,3 +198,50 @@ fn message(status: StatusCode, message: &str) -> AdminResponse {
 fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
     text(status, "application/json", value.to_string())
 }
+
+/// Request parameters as decoded pairs, from a query string or form (`key[]`
+/// read as `key`), or added from a JSON body. Repeated keys keep every value.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn form(text: &str) -> Params {
+        Params(
+            text.split('&')
+                .filter(|p| !p.is_empty())
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    let k = crate::oci::form_decode(k)?;
+                    let k = k.strip_suffix("[]").map(str::to_string).unwrap_or(k);
+                    Some((k, crate::oci::form_decode(v)?))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn push(&mut self, key: String, value: String) {
+        self.0.push((key, value));
+    }
+
+    pub fn extend(&mut self, more: Params) {
+        self.0.extend(more.0);
+    }
+
+    pub fn first(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, split at commas (`scopes=a,b` and `scopes[]=a`).
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}

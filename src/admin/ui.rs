@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::credentials::{Session, COOKIE};
-use super::{Admin, AdminRequest, AdminResponse};
-use crate::oci::form_decode;
+use super::{Admin, AdminRequest, AdminResponse, Params};
 use crate::store::ListFilter;
 use crate::token::{OwnerKind, Scope, Secret, TokenRecord};
 use crate::tokens::{CreateRequest, ManageError};
@@ -62,16 +61,16 @@ pub(super) async fn handle(admin: &Admin, req: &AdminRequest) -> AdminResponse {
         (Method::GET, "/ui", None) => page(StatusCode::OK, &sign_in(None)),
         (_, _, None) => redirect("/ui"),
         (Method::GET, "/ui", Some(session)) => {
-            let form = Form::parse(req.query.as_deref().unwrap_or(""));
-            let owner = form.owner();
+            let form = Params::form(req.query.as_deref().unwrap_or(""));
+            let owner = owner(&form);
             show(admin, &session, owner.as_ref(), None, None).await
         }
         (Method::POST, path, Some(session)) => {
             let Ok(text) = std::str::from_utf8(&req.body) else {
                 return page(StatusCode::BAD_REQUEST, "<p>Bad form.</p>");
             };
-            let form = Form::parse(text);
-            if form.get("csrf") != Some(session.csrf.as_str()) {
+            let form = Params::form(text);
+            if form.first("csrf") != Some(session.csrf.as_str()) {
                 return page(
                     StatusCode::FORBIDDEN,
                     "<p class=\"error\">This form has expired. <a href=\"/ui\">Reload the page</a> and try again.</p>",
@@ -109,9 +108,9 @@ fn login(admin: &Admin, req: &AdminRequest) -> AdminResponse {
             )),
         );
     }
-    let form = Form::parse(std::str::from_utf8(&req.body).unwrap_or(""));
+    let form = Params::form(std::str::from_utf8(&req.body).unwrap_or(""));
     let Some(name) = form
-        .get("token")
+        .first("token")
         .and_then(|t| admin.credentials.check(t.trim()))
     else {
         admin.failures.record_failure(ip);
@@ -128,8 +127,8 @@ fn login(admin: &Admin, req: &AdminRequest) -> AdminResponse {
     response
 }
 
-async fn create(admin: &Admin, session: &Session, form: &Form) -> AdminResponse {
-    let Some(owner) = form.owner() else {
+async fn create(admin: &Admin, session: &Session, form: &Params) -> AdminResponse {
+    let Some(owner) = owner(form) else {
         return show(
             admin,
             session,
@@ -142,14 +141,14 @@ async fn create(admin: &Admin, session: &Session, form: &Form) -> AdminResponse 
     let request = CreateRequest {
         owner_kind: owner.0,
         owner_path: owner.1.clone(),
-        name: form.get("name").unwrap_or("").to_string(),
+        name: form.first("name").unwrap_or("").to_string(),
         scopes: form.all("scopes"),
         username: form
-            .get("username")
+            .first("username")
             .filter(|u| !u.is_empty())
             .map(str::to_string),
         expires_at: form
-            .get("expires_at")
+            .first("expires_at")
             .filter(|e| !e.is_empty())
             .map(str::to_string),
     };
@@ -184,8 +183,8 @@ async fn create(admin: &Admin, session: &Session, form: &Form) -> AdminResponse 
     }
 }
 
-async fn revoke(admin: &Admin, session: &Session, form: &Form, id: i64) -> AdminResponse {
-    let owner = form.owner();
+async fn revoke(admin: &Admin, session: &Session, form: &Params, id: i64) -> AdminResponse {
+    let owner = owner(form);
     let error = match admin.tokens.revoke(&session.admin, id).await {
         Ok(Some(_)) => None,
         Ok(None) => Some("No such deploy token."),
@@ -385,44 +384,12 @@ fn set_cookie(response: &mut AdminResponse, value: &str, max_age: u64, secure: b
     }
 }
 
-/// A decoded form or query string.
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn parse(text: &str) -> Form {
-        Form(
-            text.split('&')
-                .filter(|p| !p.is_empty())
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    Some((form_decode(k)?, form_decode(v)?))
-                })
-                .collect(),
-        )
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, key: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// The chosen project or group, when it is a valid path.
-    fn owner(&self) -> Option<(OwnerKind, String)> {
-        let kind = OwnerKind::parse(self.get("kind")?)?;
-        let path = self.get("path")?.trim().trim_matches('/').to_string();
-        crate::token::validate_namespace(&path).ok()?;
-        Some((kind, path))
-    }
+/// The chosen project or group of a form, when it is a valid path.
+fn owner(form: &Params) -> Option<(OwnerKind, String)> {
+    let kind = OwnerKind::parse(form.first("kind")?)?;
+    let path = form.first("path")?.trim().trim_matches('/').to_string();
+    crate::token::validate_namespace(&path).ok()?;
+    Some((kind, path))
 }
 
 /// HTML-escapes text for element content and quoted attributes.
@@ -466,9 +433,9 @@ mod tests {
 
     #[test]
     fn owners_come_from_the_form_or_not_at_all() {
-        let f = Form::parse("kind=group&path=acme%2Fplatform%2F");
-        assert_eq!(f.owner(), Some((OwnerKind::Group, "acme/platform".into())));
-        assert_eq!(Form::parse("kind=team&path=acme").owner(), None);
-        assert_eq!(Form::parse("kind=project&path=..%2Fx").owner(), None);
+        let f = Params::form("kind=group&path=acme%2Fplatform%2F");
+        assert_eq!(owner(&f), Some((OwnerKind::Group, "acme/platform".into())));
+        assert_eq!(owner(&Params::form("kind=team&path=acme")), None);
+        assert_eq!(owner(&Params::form("kind=project&path=..%2Fx")), None);
     }
 }

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod headers;
 mod limit;
+mod lookup;
 mod registry;
 mod rewrite;
 mod session;
@@ -41,7 +42,7 @@ use crate::oci::RegistryAuth;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
-use crate::token::{self, Digest, TokenRecord};
+use crate::token::TokenRecord;
 use body::IdleTimeout;
 pub use limit::FailureLimiter;
 use rewrite::UrlMap;
@@ -257,15 +258,8 @@ impl Proxy {
             Authentication::DeployToken => {
                 let presented =
                     format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
-                if !token::well_formed(&presented.secret) {
-                    return Err(auth::Denial::UnknownToken.into());
-                }
-                let lookup = self
-                    .resolver
-                    .resolve(Digest::of(&presented.secret))
-                    .await
-                    .map_err(ProxyError::StoreUnavailable)?;
-                (registry::found(lookup), presented.username)
+                let record = self.token_for_secret(&presented.secret).await?;
+                (record, presented.username)
             }
         };
         outcome.token_id = record.as_ref().map(|r| r.id);

@@ -13,12 +13,11 @@ use hyper::body::Incoming;
 
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
-use crate::cache::Lookup;
 use crate::format::oci::{classify, Endpoint};
 use crate::format::{self, Access};
 use crate::oci::RegistryAuth;
 use crate::route::{Matched, NormalizedPath};
-use crate::token::{self, Digest, TokenRecord};
+use crate::token::TokenRecord;
 
 impl Proxy {
     /// Answers the token endpoint and the JWKS document; `None` for any other path.
@@ -68,15 +67,7 @@ impl Proxy {
             None if registry.config().anonymous => None,
             None => return Err(ProxyError::NoCredentials),
             Some(presented) => {
-                if !token::well_formed(&presented.secret) {
-                    return Err(Denial::UnknownToken.into());
-                }
-                let lookup = self
-                    .resolver
-                    .resolve(Digest::of(&presented.secret))
-                    .await
-                    .map_err(ProxyError::StoreUnavailable)?;
-                let record = found(lookup);
+                let record = self.token_for_secret(&presented.secret).await?;
                 auth::authenticate(record.as_deref(), presented.username.as_deref(), now)?;
                 outcome.token_id = record.as_ref().map(|r| r.id);
                 record
@@ -132,12 +123,7 @@ impl Proxy {
         })?;
         let id = claims.deploy_token_id.ok_or(Denial::UnknownToken)?;
         outcome.token_id = Some(id);
-        let lookup = self
-            .resolver
-            .resolve_id(id)
-            .await
-            .map_err(ProxyError::StoreUnavailable)?;
-        let record = found(lookup);
+        let record = self.token_by_id(id).await?;
         let now = chrono::Utc::now();
         let username = Some(claims.sub.as_str());
         let mut forward_query = query.map(str::to_string);
@@ -186,13 +172,6 @@ impl Proxy {
         outcome.decision = "allowed";
         self.last_used.mark(id, now.timestamp());
         Ok((record.expect("authenticated above"), forward_query))
-    }
-}
-
-pub(super) fn found(lookup: Lookup) -> Option<Arc<TokenRecord>> {
-    match lookup {
-        Lookup::Found(record) => Some(record),
-        Lookup::Absent => None,
     }
 }
 

@@ -9,12 +9,12 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::{registry::found, Outcome, Proxy, ProxyError, ResponseBody};
+use super::{Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
 use crate::format::{self, Access, Format, SessionEndpoint};
 use crate::oci::RegistryAuth;
 use crate::route::Matched;
-use crate::token::{self, Digest, TokenRecord};
+use crate::token::TokenRecord;
 
 impl Proxy {
     /// Answers a login endpoint. A login needs a deploy token that could use
@@ -33,15 +33,8 @@ impl Proxy {
             SessionEndpoint::Login => {
                 let presented =
                     format::basic_credentials(req.headers())?.ok_or(ProxyError::NoCredentials)?;
-                if !token::well_formed(&presented.secret) {
-                    return Err(Denial::UnknownToken.into());
-                }
-                let lookup = self
-                    .resolver
-                    .resolve(Digest::of(&presented.secret))
-                    .await
-                    .map_err(ProxyError::StoreUnavailable)?;
-                (found(lookup), presented.username)
+                let record = self.token_for_secret(&presented.secret).await?;
+                (record, presented.username)
             }
             SessionEndpoint::Check => self.session_token(registry, req, format).await?,
         };
@@ -86,11 +79,6 @@ impl Proxy {
             format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
         let claims = registry.verify_session(&presented.secret, format.name())?;
         let id = claims.deploy_token_id.ok_or(Denial::UnknownToken)?;
-        let lookup = self
-            .resolver
-            .resolve_id(id)
-            .await
-            .map_err(ProxyError::StoreUnavailable)?;
-        Ok((found(lookup), Some(claims.sub)))
+        Ok((self.token_by_id(id).await?, Some(claims.sub)))
     }
 }

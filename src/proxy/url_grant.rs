@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::registry::{found, without_params};
+use super::registry::without_params;
 use super::{Proxy, ProxyError};
 use crate::auth::Denial;
 use crate::format::{Access, Format, URL_GRANT_PARAM};
@@ -92,13 +92,8 @@ impl Proxy {
             ));
         }
         let id = claims.deploy_token_id.ok_or(Denial::UnknownToken)?;
-        let lookup = self
-            .resolver
-            .resolve_id(id)
-            .await
-            .map_err(ProxyError::StoreUnavailable)?;
         Ok((
-            found(lookup),
+            self.token_by_id(id).await?,
             Some(claims.sub),
             without_params(query, &[URL_GRANT_PARAM]),
         ))

@@ -69,6 +69,17 @@ pub struct TokenStore {
     timeout: Duration,
 }
 
+/// Connection setup and migrations, on every start.
+async fn prepare(pool: &AnyPool, dialect: Dialect) -> Result<(), StoreError> {
+    if dialect == Dialect::Sqlite {
+        sqlx::query("PRAGMA busy_timeout=5000")
+            .execute(pool)
+            .await?;
+        sqlx::query("PRAGMA journal_mode=WAL").execute(pool).await?;
+    }
+    Ok(migrations::apply(pool, dialect).await?)
+}
+
 const COLUMNS: &str =
     "id, name, username, owner_kind, owner_path, scopes, expires_at, revoked, created_at, last_used_at";
 
@@ -97,15 +108,23 @@ impl TokenStore {
             .acquire_timeout(config.timeout)
             .connect(&url)
             .await?;
-        if dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
-            sqlx::query("PRAGMA busy_timeout=5000")
-                .execute(&pool)
-                .await?;
+        // SQLite answers "database is locked" at once, without waiting, when
+        // starts race on a fresh file (one switches it to WAL while another
+        // reads): such a start tries again for a while.
+        let mut attempts = 0;
+        loop {
+            match prepare(&pool, dialect).await {
+                Err(StoreError::Unavailable(sqlx::Error::Database(e)))
+                    if dialect == Dialect::Sqlite
+                        && e.code().as_deref() == Some("5")
+                        && attempts < 50 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => break result?,
+            }
         }
-        migrations::apply(&pool, dialect).await?;
         Ok(TokenStore {
             pool,
             timeout: config.timeout,

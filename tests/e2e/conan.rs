@@ -97,6 +97,21 @@ impl Client {
         client
     }
 
+    /// A client logged in with `token` (the login must succeed).
+    fn logged_in(
+        conan: Conan,
+        work: &Path,
+        name: &str,
+        remote: &str,
+        token: &Token,
+        gate: &Gate,
+    ) -> Client {
+        let client = Client::new(conan, work, name, remote);
+        let (ok, out) = client.login(token);
+        assert!(ok, "conan login ({name}): {out}\n{}", gate.logs());
+        client
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String) {
         let home_var = match self.conan {
             Conan::V1 => "CONAN_USER_HOME",
@@ -238,10 +253,7 @@ fn conan_upload_and_install_with_each_kind_of_token() {
     let cast = Cast::issue(&gate);
     let web = remote(&gate, "acme/web");
     let client = |name: &str, token: &Token| {
-        let c = Client::new(Conan::V2, work.path(), name, &web);
-        let (ok, out) = c.login(token);
-        assert!(ok, "conan remote login ({name}): {out}\n{}", gate.logs());
-        c
+        Client::logged_in(Conan::V2, work.path(), name, &web, token, &gate)
     };
 
     // Read+write: upload, then install from an empty cache.
@@ -368,10 +380,7 @@ fn conan_1_uploads_and_installs_through_granted_file_urls() {
     let cast = Cast::issue(&gate);
     let web = remote(&gate, "acme/web");
     let client = |name: &str, token: &Token| {
-        let c = Client::new(Conan::V1, work.path(), name, &web);
-        let (ok, out) = c.login(token);
-        assert!(ok, "conan user ({name}): {out}\n{}", gate.logs());
-        c
+        Client::logged_in(Conan::V1, work.path(), name, &web, token, &gate)
     };
     // Conan 1 uploads and downloads files by pre-signed URLs, sent without
     // credentials: they go through on tokengate's grants.

@@ -144,28 +144,22 @@ fi
 log "python packages: $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null |
   grep -iE '^(pypiserver|passlib|twine|build|setuptools|wheel) ' | tr -s ' ' | tr '\n' ';')"
 
-# ---------------------------------------------------------------- Conan venv
-CONAN_VENV=$E2E_HOME/conan
-if [ -x "$CONAN_VENV/bin/conan" ] && [ -x "$CONAN_VENV/bin/conan_server" ]; then
-  log "conan venv present in $CONAN_VENV"
-else
-  [ -x "$CONAN_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$CONAN_VENV" ||
-    die "conan venv creation failed"
-  log "pip install ${CONAN_PACKAGES[*]}"
-  "$CONAN_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CONAN_PACKAGES[@]}" ||
-    die "pip install of conan failed"
-fi
-log "conan: $("$CONAN_VENV/bin/conan" --version)"
-CONAN1_VENV=$E2E_HOME/conan1
-if [ -x "$CONAN1_VENV/bin/conan" ] && [ -x "$CONAN1_VENV/bin/conan_server" ]; then
-  log "conan 1 venv present in $CONAN1_VENV"
-else
-  [ -x "$CONAN1_VENV/bin/python" ] || "$VENV/bin/python" -m venv "$CONAN1_VENV" ||
-    die "conan 1 venv creation failed"
-  log "pip install ${CONAN1_PACKAGES[*]}"
-  "$CONAN1_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CONAN1_PACKAGES[@]}" ||
-    die "pip install of conan 1 failed"
-fi
-log "conan 1: $("$CONAN1_VENV/bin/conan" --version 2>/dev/null)"
+# ---------------------------------------------------------------- Conan venvs
+# conan_venv DIR LABEL PACKAGES...: a venv with conan (and conan_server) unless present.
+conan_venv() {
+  local dir=$1 label=$2
+  shift 2
+  if [ -x "$dir/bin/conan" ] && [ -x "$dir/bin/conan_server" ]; then
+    log "$label venv present in $dir"
+  else
+    [ -x "$dir/bin/python" ] || "$VENV/bin/python" -m venv "$dir" || die "$label venv creation failed"
+    log "pip install $*"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@" ||
+      die "pip install of $label failed"
+  fi
+  log "$label: $("$dir/bin/conan" --version 2>/dev/null)"
+}
+conan_venv "$E2E_HOME/conan" "conan" "${CONAN_PACKAGES[@]}"
+conan_venv "$E2E_HOME/conan1" "conan 1" "${CONAN1_PACKAGES[@]}"
 
 log "done in $(($(date +%s) - start_ts))s (home: $E2E_HOME)"
