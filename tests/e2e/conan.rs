@@ -194,6 +194,15 @@ class Hello(ConanFile):
         }
     }
 
+    /// Creates, uploads and installs `hello/VERSION` again; each step must succeed.
+    fn upload_then_install(&self, version: &str, gate: &Gate) {
+        self.create(version);
+        let (ok, out) = self.upload(version);
+        assert!(ok, "upload: {out}\n{}", gate.logs());
+        let (ok, out) = self.install(version);
+        assert!(ok, "install: {out}");
+    }
+
     /// Installs `hello/VERSION` from the remote into an empty cache.
     fn install(&self, version: &str) -> (bool, String) {
         let reference = self.conan.reference(version);
@@ -258,11 +267,7 @@ fn conan_upload_and_install_with_each_kind_of_token() {
 
     // Read+write: upload, then install from an empty cache.
     let rw = client("rw", &cast.rw);
-    rw.create("1.0");
-    let (ok, out) = rw.upload("1.0");
-    assert!(ok, "upload with a read+write token: {out}\n{}", gate.logs());
-    let (ok, out) = rw.install("1.0");
-    assert!(ok, "install with a read+write token: {out}");
+    rw.upload_then_install("1.0", &gate);
 
     // Write-only: uploads (its revision checks are allowed), cannot download.
     let wo = client("wo", &cast.wo);
@@ -385,11 +390,7 @@ fn conan_1_uploads_and_installs_through_granted_file_urls() {
     // Conan 1 uploads and downloads files by pre-signed URLs, sent without
     // credentials: they go through on tokengate's grants.
     let rw = client("rw", &cast.rw);
-    rw.create("1.0");
-    let (ok, out) = rw.upload("1.0");
-    assert!(ok, "upload with a read+write token: {out}\n{}", gate.logs());
-    let (ok, out) = rw.install("1.0");
-    assert!(ok, "install with a read+write token: {out}");
+    rw.upload_then_install("1.0", &gate);
     let ro = client("ro", &cast.ro);
     let (ok, out) = ro.install("1.0");
     assert!(ok, "install with a read-only token: {out}");
