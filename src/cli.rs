@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::{Ask, Denial};
 use crate::cache::{RedisCache, TokenResolver};
 use crate::config::{CacheConfig, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::oci::{KeyRing, RegistryAuth};
 use crate::route::NormalizedPath;
 use crate::store::{LastUsed, ListFilter, StoreError, TokenStore};
-use crate::token::{OwnerKind, TokenError};
+use crate::token::{self, OwnerKind, TokenError, TokenRecord};
 use crate::tokens::{CreateRequest, ManageError, TokenAdmin};
 
 #[derive(Parser)]
@@ -43,6 +44,10 @@ enum Command {
         method: String,
         /// Request path (and query), e.g. /npm/acme/web/left-pad.
         path: String,
+        /// Also say whether this deploy token would be allowed, and if not which
+        /// rule denies it (read from the store; no secret needed). Exit 1 when denied.
+        #[arg(long)]
+        token_id: Option<i64>,
     },
     /// Create, list and revoke deploy tokens.
     #[command(subcommand)]
@@ -90,11 +95,26 @@ enum TokenCommand {
         /// Only tokens that are neither revoked nor expired.
         #[arg(long)]
         active: bool,
+        /// Only active tokens that expire within this, e.g. 30d or 12h.
+        #[arg(long, value_name = "DURATION")]
+        expiring_within: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Revoke a deploy token at once.
     Revoke { id: i64 },
+    /// Rotate a deploy token: a new secret (printed once, alone on the last line of
+    /// stdout) for the same name, username, owner, scopes and expiry; the old secret
+    /// keeps working for --grace only.
+    Rotate {
+        id: i64,
+        /// How long the old secret still works, e.g. 10m, 2h, 1d (default: not at all).
+        #[arg(long, default_value = "0s")]
+        grace: String,
+        /// Print GitLab's JSON entity (with `token`) instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failed command: its exit code and one-line reason.
@@ -180,18 +200,35 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let config = Config::load(config_path.as_deref())?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, config_path).await,
         Command::CheckConfig => {
             let name = config_path.map_or("built-in defaults".into(), |p| p.display().to_string());
             println!("{name}: ok ({} routes)", config.routes.routes().len());
             Ok(())
         }
-        Command::Explain { method, path } => explain(&config, &method, &path),
+        Command::Explain {
+            method,
+            path,
+            token_id,
+        } => {
+            let token =
+                match token_id {
+                    None => None,
+                    Some(id) => {
+                        let store = TokenStore::connect(&config.store).await?;
+                        let token = store.get(id).await?;
+                        Some(token.ok_or_else(|| {
+                            CliError::Failed(format!("no deploy token with id {id}"))
+                        })?)
+                    }
+                };
+            explain(&config, &method, &path, token.as_ref())
+        }
         Command::Token(_) => unreachable!("handled above"),
     }
 }
 
-async fn serve(config: Config) -> Result<(), CliError> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
     let store = TokenStore::connect(&config.store).await?;
     let config = Arc::new(config);
     if config.routes.is_empty() {
@@ -248,10 +285,53 @@ async fn serve(config: Config) -> Result<(), CliError> {
             admin.tls.clone(),
         )));
     }
+    let listener = bind(config.server.listen).await?;
+    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), version = %config.version, "tokengate serving");
+    let shared = Shared {
+        resolver,
+        last_used: last_used.clone(),
+        metrics: metrics.clone(),
+    };
+    let version = config.version.clone();
+    let proxy = build_proxy(config, &shared).map_err(CliError::Failed)?;
+    metrics.config_loaded(&version, false);
+    let current = Arc::new(crate::proxy::Current::from_pointee(proxy));
+    tasks.push(tokio::spawn(follow_config(
+        config_path,
+        current.clone(),
+        shared,
+    )));
+    crate::proxy::serve(current, listener, shutdown_signal()).await;
+    for task in tasks {
+        task.abort();
+    }
+    if let Err(e) = last_used.flush(&store).await {
+        tracing::warn!(error = %e, "last-used times not saved");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, CliError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))
+}
+
+/// What every generation of the proxy shares across config reloads: the
+/// token cache, the last-used batch and the metrics.
+struct Shared {
+    resolver: Arc<TokenResolver>,
+    last_used: Arc<LastUsed>,
+    metrics: Arc<Metrics>,
+}
+
+/// A proxy for `config`, with its registry token service (signing keys read now).
+fn build_proxy(config: Arc<Config>, shared: &Shared) -> Result<crate::proxy::Proxy, String> {
     let registry = match &config.registry_auth {
         Some(registry) => {
             let keys = KeyRing::load(&registry.key_file, &registry.verify_key_files)
-                .map_err(|e| CliError::Failed(format!("signing key: {e}")))?;
+                .map_err(|e| format!("signing key: {e}"))?;
             // For registries that verify the JWTs themselves (distribution 3.x `auth.token.jwks`).
             let jwks = registry.key_file.with_extension("jwks.json");
             if let Err(e) = std::fs::write(&jwks, keys.jwks().to_string()) {
@@ -269,50 +349,84 @@ async fn serve(config: Config) -> Result<(), CliError> {
         }
         None => None,
     };
-    if let Some(tls) = &config.server.tls {
-        tasks.push(tokio::spawn(reload_certificate_on_sighup(tls.cert.clone())));
-    }
-    let listener = bind(config.server.listen).await?;
-    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), "tokengate serving");
-    let proxy = Arc::new(crate::proxy::Proxy::new(
+    Ok(crate::proxy::Proxy::new(
         config,
-        resolver,
-        last_used.clone(),
+        shared.resolver.clone(),
+        shared.last_used.clone(),
         registry,
-        metrics.clone(),
-    ));
-    crate::proxy::serve(proxy, listener, shutdown_signal()).await;
-    for task in tasks {
-        task.abort();
-    }
-    if let Err(e) = last_used.flush(&store).await {
-        tracing::warn!(error = %e, "last-used times not saved");
-    }
-    tracing::info!("stopped");
-    Ok(())
+        shared.metrics.clone(),
+    ))
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, CliError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| CliError::Failed(format!("cannot listen on {addr}: {e}")))
-}
-
-/// SIGHUP re-reads the listener's certificate and key (renewed by an ACME
-/// client, say); new handshakes use them, open connections keep theirs.
-async fn reload_certificate_on_sighup(cert: Arc<crate::tls::ServerCert>) {
+/// Reloads the config on SIGHUP and whenever the file's content changes
+/// (checked every second). A config that does not validate is refused with
+/// its file, line and key, and the running one stays.
+async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current>, shared: Shared) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler: the certificate is not reloaded");
-        return;
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let fingerprint = |path: Option<&std::path::Path>| {
+        use sha2::Digest;
+        path.and_then(|p| std::fs::read(p).ok())
+            .map(sha2::Sha256::digest)
     };
-    while hup.recv().await.is_some() {
-        match cert.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+    let mut seen = fingerprint(path.as_deref());
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let why = tokio::select! {
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(hup) => hup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = fingerprint(path.as_deref());
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file changed"
+            }
+        };
+        let loaded = Config::load(path.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                warn_restart_only(current.load().config(), &config);
+                build_proxy(Arc::new(config), &shared)
+            });
+        match loaded {
+            Ok(proxy) => {
+                let version = proxy.config().version.clone();
+                current.store(Arc::new(proxy));
+                shared.metrics.config_loaded(&version, true);
+                tracing::info!(why, %version, "config reloaded");
+            }
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays")
+                shared.metrics.config_reload_failed(&e);
+                tracing::error!(why, error = %e, "config not reloaded; the running config stays");
             }
         }
+    }
+}
+
+/// Settings a reload cannot change (listeners, store, cache, admin): told,
+/// not applied, until a restart.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let changed = [
+        ("server.listen", old.server.listen != new.server.listen),
+        ("store.url", old.store.url != new.store.url),
+        (
+            "cache",
+            format!("{:?}", old.cache.redis.as_ref().map(|r| &r.target))
+                != format!("{:?}", new.cache.redis.as_ref().map(|r| &r.target)),
+        ),
+        (
+            "admin.listen",
+            old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
+        ),
+    ];
+    for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(key, "this setting changed but applies only after a restart");
     }
 }
 
@@ -326,7 +440,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> {
+fn explain(
+    config: &Config,
+    method: &str,
+    target: &str,
+    token: Option<&TokenRecord>,
+) -> Result<(), CliError> {
     let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| CliError::Usage(format!("invalid method {method:?}")))?;
     let (raw_path, query) = match target.split_once('?') {
@@ -358,7 +477,32 @@ fn explain(config: &Config, method: &str, target: &str) -> Result<(), CliError> 
         route.upstream.origin(),
         matched.upstream_path_and_query(&path, query)
     );
-    Ok(())
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let ask = Ask {
+        username: None,
+        namespace: &matched.namespace,
+        access,
+        scopes,
+    };
+    match crate::auth::decide(Some(token), &ask, chrono::Utc::now()) {
+        Ok(_) => {
+            println!("token {}:   allowed", token.id);
+            Ok(())
+        }
+        Err(denial) => {
+            let why = match denial {
+                Denial::AccessRefused => route.format.refusal().to_string(),
+                other => other.to_string(),
+            };
+            println!("token {}:   denied: {why}", token.id);
+            Err(CliError::Failed(format!(
+                "deploy token {} would be denied: {why}",
+                token.id
+            )))
+        }
+    }
 }
 
 async fn token_command(
@@ -421,19 +565,29 @@ async fn token_command(
             project,
             group,
             active,
+            expiring_within,
             json,
         } => {
+            let expiring = expiring_within
+                .as_deref()
+                .map(token::parse_duration)
+                .transpose()?;
             let owner = match (&project, &group) {
                 (Some(p), _) => Some((OwnerKind::Project, p.as_str())),
                 (_, Some(g)) => Some((OwnerKind::Group, g.as_str())),
                 _ => None,
             };
-            let tokens = admin
+            let mut tokens = admin
                 .list(ListFilter {
                     owner,
-                    active_only: active,
+                    active_only: active || expiring.is_some(),
                 })
                 .await?;
+            if let Some(within) = expiring {
+                let soon =
+                    now + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+                tokens.retain(|t| t.expires_at.is_some_and(|at| at <= soon));
+            }
             if json {
                 let list: Vec<_> = tokens.iter().map(|t| t.to_gitlab_json(now, None)).collect();
                 println!("{}", serde_json::Value::from(list));
@@ -461,6 +615,25 @@ async fn token_command(
                         t.last_used_at.map_or("never".into(), |e| e.to_rfc3339()),
                     );
                 }
+            }
+            Ok(())
+        }
+        TokenCommand::Rotate { id, grace, json } => {
+            let grace = token::parse_duration(&grace)?;
+            let Some((record, secret)) = admin.rotate(&actor, id, grace).await? else {
+                return Err(CliError::Failed(format!(
+                    "no active deploy token with id {id}"
+                )));
+            };
+            if json {
+                println!("{}", record.to_gitlab_json(now, Some(&secret)));
+            } else {
+                eprintln!(
+                    "Rotated deploy token {id}: the new token is {} (username {}); the old secret works for {grace:?} more.",
+                    record.id, record.username
+                );
+                eprintln!("Save the secret below somewhere safe: it is shown only once.");
+                println!("{}", secret.expose());
             }
             Ok(())
         }

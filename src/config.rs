@@ -97,6 +97,7 @@ struct RawServer {
     upstream_response_timeout_seconds: Option<u64>,
     body_idle_timeout_seconds: Option<u64>,
     shutdown_grace_seconds: Option<u64>,
+    shutdown_delay_seconds: Option<u64>,
     metadata_max_bytes: Option<usize>,
     failed_auth_per_minute: Option<u32>,
 }
@@ -233,6 +234,8 @@ pub struct ServerConfig {
     /// A streamed body (either way) that sends nothing for this long is cut.
     pub body_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// SIGTERM: how long the listener keeps accepting after readiness drops.
+    pub shutdown_delay: Duration,
     /// Largest metadata body (npm packument, simple index) read for URL rewriting.
     pub metadata_max_bytes: usize,
     /// Wrong credentials allowed per client address per minute before 429; 0 disables.
@@ -328,6 +331,9 @@ pub struct TokenBackends {
 
 /// A validated configuration.
 pub struct Config {
+    /// The first 12 hex digits of the SHA-256 of the config text: which
+    /// config is running (in `/readyz` and the metrics).
+    pub version: String,
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -369,7 +375,11 @@ impl Config {
             name: name.to_string(),
             text,
         };
-        build(&src, parse_raw(&src)?)
+        let mut config = build(&src, parse_raw(&src)?)?;
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(text.as_bytes());
+        config.version = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(config)
     }
 
     /// Only the store and cache settings, for commands that manage tokens:
@@ -597,6 +607,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         None
     };
     Ok(Config {
+        version: String::new(),
         server,
         store,
         cache,
@@ -763,6 +774,7 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         upstream_response_timeout: secs(raw.upstream_response_timeout_seconds, 300),
         body_idle_timeout: secs(raw.body_idle_timeout_seconds, 60),
         shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
+        shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
     })

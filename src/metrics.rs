@@ -5,7 +5,7 @@
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::token::{Scope, ScopeSet};
+use crate::token::{Scope, ScopeSet, TokenRecord};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -47,6 +47,29 @@ struct ScopeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithinLabel {
+    within: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+/// The running config and the last reload's outcome.
+#[derive(Default)]
+struct ConfigState {
+    version: String,
+    /// `None` before any reload; else the error of the last one, if it failed.
+    last_reload: Option<Result<(), String>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
     upstream: Name,
 }
@@ -75,11 +98,17 @@ pub struct Metrics {
     tokens_created: Family<ScopeLabel, Counter>,
     tokens_revoked: Family<ScopeLabel, Counter>,
     tokens_active: Family<ScopeLabel, Gauge>,
+    tokens_expiring: Family<WithinLabel, Gauge>,
     requests: Family<RequestLabels, Counter>,
     /// Time from the request's arrival to the auth decision.
     pub decision_seconds: Histogram,
     upstream_seconds: HistogramFamily<UpstreamLabel>,
     upstream_errors: Family<UpstreamLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_version: Family<VersionLabel, Gauge>,
+    config: Mutex<ConfigState>,
+    /// SIGTERM received: unready from now on.
+    draining: AtomicBool,
 }
 
 impl Metrics {
@@ -157,6 +186,15 @@ impl Metrics {
             drop(tokens_revoked.get_or_create(&label));
             drop(tokens_active.get_or_create(&label));
         }
+        let tokens_expiring = Family::<WithinLabel, Gauge>::default();
+        registry.register(
+            "deploy_tokens_expiring",
+            "Active deploy tokens that expire within 7 or 30 days",
+            tokens_expiring.clone(),
+        );
+        for within in ["7d", "30d"] {
+            drop(tokens_expiring.get_or_create(&WithinLabel { within }));
+        }
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -182,10 +220,30 @@ impl Metrics {
             "Upstream requests that failed (unreachable, timed out, bad metadata, login refused)",
             upstream_errors.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or a changed file) by result",
+            config_reloads.clone(),
+        );
+        for result in ["ok", "error"] {
+            drop(config_reloads.get_or_create(&ResultLabel { result }));
+        }
+        let config_version = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "config_version",
+            "1 for the running config's version (hash of its text)",
+            config_version.clone(),
+        );
         Metrics {
+            config_reloads,
+            config_version,
+            config: Mutex::default(),
+            draining: AtomicBool::new(false),
             tokens_created,
             tokens_revoked,
             tokens_active,
+            tokens_expiring,
             requests,
             decision_seconds,
             upstream_seconds,
@@ -221,13 +279,24 @@ impl Metrics {
         }
     }
 
-    /// Sets the active-token gauges from the scopes of every active token.
-    pub fn set_active<'a>(&self, active: impl Iterator<Item = &'a ScopeSet>) {
+    /// Sets the active-token gauges (per scope, and expiring soon) from
+    /// every active token.
+    pub fn set_active(&self, active: &[TokenRecord], now: chrono::DateTime<chrono::Utc>) {
         let mut counts = [0i64; Scope::ALL.len()];
-        for scopes in active {
-            for scope in scopes.iter() {
+        for token in active {
+            for scope in token.scopes.iter() {
                 counts[scope as usize] += 1;
             }
+        }
+        for (within, days) in [("7d", 7), ("30d", 30)] {
+            let soon = now + chrono::Duration::days(days);
+            let n = active
+                .iter()
+                .filter(|t| t.expires_at.is_some_and(|at| at <= soon))
+                .count();
+            self.tokens_expiring
+                .get_or_create(&WithinLabel { within })
+                .set(n as i64);
         }
         for (scope, count) in Scope::ALL.iter().zip(counts) {
             let scope = scope.as_str();
@@ -255,6 +324,39 @@ impl Metrics {
         self.upstream_errors.get_or_create(&label).inc();
     }
 
+    /// A config (re)loaded and now serving.
+    pub fn config_loaded(&self, version: &str, reloaded: bool) {
+        let mut state = self.config.lock().expect("config state");
+        self.config_version.remove(&VersionLabel {
+            version: std::mem::take(&mut state.version),
+        });
+        self.config_version
+            .get_or_create(&VersionLabel {
+                version: version.to_string(),
+            })
+            .set(1);
+        state.version = version.to_string();
+        if reloaded {
+            state.last_reload = Some(Ok(()));
+            self.config_reloads
+                .get_or_create(&ResultLabel { result: "ok" })
+                .inc();
+        }
+    }
+
+    /// A reload refused; the running config stays.
+    pub fn config_reload_failed(&self, error: &str) {
+        self.config.lock().expect("config state").last_reload = Some(Err(error.to_string()));
+        self.config_reloads
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
+    }
+
+    /// Shutting down: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -272,17 +374,29 @@ impl Metrics {
             Some(r) if r.is_up() => "up",
             Some(_) => "down",
         };
-        let status = match (store_up, redis) {
-            (false, _) => "unready",
-            (true, "down") => "degraded",
+        let draining = self.draining.load(Ordering::Relaxed);
+        let status = match (draining, store_up, redis) {
+            (true, _, _) => "draining",
+            (_, false, _) => "unready",
+            (_, true, "down") => "degraded",
             _ => "ready",
+        };
+        let config = {
+            let state = self.config.lock().expect("config state");
+            let last_reload = match &state.last_reload {
+                None => serde_json::Value::Null,
+                Some(Ok(())) => "ok".into(),
+                Some(Err(e)) => format!("failed: {e}").into(),
+            };
+            serde_json::json!({ "version": state.version, "last_reload": last_reload })
         };
         let body = serde_json::json!({
             "status": status,
             "store": if store_up { "up" } else { "down" },
             "redis": redis,
+            "config": config,
         });
-        (store_up, body)
+        (store_up && !draining, body)
     }
 }
 

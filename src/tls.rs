@@ -1,15 +1,12 @@
 //! TLS for both sides, with rustls (ring provider): TLS 1.2 and 1.3 only,
 //! rustls' default (modern, AEAD-only) cipher suites, ALPN h2 and http/1.1
 //! inbound; upstreams verified against the system roots or a CA file, with
-//! an optional client certificate (mTLS). The listener's certificate is
-//! re-read on SIGHUP ([`ServerCert::reload`]) without dropping a connection.
+//! an optional client certificate (mTLS).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,54 +36,25 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("{}: no usable private key ({e})", path.display()))
 }
 
-/// The listener's TLS: certificate chain and key from PEM files.
+/// The listener's TLS: certificate chain and key from PEM files. A config
+/// reload (SIGHUP) reads them again, so a renewed certificate is served to
+/// new connections without a restart.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
-    pub cert: Arc<ServerCert>,
 }
 
 pub fn server(cert: &Path, key: &Path) -> Result<ServerTls, String> {
-    let cert = Arc::new(ServerCert {
-        current: ArcSwap::from_pointee(certified_key(cert, key)?),
-        cert_file: cert.to_path_buf(),
-        key_file: key.to_path_buf(),
-    });
+    let pair = certified_key(cert, key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(cert.clone());
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(pair)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
-        cert,
     })
-}
-
-/// The listener's certificate, swapped atomically on reload: handshakes in
-/// progress keep the one they started with.
-#[derive(Debug)]
-pub struct ServerCert {
-    current: ArcSwap<CertifiedKey>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-impl ServerCert {
-    /// Re-reads the certificate and key files. On any error (unreadable,
-    /// not PEM, key not matching the certificate) the old pair stays.
-    pub fn reload(&self) -> Result<(), String> {
-        let fresh = certified_key(&self.cert_file, &self.key_file)?;
-        self.current.store(Arc::new(fresh));
-        Ok(())
-    }
-}
-
-impl ResolvesServerCert for ServerCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
 }
 
 fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {

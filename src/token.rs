@@ -21,6 +21,8 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
+    #[error("invalid duration {0:?} (expected e.g. 90s, 10m, 2h or 30d)")]
+    InvalidDuration(String),
     #[error("unknown scope {0:?} (expected one of read_repository, read_registry, write_registry, read_package_registry, write_package_registry)")]
     UnknownScope(String),
     #[error("no scopes given")]
@@ -223,6 +225,28 @@ pub fn default_username(id: i64) -> String {
 }
 
 /// Parses an expiry given as `YYYY-MM-DD` (midnight UTC) or RFC 3339, refusing the past.
+/// A duration like `30s`, `10m`, `2h`, `30d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, TokenError> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(TokenError::InvalidDuration(text.to_string())),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| TokenError::InvalidDuration(text.to_string()))
+}
+
 pub fn parse_expiry(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TokenError> {
     let at = if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         date.and_hms_opt(0, 0, 0)
@@ -369,6 +393,21 @@ pub fn well_formed(secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_have_a_unit_or_are_seconds() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        for bad in ["", "m", "1w", "-1s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn generated_secrets_are_well_formed_and_distinct() {

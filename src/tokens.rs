@@ -3,13 +3,14 @@
 //! token at once, count it, and write the audit event. Never logs a secret.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::cache::{RedisCache, TokenResolver};
 use crate::metrics::Metrics;
 use crate::store::{ListFilter, NewToken, StoreError, TokenStore};
-use crate::token::{self, OwnerKind, ScopeSet, Secret, TokenError, TokenRecord};
+use crate::token::{self, Digest, OwnerKind, ScopeSet, Secret, TokenError, TokenRecord};
 
 /// Why a management request failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,20 +106,57 @@ impl TokenAdmin {
         let Some((record, digest)) = self.store.revoke(id).await? else {
             return Ok(None);
         };
-        if let Some(redis) = &self.redis {
-            if let Err(e) = redis.announce(&digest, id).await {
-                tracing::warn!(error = %e, token_id = id, "Redis unreachable: proxies drop the token through the store's change feed within about a second");
-            }
-        }
-        if let Some(resolver) = &self.resolver {
-            resolver.forget(&digest, Some(id)).await;
-        }
+        self.forget_everywhere(&digest, id).await;
         audit("token_revoked", actor, &record);
         if let Some(metrics) = &self.metrics {
             metrics.token_revoked(&record.scopes);
             self.refresh_active().await;
         }
         Ok(Some(record))
+    }
+
+    /// Rotates a token: a new secret for the same name, username, owner,
+    /// scopes and expiry (a new token id); the old secret keeps working for
+    /// `grace` only. `None` when there is no such active token.
+    pub async fn rotate(
+        &self,
+        actor: &str,
+        id: i64,
+        grace: Duration,
+    ) -> Result<Option<(TokenRecord, Secret)>, ManageError> {
+        let secret = Secret::generate();
+        let Some((record, old_digest)) = self.store.rotate(id, secret.digest(), grace).await?
+        else {
+            return Ok(None);
+        };
+        self.forget_everywhere(&old_digest, id).await;
+        tracing::info!(
+            target: "tokengate::audit",
+            event = "token_rotated",
+            actor,
+            token_id = id,
+            new_token_id = record.id,
+            grace_seconds = grace.as_secs(),
+            name = %record.name,
+            owner = %format_args!("{}:{}", record.owner_kind.as_str(), record.owner_path),
+            scopes = %record.scopes,
+        );
+        self.refresh_active().await;
+        Ok(Some((record, secret)))
+    }
+
+    /// Makes every proxy drop its cached record of a token whose record
+    /// changed: Redis pub/sub (the store's change feed is the backstop) and
+    /// this process's cache.
+    async fn forget_everywhere(&self, digest: &Digest, id: i64) {
+        if let Some(redis) = &self.redis {
+            if let Err(e) = redis.announce(digest, id).await {
+                tracing::warn!(error = %e, token_id = id, "Redis unreachable: proxies drop the token through the store's change feed within about a second");
+            }
+        }
+        if let Some(resolver) = &self.resolver {
+            resolver.forget(digest, Some(id)).await;
+        }
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<TokenRecord>, ManageError> {
@@ -140,13 +178,13 @@ impl TokenAdmin {
             active_only: true,
         };
         match self.store.list(filter).await {
-            Ok(active) => metrics.set_active(active.iter().map(|t| &t.scopes)),
+            Ok(active) => metrics.set_active(&active, Utc::now()),
             Err(e) => tracing::warn!(error = %e, "active tokens not counted"),
         }
     }
 
     /// Keeps the active-token gauges current.
-    pub async fn refresh_active_every(self: Arc<Self>, period: std::time::Duration) {
+    pub async fn refresh_active_every(self: Arc<Self>, period: Duration) {
         loop {
             self.refresh_active().await;
             tokio::time::sleep(period).await;

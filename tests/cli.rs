@@ -345,3 +345,131 @@ fn explain_shows_route_scope_and_upstream() {
     );
     assert!(stderr(&none).contains("no route"));
 }
+
+#[test]
+fn explain_with_a_token_id_says_which_rule_denies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example");
+    let create = |owner: &str, scopes: &str, extra: &[&str]| -> i64 {
+        let (flag, path) = owner.split_once(':').unwrap();
+        let flag = format!("--{flag}");
+        let mut args = vec![
+            "token", "create", &flag, path, "--name", "x", "--scopes", scopes, "--json",
+            "--config", example,
+        ];
+        args.extend_from_slice(extra);
+        let out = run(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let reader = create("project:acme/web", "read_package_registry", &[]);
+    let other = create(
+        "project:acme/other",
+        "read_package_registry,write_package_registry",
+        &[],
+    );
+    let jar = "/api/v4/projects/acme%2Fweb/packages/maven/com/acme/a/1/a-1.jar";
+    let explain = |method: &str, id: i64| {
+        run(
+            dir.path(),
+            &[
+                "explain",
+                method,
+                jar,
+                "--token-id",
+                &id.to_string(),
+                "--config",
+                example,
+            ],
+        )
+    };
+    let out = explain("GET", reader);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("token {reader}:   allowed")),
+        "{}",
+        stdout(&out)
+    );
+    for (method, id, why) in [
+        (
+            "PUT",
+            reader,
+            "deploy token needs the write_package_registry scope",
+        ),
+        ("GET", other, "does not cover namespace acme/web"),
+        ("DELETE", reader, "not allowed"),
+    ] {
+        let out = explain(method, id);
+        assert_eq!(out.status.code(), Some(1), "{method}");
+        assert!(
+            stdout(&out).contains(&format!("token {id}:   denied: ")) && stdout(&out).contains(why),
+            "{method}: {}",
+            stdout(&out)
+        );
+    }
+    let out = run(
+        dir.path(),
+        &["token", "revoke", &reader.to_string(), "--config", example],
+    );
+    assert!(out.status.success());
+    assert!(stdout(&explain("GET", reader)).contains("deploy token has been revoked"));
+    let missing = explain("GET", 999);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("no deploy token with id 999"));
+
+    // Tokens about to expire.
+    let day = |days: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let soon = create(
+        "project:acme/web",
+        "read_registry",
+        &["--expires-at", &day(3)],
+    );
+    let later = create(
+        "project:acme/web",
+        "read_registry",
+        &["--expires-at", &day(90)],
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "token",
+            "list",
+            "--expiring-within",
+            "30d",
+            "--json",
+            "--config",
+            example,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<i64> = serde_json::from_str::<serde_json::Value>(&stdout(&out))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [soon],
+        "only the token expiring within 30 days, not {later} nor those without expiry"
+    );
+    let bad = run(
+        dir.path(),
+        &[
+            "token",
+            "list",
+            "--expiring-within",
+            "soon",
+            "--config",
+            example,
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -300,3 +300,91 @@ fn sentinel_names_the_master_and_a_failover_is_followed() {
         "new entries go to the promoted replica"
     );
 }
+
+#[test]
+fn a_rotated_token_s_old_secret_works_for_the_grace_period_only_on_every_instance() {
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
+        db.url(),
+        redis.url()
+    );
+    let gates = instances(3, &backends, &up);
+    let old = gates[0].token("project:acme/web", "read_package_registry", &[]);
+    for gate in &gates {
+        assert_eq!(
+            get(gate, &old),
+            200,
+            "cached everywhere before the rotation"
+        );
+    }
+    // Through the admin API of instance 2, as a script would.
+    let rotated = gates[1].admin(
+        "POST",
+        &format!(
+            "/api/v4/projects/acme%2Fweb/deploy_tokens/{}/rotate",
+            old.id
+        ),
+        &[("Content-Type", "application/json")],
+        br#"{"grace": "2s"}"#,
+    );
+    let rotated_at = Instant::now();
+    assert_eq!(rotated.status, 201, "{}", rotated.text());
+    let body: serde_json::Value = serde_json::from_slice(&rotated.body).unwrap();
+    let new = Token {
+        id: body["id"].as_i64().unwrap(),
+        username: body["username"].as_str().unwrap().to_string(),
+        secret: body["token"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(new.username, old.username, "same username, new secret");
+    assert_ne!(new.secret, old.secret);
+    for gate in &gates {
+        assert_eq!(get(gate, &new), 200);
+        if rotated_at.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(
+                get(gate, &old),
+                200,
+                "the old secret works during the grace period"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(rotated_at.elapsed()));
+    for gate in &gates {
+        let started = Instant::now();
+        while get(gate, &old) != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the old secret outlived its grace"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(get(gate, &new), 200);
+    }
+    // The CLI rotates too, with the new secret alone on stdout's last line.
+    let out = gates[2].cli(&["token", "rotate", &new.id.to_string(), "--grace", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(third.starts_with("tgdt_"));
+    for gate in &gates {
+        let newest = Token {
+            secret: third.clone(),
+            ..new.clone()
+        };
+        assert_eq!(get(gate, &newest), 200);
+        let started = Instant::now();
+        while get(gate, &new) != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a zero grace still let the secret in"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

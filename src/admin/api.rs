@@ -58,6 +58,19 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
                 _ => return method_not_allowed(),
             }
         }
+        ([kind @ ("projects" | "groups"), id, "deploy_tokens", token_id, "rotate"], method) => {
+            let (kind, path) = match owner(kind, id) {
+                Ok(owner) => owner,
+                Err(why) => return message(StatusCode::NOT_FOUND, why),
+            };
+            let Ok(token_id) = token_id.parse::<i64>() else {
+                return not_found();
+            };
+            if *method != Method::POST {
+                return method_not_allowed();
+            }
+            rotate(admin, actor, req, kind, &path, token_id).await
+        }
         (["deploy_tokens"], _) => return method_not_allowed(),
         _ => return message(StatusCode::NOT_FOUND, "404 Not Found"),
     };
@@ -265,6 +278,33 @@ async fn delete(
         }
         _ => Ok(not_found()),
     }
+}
+
+/// Beyond GitLab (its issue 463775): a new secret for the same token, the
+/// old one valid for `grace` (`90s`, `10m`, `2h`, `1d`; default 0).
+async fn rotate(
+    admin: &Admin,
+    actor: &str,
+    req: &AdminRequest,
+    kind: OwnerKind,
+    path: &str,
+    id: i64,
+) -> Result<AdminResponse, ManageError> {
+    let params = match params_with_body(req) {
+        Ok(params) => params,
+        Err(why) => return Ok(message(StatusCode::BAD_REQUEST, &why)),
+    };
+    let grace = crate::token::parse_duration(params.first("grace").unwrap_or("0"))?;
+    if owned(admin, kind, path, id).await?.is_none() {
+        return Ok(not_found());
+    }
+    Ok(match admin.tokens.rotate(actor, id, grace).await? {
+        Some((record, secret)) => json(
+            StatusCode::CREATED,
+            &record.to_gitlab_json(Utc::now(), Some(&secret)),
+        ),
+        None => not_found(),
+    })
 }
 
 /// The query string's parameters.

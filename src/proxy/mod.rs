@@ -123,6 +123,11 @@ impl Proxy {
         }
     }
 
+    /// The config this proxy serves.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Handles one request and logs its outcome. Never fails: errors become responses here.
     pub async fn handle(
         self: Arc<Self>,
@@ -511,14 +516,25 @@ fn body_left_unread(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Serves `proxy` on `listener` until `shutdown` resolves, then drains
-/// in-flight requests for up to the configured grace period.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// The proxy currently serving: replaced as a whole on a config reload.
+/// Each request loads it once on arrival and finishes on that config.
+pub type Current = arc_swap::ArcSwap<Proxy>;
+
+/// Serves the current proxy on `listener` until `shutdown` resolves; then
+/// readiness drops, new connections are still taken for the configured
+/// delay (so load balancers notice first), the listener closes, and
+/// in-flight requests get up to the configured grace period.
+pub async fn serve(
+    current: Arc<Current>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let start = current.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(proxy.config.server.header_read_timeout)
+        .header_read_timeout(start.config.server.header_read_timeout)
         .max_buf_size(64 * 1024);
     builder
         .http2()
@@ -526,13 +542,19 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let tls = proxy
-        .config
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
-    tokio::pin!(shutdown);
+    let metrics = start.metrics.clone();
+    drop(start);
+    let stop_accepting = async {
+        shutdown.await;
+        metrics.start_draining();
+        let delay = current.load().config.server.shutdown_delay;
+        tracing::info!(
+            ?delay,
+            "shutting down: unready now, still accepting for the delay"
+        );
+        tokio::time::sleep(delay).await;
+    };
+    tokio::pin!(stop_accepting);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -543,18 +565,28 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
-        let tls = tls.clone();
-        let proxy = proxy.clone();
+        let current = current.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // The connection's TLS and header timeout come from the config
+            // current when it was accepted; each request's routes from the
+            // config current when it arrives.
+            let (tls, header_timeout) = {
+                let proxy = current.load();
+                let server = &proxy.config.server;
+                let tls = server
+                    .tls
+                    .as_ref()
+                    .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+                (tls, server.header_read_timeout)
+            };
             // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
             // a peer that sends nothing at all is dropped here.
             let mut first = [0u8; 1];
-            let header_timeout = proxy.config.server.header_read_timeout;
             if !matches!(
                 tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
                 Ok(Ok(1))
@@ -562,7 +594,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
                 return;
             }
             let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
+                let proxy = current.load_full();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
             let served = match tls {
@@ -586,7 +618,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: impl Futu
         });
     }
     drop(listener);
-    let grace = proxy.config.server.shutdown_grace;
+    let grace = current.load().config.server.shutdown_grace;
     tracing::info!(in_flight = graceful.count(), ?grace, "draining connections");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await

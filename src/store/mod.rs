@@ -280,6 +280,72 @@ impl TokenStore {
         Ok(self.get(id).await?.map(|record| (record, digest)))
     }
 
+    /// Rotation: a new token with the old one's name, username, owner, scopes
+    /// and expiry and the digest of a new secret; the old one now expires
+    /// after `grace` (or at its own expiry, if sooner). Returns the new token
+    /// and the old one's digest (caches must drop it: its expiry changed);
+    /// `None` when there is no such active token.
+    pub async fn rotate(
+        &self,
+        id: i64,
+        digest: Digest,
+        grace: Duration,
+    ) -> Result<Option<(TokenRecord, Digest)>, StoreError> {
+        let rotated = self
+            .timed(async {
+                let now = Utc::now();
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(&format!(
+                    "SELECT {COLUMNS}, token_digest FROM deploy_tokens WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let old = from_row(&row)?;
+                if !old.is_active(now) {
+                    return Ok(None);
+                }
+                let old_digest: String = row.try_get("token_digest")?;
+                let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+                let until = now.checked_add_signed(grace).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let until = old.expires_at.map_or(until, |at| at.min(until));
+                let new_id: i64 = sqlx::query(
+                    "INSERT INTO deploy_tokens (name, username, owner_kind, owner_path, scopes, token_digest, expires_at, revoked, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) RETURNING id",
+                )
+                .bind(&old.name)
+                .bind(&old.username)
+                .bind(old.owner_kind.as_str())
+                .bind(&old.owner_path)
+                .bind(old.scopes.to_string())
+                .bind(digest.to_hex())
+                .bind(old.expires_at.map(|t| t.timestamp()))
+                .bind(now.timestamp())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                sqlx::query("UPDATE deploy_tokens SET expires_at = $1 WHERE id = $2")
+                    .bind(until.timestamp())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                record_change(&mut tx, id, &old_digest, now.timestamp()).await?;
+                record_change(&mut tx, new_id, &digest.to_hex(), now.timestamp()).await?;
+                tx.commit().await?;
+                Ok(Some((new_id, parse_digest(&old_digest)?)))
+            })
+            .await?;
+        let Some((new_id, old_digest)) = rotated else {
+            return Ok(None);
+        };
+        let record = self
+            .get(new_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("token {new_id} vanished")))?;
+        Ok(Some((record, old_digest)))
+    }
+
     /// Writes a batch of `(token id, unix time)` last-use marks in one
     /// transaction; a mark never moves `last_used_at` backwards.
     pub async fn record_last_used(&self, marks: &[(i64, i64)]) -> Result<(), StoreError> {

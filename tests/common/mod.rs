@@ -293,6 +293,11 @@ impl Gate {
     }
 
     /// Sends SIGTERM and waits for the exit status.
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         unsafe_kill(child.id(), "TERM");

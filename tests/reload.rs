@@ -1,0 +1,243 @@
+//! Config reload under load, and shutdown: the config file is changed three
+//! times (a route added, an upstream changed, an invalid file written) while
+//! a client sends requests without pause; every request is answered by the
+//! config current when it arrived, none fails because of a reload, and the
+//! invalid file changes nothing. SIGTERM: readiness drops first, the listener
+//! closes after the delay, an upload in flight finishes, exit 0.
+
+mod common;
+#[path = "common/recorder.rs"]
+mod recorder;
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{send, Gate, Setup};
+use recorder::Recorder;
+
+fn route(name: &str, path: &str, upstream: &str) -> String {
+    format!("[[route]]\nname = \"{name}\"\nformat = \"generic\"\npath = \"{path}\"\nnamespace = \"acme/web\"\nupstream = \"{upstream}\"\nstrip_prefix = true\n")
+}
+
+fn upstream(name: &str, up: &Recorder) -> String {
+    format!("[upstream.{name}]\nurl = \"{}\"\n", up.url())
+}
+
+/// Replaces the gate's config file in one step (write, then rename), as
+/// config management tools do.
+fn rewrite(gate: &Gate, head: &str, body: &str) {
+    let next = gate.config.with_extension("next");
+    std::fs::write(&next, format!("{head}\n{body}")).unwrap();
+    std::fs::rename(&next, &gate.config).unwrap();
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reloads_under_load_never_fail_a_request_and_an_invalid_file_changes_nothing() {
+    let first = Recorder::start();
+    let second = Recorder::start();
+    let body = format!(
+        "{}\n{}",
+        upstream("first", &first),
+        route("a", "/a", "first")
+    );
+    let gate = Gate::launch(Setup {
+        body: &body,
+        ..Setup::default()
+    });
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    let head = text[..text.find("[upstream.first]").unwrap()].to_string();
+    let token = gate.token("project:acme/web", "read_package_registry", &[]);
+    let (_, ready) = gate.readyz();
+    let version0 = ready["config"]["version"].as_str().unwrap().to_string();
+
+    // A client that never pauses, recording (path, status) in order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(&'static str, u16)>::new()));
+    let client = {
+        let (stop, seen, port, secret) =
+            (stop.clone(), seen.clone(), gate.port, token.secret.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for path in ["/a/fa", "/b/fb"] {
+                    let status = send(port, "GET", path, &[("Deploy-Token", &secret)], b"").status;
+                    seen.lock().unwrap().push((path, status));
+                }
+            }
+        })
+    };
+    let status_of = |path: &str| {
+        send(
+            gate.port,
+            "GET",
+            path,
+            &[("Deploy-Token", &token.secret)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(status_of("/b/fb"), 404);
+
+    // 1. A route added: served within about a second of the file changing.
+    let with_b = format!(
+        "{body}\n{}\n{}",
+        upstream("second", &second),
+        route("b", "/b", "second")
+    );
+    rewrite(&gate, &head, &with_b);
+    wait_until("route b served", Duration::from_secs(5), || {
+        status_of("/b/fb") == 200
+    });
+    // 2. An upstream changed: route a now goes to the second recorder.
+    let moved = with_b.replace("upstream = \"first\"", "upstream = \"second\"");
+    rewrite(&gate, &head, &moved);
+    let a_requests = |up: &Recorder| up.seen().iter().filter(|s| s.target == "/fa").count();
+    wait_until("route a moved", Duration::from_secs(5), || {
+        let n = a_requests(&second);
+        status_of("/a/fa") == 200 && a_requests(&second) > n
+    });
+    let (_, ready) = gate.readyz();
+    let version2 = ready["config"]["version"].as_str().unwrap().to_string();
+    assert_ne!(version2, version0);
+    assert_eq!(ready["config"]["last_reload"], "ok");
+    // 3. An invalid file: refused with file, line and key; nothing changes.
+    let invalid = format!("{moved}\n[[route]]\nname = \"c\"\nformat = \"cobol\"\npath = \"/c\"\nnamespace = \"acme/web\"\nupstream = \"second\"\n");
+    rewrite(&gate, &head, &invalid);
+    wait_until("the invalid file refused", Duration::from_secs(5), || {
+        gate.readyz().1["config"]["last_reload"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("failed")
+    });
+    let (status, ready) = gate.readyz();
+    assert_eq!(
+        status, 200,
+        "an invalid reload does not make the proxy unready"
+    );
+    let error = ready["config"]["last_reload"].as_str().unwrap();
+    assert!(
+        error.contains("proxy.toml:") && error.contains("route[2].format"),
+        "{error}"
+    );
+    assert_eq!(ready["config"]["version"], version2.as_str());
+    assert_eq!(
+        gate.metric("tokengate_config_reloads_total{result=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        gate.metric("tokengate_config_reloads_total{result=\"ok\"}"),
+        2.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let first_after = first.seen().len();
+    assert_eq!(status_of("/a/fa"), 200);
+    assert_eq!(status_of("/b/fb"), 200);
+    assert_eq!(
+        first.seen().len(),
+        first_after,
+        "route a stays on the second upstream"
+    );
+
+    // SIGHUP reloads the (now valid again) file too.
+    rewrite(&gate, &head, &moved);
+    wait_until("the valid file back", Duration::from_secs(5), || {
+        gate.readyz().1["config"]["last_reload"] == "ok"
+    });
+    let ok_before = gate.metric("tokengate_config_reloads_total{result=\"ok\"}");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gate.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_until("SIGHUP reload", Duration::from_secs(5), || {
+        gate.metric("tokengate_config_reloads_total{result=\"ok\"}") > ok_before
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() > 50, "the client kept sending: {}", seen.len());
+    // Every answer is one of a config current at the time: /a always 200;
+    // /b 404 until route b appeared, 200 from then on, never back.
+    let mut b_served = false;
+    for (path, status) in seen.iter() {
+        match (*path, *status, b_served) {
+            ("/a/fa", 200, _) => {}
+            ("/b/fb", 404, false) => {}
+            ("/b/fb", 200, _) => b_served = true,
+            other => panic!("an answer no config gives: {other:?}"),
+        }
+    }
+    assert!(b_served);
+    println!(
+        "{} requests answered across 4 reloads and 1 refused file",
+        seen.len()
+    );
+}
+
+#[test]
+fn sigterm_drops_readiness_then_closes_and_lets_a_1_gib_upload_finish() {
+    let up = Recorder::start();
+    let body = format!(
+        "{}\n{}",
+        upstream("files", &up),
+        route("files", "/files", "files")
+    );
+    let mut gate = Gate::launch(Setup {
+        body: &body,
+        server_extra: "shutdown_delay_seconds = 1",
+        ..Setup::default()
+    });
+    let t = gate.token("project:acme/web", "write_package_registry", &[]);
+    const GIB: u64 = 1 << 30;
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(stream, "PUT /files/big.bin HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nContent-Length: {GIB}\r\n\r\n", t.secret).unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    stream.write_all(&chunk).unwrap();
+    let (admin_port, port, pid) = (gate.admin_port, gate.port, gate.pid());
+    assert_eq!(gate.readyz().0, 200);
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Unready at once, while the listener still accepts for the delay.
+    wait_until("unready", Duration::from_secs(2), || {
+        let r = send(
+            admin_port,
+            "GET",
+            "/readyz",
+            &[("PRIVATE-TOKEN", common::ADMIN_TOKEN)],
+            b"",
+        );
+        r.status == 503 && r.text().contains("draining")
+    });
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "still accepting during the delay"
+    );
+    wait_until(
+        "listener closed after the delay",
+        Duration::from_secs(5),
+        || TcpStream::connect(("127.0.0.1", port)).is_err(),
+    );
+    // The upload in flight completes.
+    for _ in 1..(GIB >> 20) {
+        stream.write_all(&chunk).unwrap();
+    }
+    let r = common::read_response(&mut BufReader::new(stream));
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen()[0].body_len, GIB);
+    let status = gate.wait();
+    assert!(status.success(), "tokengate {pid} exited with {status}");
+}
