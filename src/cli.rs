@@ -173,20 +173,45 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `TOKENGATE_LOG` (an env-filter) overrides the level,
-/// `TOKENGATE_LOG_FORMAT=json` switches to JSON lines.
+/// `TOKENGATE_LOG_FORMAT=json` switches to JSON lines. Without
+/// `TOKENGATE_LOG`, `serve` follows the config's `log_level`, reloads included.
 fn init_tracing(default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let from_env = std::env::var("TOKENGATE_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let follows_config = from_env.is_none();
+    let (filter, handle) =
+        reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(default_level)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     if std::env::var("TOKENGATE_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+        registry.with(layer.json()).init();
     } else {
-        builder.init();
+        registry.with(layer).init();
+    }
+    if follows_config {
+        let _ = LOG_FILTER.set(Box::new(move |level: &str| {
+            handle
+                .reload(EnvFilter::new(level))
+                .map_err(|e| e.to_string())
+        }));
+    }
+}
+
+/// Sets the log filter, unless `TOKENGATE_LOG` fixed it.
+type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_FILTER: std::sync::OnceLock<SetLogLevel> = std::sync::OnceLock::new();
+
+fn apply_log_level(config: &Config) {
+    if let Some(set) = LOG_FILTER.get() {
+        if let Err(e) = set(&config.server.log_level) {
+            tracing::warn!(error = %e, "log level not changed");
+        }
     }
 }
 
@@ -229,6 +254,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
+    apply_log_level(&config);
     let store = TokenStore::connect(&config.store).await?;
     let config = Arc::new(config);
     if config.routes.is_empty() {
@@ -396,6 +422,7 @@ async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current
             });
         match loaded {
             Ok(proxy) => {
+                apply_log_level(proxy.config());
                 let version = proxy.config().version.clone();
                 current.store(Arc::new(proxy));
                 shared.metrics.config_loaded(&version, true);

@@ -100,6 +100,7 @@ struct RawServer {
     shutdown_delay_seconds: Option<u64>,
     metadata_max_bytes: Option<usize>,
     failed_auth_per_minute: Option<u32>,
+    log_level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -240,6 +241,8 @@ pub struct ServerConfig {
     pub metadata_max_bytes: usize,
     /// Wrong credentials allowed per client address per minute before 429; 0 disables.
     pub failed_auth_per_minute: u32,
+    /// The log filter (`info`, `tokengate=debug,info`, ...); `TOKENGATE_LOG` wins when set.
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -777,6 +780,15 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
+        log_level: match &raw.log_level {
+            None => "info".to_string(),
+            Some(level) => {
+                tracing_subscriber::EnvFilter::try_new(level.get_ref()).map_err(|e| {
+                    src.at(level, "server.log_level", format!("not a log filter: {e}"))
+                })?;
+                level.get_ref().clone()
+            }
+        },
     })
 }
 

@@ -241,3 +241,60 @@ fn sigterm_drops_readiness_then_closes_and_lets_a_1_gib_upload_finish() {
     let status = gate.wait();
     assert!(status.success(), "tokengate {pid} exited with {status}");
 }
+
+#[test]
+fn the_log_level_follows_the_config_unless_tokengate_log_is_set() {
+    let up = Recorder::start();
+    let body = format!(
+        "{}\n{}",
+        upstream("files", &up),
+        route("files", "/files", "files")
+    );
+    let gate = Gate::launch(Setup {
+        body: &body,
+        server_extra: "log_level = \"warn\"",
+        env: &[("TOKENGATE_LOG", "")],
+        ..Setup::default()
+    });
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let get = || {
+        send(
+            gate.port,
+            "GET",
+            "/files/x",
+            &[("Deploy-Token", &t.secret)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(get(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !gate.logs().contains("tokengate::access"),
+        "warn hides the access log"
+    );
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    let next = gate.config.with_extension("next");
+    std::fs::write(
+        &next,
+        text.replace("log_level = \"warn\"", "log_level = \"info\""),
+    )
+    .unwrap();
+    std::fs::rename(&next, &gate.config).unwrap();
+    wait_until("info after the reload", Duration::from_secs(5), || {
+        get() == 200 && gate.logs().contains("tokengate::access")
+    });
+    // A log filter that does not parse is refused like any invalid key.
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    std::fs::write(
+        &next,
+        text.replace("log_level = \"info\"", "log_level = \"tokengate=loud\""),
+    )
+    .unwrap();
+    std::fs::rename(&next, &gate.config).unwrap();
+    wait_until("the bad filter refused", Duration::from_secs(5), || {
+        gate.readyz().1["config"]["last_reload"]
+            .as_str()
+            .is_some_and(|r| r.contains("server.log_level"))
+    });
+}
