@@ -17,7 +17,7 @@ set -euo pipefail
 E2E_HOME=${TOKENGATE_E2E_HOME:-$HOME/.cache/tokengate-e2e}
 VERDACCIO_VERSION=6.8.0
 # Pinned Python packages (the versions that were verified; see NOTES.md).
-PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 python-gitlab==8.6.0 setuptools wheel)
+PY_PACKAGES=(pypiserver==2.4.2 passlib==1.7.4 twine==7.0.0 build==1.6.1 python-gitlab==8.6.0 kubernetes-validate==1.37.0 check-jsonschema==0.39.0 setuptools wheel)
 # Conan 2 client and server, in a venv of their own (they pin their own dependencies).
 CONAN_PACKAGES=(conan==2.34.0 conan-server==2.33.0)
 # Conan 1 (client and server in one package): the v1 API with pre-signed file URLs.
@@ -121,7 +121,7 @@ fi
 VENV=$E2E_HOME/venv
 venv_ok() {
   [ -x "$VENV/bin/pypi-server" ] && [ -x "$VENV/bin/twine" ] &&
-    "$VENV/bin/python" -c 'import build, gitlab, passlib, pypiserver, twine, setuptools, wheel' 2>/dev/null
+    "$VENV/bin/python" -c 'import build, check_jsonschema, gitlab, kubernetes_validate, passlib, pypiserver, twine, setuptools, wheel' 2>/dev/null
 }
 if venv_ok; then
   log "venv present in $VENV"

@@ -17,6 +17,7 @@ mod admin;
 #[path = "../common/mod.rs"]
 mod common;
 mod conan;
+mod deploy;
 mod git;
 mod nuget;
 mod oci;
