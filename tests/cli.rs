@@ -473,3 +473,37 @@ fn explain_with_a_token_id_says_which_rule_denies_it() {
     );
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The configuration reference is `proxy.toml.example`: every key the
+/// config structs accept must be shown there (set or commented).
+#[test]
+fn the_example_config_shows_every_key() {
+    let source = include_str!("../src/config.rs");
+    let example = include_str!("../proxy.toml.example");
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for block in source.split("\nstruct Raw").skip(1) {
+        let body = &block[block.find('{').unwrap() + 1..block.find("\n}").unwrap()];
+        for line in body.lines().map(str::trim) {
+            let Some((name, _)) = line.split_once(':') else { continue };
+            if name.starts_with("//") || name.starts_with('#') || name.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let shown = [
+                format!("{name} ="),
+                format!("[{name}]"),
+                format!("[{name}."),
+                format!("[[{name}"),
+                format!(".{name}]"),
+            ]
+            .iter()
+            .any(|form| example.contains(form.as_str()));
+            if !shown {
+                missing.push(name.to_string());
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} keys found: is the parser still right?");
+    assert!(missing.is_empty(), "proxy.toml.example does not show: {missing:?}");
+}

@@ -17,7 +17,7 @@ const UPSTREAM_PASSWORD: &str = "upstream-secret";
 /// Which Conan: the client and server of one major version, each in a venv of
 /// its own (Conan 1 speaks the v1 API with pre-signed file URLs, Conan 2 the v2 API).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Conan {
+pub(crate) enum Conan {
     V1,
     V2,
 }
@@ -39,7 +39,7 @@ impl Conan {
     }
 }
 
-struct ConanServer {
+pub(crate) struct ConanServer {
     port: u16,
     child: Child,
 }
@@ -218,7 +218,7 @@ class Hello(ConanFile):
     }
 }
 
-fn start(conan: Conan, work: &Path) -> (ConanServer, Gate) {
+pub(crate) fn start(conan: Conan, work: &Path) -> (ConanServer, Gate) {
     let server = ConanServer::start(conan, work);
     let body = format!(
         r#"

@@ -19,6 +19,7 @@ mod common;
 mod conan;
 mod deploy;
 mod git;
+mod guide;
 mod nuget;
 mod oci;
 #[path = "../common/recorder.rs"]
