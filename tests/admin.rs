@@ -441,6 +441,30 @@ fn metrics_count_tokens_per_scope_and_requests_per_decision() {
         );
     }
 
+    // Tokens about to expire.
+    let soon = (chrono::Utc::now() + chrono::Duration::days(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    let later = (chrono::Utc::now() + chrono::Duration::days(20))
+        .format("%Y-%m-%d")
+        .to_string();
+    for expires in [&soon, &later] {
+        let r = post_json(
+            &gate,
+            project,
+            &json!({"name": "e", "scopes": ["read_repository"], "expires_at": expires}),
+        );
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(
+        gate.metric(r#"tokengate_deploy_tokens_expiring{within="7d"}"#),
+        1.0
+    );
+    assert_eq!(
+        gate.metric(r#"tokengate_deploy_tokens_expiring{within="30d"}"#),
+        2.0
+    );
+
     // Requests per route, format, decision and reason.
     let (_, reader) = create(&["read_package_registry"]);
     assert_eq!(fetch(&gate, "acme%2Fweb", &reader), 200);

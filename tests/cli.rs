@@ -485,7 +485,9 @@ fn the_example_config_shows_every_key() {
     for block in source.split("\nstruct Raw").skip(1) {
         let body = &block[block.find('{').unwrap() + 1..block.find("\n}").unwrap()];
         for line in body.lines().map(str::trim) {
-            let Some((name, _)) = line.split_once(':') else { continue };
+            let Some((name, _)) = line.split_once(':') else {
+                continue;
+            };
             if name.starts_with("//") || name.starts_with('#') || name.contains(' ') {
                 continue;
             }
@@ -504,6 +506,12 @@ fn the_example_config_shows_every_key() {
             }
         }
     }
-    assert!(checked > 40, "only {checked} keys found: is the parser still right?");
-    assert!(missing.is_empty(), "proxy.toml.example does not show: {missing:?}");
+    assert!(
+        checked > 40,
+        "only {checked} keys found: is the parser still right?"
+    );
+    assert!(
+        missing.is_empty(),
+        "proxy.toml.example does not show: {missing:?}"
+    );
 }

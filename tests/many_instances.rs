@@ -45,6 +45,22 @@ fn instances(n: usize, backends: &str, up: &Recorder) -> Vec<Gate> {
         .collect()
 }
 
+/// Three proxies on one Redis and one PostgreSQL of their own. The change
+/// feed is polled only every 10 s, so revocation bounds are met by Redis
+/// pub/sub alone.
+fn three_on_redis_and_postgres(work: &std::path::Path) -> (Redis, PgDatabase, Recorder, Vec<Gate>) {
+    let redis = Redis::start(work);
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
+        db.url(),
+        redis.url()
+    );
+    let gates = instances(3, &backends, &up);
+    (redis, db, up, gates)
+}
+
 fn get(gate: &Gate, token: &Token) -> u16 {
     send(
         gate.port,
@@ -59,17 +75,7 @@ fn get(gate: &Gate, token: &Token) -> u16 {
 #[test]
 fn a_revocation_through_one_instance_is_denied_by_every_instance_within_a_second() {
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path());
-    let db = PgDatabase::create();
-    let up = Recorder::start();
-    // The change feed is polled only every 10 s here, so the bound below is
-    // met by Redis pub/sub alone.
-    let backends = format!(
-        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
-        db.url(),
-        redis.url()
-    );
-    let gates = instances(3, &backends, &up);
+    let (redis, _db, _up, gates) = three_on_redis_and_postgres(work.path());
     let token = gates[0].token("project:acme/web", "read_package_registry", &[]);
     for gate in &gates {
         assert_eq!(get(gate, &token), 200, "warm every instance's cache");
@@ -304,15 +310,7 @@ fn sentinel_names_the_master_and_a_failover_is_followed() {
 #[test]
 fn a_rotated_token_s_old_secret_works_for_the_grace_period_only_on_every_instance() {
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path());
-    let db = PgDatabase::create();
-    let up = Recorder::start();
-    let backends = format!(
-        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"{}\"\nchange_poll_millis = 10000\n",
-        db.url(),
-        redis.url()
-    );
-    let gates = instances(3, &backends, &up);
+    let (_redis, _db, _up, gates) = three_on_redis_and_postgres(work.path());
     let old = gates[0].token("project:acme/web", "read_package_registry", &[]);
     for gate in &gates {
         assert_eq!(

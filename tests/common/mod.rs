@@ -16,6 +16,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tokengate")
 }
 
+/// A finished command's success and its stdout followed by its stderr.
+pub fn outcome(out: &Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -128,14 +128,7 @@ impl Client {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        crate::common::outcome(&out)
     }
 
     fn login(&self, token: &Token) -> (bool, String) {

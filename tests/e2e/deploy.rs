@@ -23,12 +23,8 @@ fn venv_tool(name: &str) -> PathBuf {
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what}:\n{text}");
+    let (success, text) = crate::common::outcome(out);
+    assert!(success, "{what}:\n{text}");
     text
 }
 

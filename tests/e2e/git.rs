@@ -41,12 +41,7 @@ fn git(dir: &Path, args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    crate::common::outcome(&out)
 }
 
 fn git_ok(dir: &Path, args: &[&str]) -> String {

@@ -48,13 +48,9 @@ fn run(name: &str, url: &str, token: &Token, home: &Path, then: &str) -> String 
         .env_remove("NPM_CONFIG_USERCONFIG")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (success, text) = crate::common::outcome(&out);
     assert!(
-        out.status.success(),
+        success,
         "the guide's {name} snippet failed:\n{}\n{text}",
         snippet(name)
     );

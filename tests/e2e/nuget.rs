@@ -37,14 +37,7 @@ fn nuget(dir: &Path, args: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("nuget (Debian package `nuget`) must be installed: run tests/e2e/install.sh");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::common::outcome(&out)
 }
 
 /// A v3 feed naming its server by absolute URL, as nuget.org's does.
