@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark on loopback. The same small upstream (nginx
+# returning a 1 KiB body) is reached four ways, and wrk loads each in turn,
+# alternating the targets round by round so drift hits all of them alike:
+#
+#   direct        wrk -> upstream
+#   nginx         wrk -> nginx proxy_pass (keep-alive to the upstream) -> upstream
+#   tokengate     wrk -> tokengate (warm deploy token) -> upstream
+#   auth_request  wrk -> nginx auth_request (a token check: tokengate) -> upstream,
+#                 the do-it-yourself alternative an operator would build
+#
+# For each: requests/s, p50/p99 latency and CPU time per request of the
+# serving processes (from /proc), then the ratios against the targets.
+#
+#   bench/load.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]     (default 10 3 64)
+#
+# Needs: wrk and nginx (apt), a release build (built here if missing).
+set -euo pipefail
+SECS=${1:-10}
+ROUNDS=${2:-3}
+CONNS=${3:-64}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+[ -x "$ROOT/target/release/tokengate" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
+TG=$ROOT/target/release/tokengate
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); PROXY=$(free_port); AUTHREQ=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
+
+cleanup() {
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/www/generic/acme/web" "$WORK/logs"
+chmod 755 "$WORK"   # nginx workers run unprivileged
+head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
+cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
+
+# One nginx (a worker per core, as tokengate has a thread per core) for the upstream,
+# the proxy_pass and the auth_request servers.
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  upstream gate { server 127.0.0.1:$GATE; keepalive 64; }
+  server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:$AUTHREQ;
+    location / {
+      auth_request /check;
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+    }
+    location = /check {
+      internal;
+      proxy_pass http://gate/generic/acme/web/file;
+      proxy_method HEAD;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_http_version 1.1; proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
+
+cat > "$WORK/proxy.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GATE"
+log_level = "warn"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[store]
+url = "sqlite://$WORK/tokens.db"
+[upstream.up]
+url = "http://127.0.0.1:$UP"
+[[route]]
+name = "web"
+format = "generic"
+path = "/generic/acme/web"
+namespace = "acme/web"
+upstream = "up"
+EOF
+TOKEN=$("$TG" token create --project acme/web --name bench --scopes read_package_registry --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
+TOKENGATE_LOG=warn "$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/logs/tokengate.log" &
+TG_PID=$!
+for _ in $(seq 100); do curl -fsS -o /dev/null -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/generic/acme/web/file" 2>/dev/null && break; sleep 0.1; done
+
+NGINX_PIDS=$(pgrep -f "nginx: worker process" -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+declare -A URL PIDS
+URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS"
+URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$NGINX_PIDS"
+URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
+URL[auth_request]="http://127.0.0.1:$AUTHREQ/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
+TARGETS=(direct nginx tokengate auth_request)
+
+for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done
+log "warm-up"
+for t in "${TARGETS[@]}"; do wrk -t2 -c"$CONNS" -d2s -H "Deploy-Token: $TOKEN" "${URL[$t]}" >/dev/null; done
+for round in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks ${PIDS[$t]})
+    out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -H "Deploy-Token: $TOKEN" "${URL[$t]}")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${PIDS[$t]})
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    [ -z "$non2xx" ] || { log "$t: $non2xx non-2xx answers"; exit 1; }
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    echo "$rps $p50 $p99 $cpu_us" >> "$WORK/$t.runs"
+    log "round $round $t: $rps req/s, p50 $p50, p99 $p99, ${cpu_us} µs CPU/req"
+  done
+done
+
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms/,"",v) } else if (v ~ /s$/) { sub(/s/,"",v); v*=1000 } printf "%.3f", v }' <<<"$1"; }
+median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+declare -A RPS
+printf '\n| target | requests/s | p50 | p99 | CPU µs/request |\n|---|---|---|---|---|\n'
+for t in "${TARGETS[@]}"; do
+  RPS[$t]=$(awk '{print $1}' "$WORK/$t.runs" | median)
+  p50=$(awk '{print $2}' "$WORK/$t.runs" | while read -r v; do to_ms "$v"; echo; done | median)
+  p99=$(awk '{print $3}' "$WORK/$t.runs" | while read -r v; do to_ms "$v"; echo; done | median)
+  cpu=$(awk '{print $4}' "$WORK/$t.runs" | median)
+  printf '| %s | %.0f | %s ms | %s ms | %s |\n' "$t" "${RPS[$t]}" "$p50" "$p99" "$cpu"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
+echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
+echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; $(nproc) cores; $(date -u +%F)"
