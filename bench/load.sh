@@ -15,6 +15,8 @@
 #   bench/load.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]     (default 10 3 64)
 #
 # Needs: wrk and nginx (apt), a release build (built here if missing).
+# Environment: TOKENGATE_BIN (default target/release/tokengate; e.g. the
+# `profiling` profile's build for perf), TARGETS (default all four).
 set -euo pipefail
 SECS=${1:-10}
 ROUNDS=${2:-3}
@@ -25,8 +27,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-[ -x "$ROOT/target/release/tokengate" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
-TG=$ROOT/target/release/tokengate
+TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
+[ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PROXY=$(free_port); AUTHREQ=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
@@ -117,7 +119,7 @@ URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS
 URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$NGINX_PIDS"
 URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
 URL[auth_request]="http://127.0.0.1:$AUTHREQ/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
-TARGETS=(direct nginx tokengate auth_request)
+read -r -a TARGETS <<<"${TARGETS:-direct nginx tokengate auth_request}"
 
 for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done
 log "warm-up"
@@ -153,6 +155,7 @@ for t in "${TARGETS[@]}"; do
   printf '| %s | %.0f | %s ms | %s ms | %s |\n' "$t" "${RPS[$t]}" "$p50" "$p99" "$cpu"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+[ "${#TARGETS[@]}" = 4 ] || exit 0
 echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
