@@ -29,3 +29,7 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test (unit, loopback integration, end-to-end)"
 cargo test -- --test-threads=2
+
+step "fuzz targets, briefly (long runs: BENCHMARKS.md)"
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+bash fuzz/run.sh 10
