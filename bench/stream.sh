@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Streaming and idle-connection benchmark on loopback, release build:
+#   1. 1 GiB download and 1 GiB upload (curl), direct to nginx vs through
+#      tokengate: throughput ratio, and tokengate's peak RSS growth (VmHWM).
+#   2. 10,000 idle keep-alive connections to tokengate, each after one
+#      request: tokengate's RSS.
+#
+#   bench/stream.sh [SIZE_MIB] [IDLE_CONNECTIONS]     (default 1024 10000)
+set -euo pipefail
+SIZE_MIB=${1:-1024}
+IDLE=${2:-10000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/tokengate-stream.XXXXXX)
+chmod 755 "$WORK"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
+[ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
+log() { printf '[stream] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
+cleanup() {
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/www/up" "$WORK/logs"
+chmod 777 "$WORK/www/up"
+truncate -s "${SIZE_MIB}M" "$WORK/www/big.bin"
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$UP;
+    root $WORK/www;
+    client_max_body_size 0;
+    client_body_buffer_size 1m;
+    location /up/ { dav_methods PUT; create_full_put_path on; client_body_temp_path $WORK/tmp; }
+  }
+}
+EOF
+mkdir -p "$WORK/tmp"; chmod 777 "$WORK/tmp"
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
+cat > "$WORK/proxy.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GATE"
+log_level = "warn"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[store]
+url = "sqlite://$WORK/tokens.db"
+[upstream.up]
+url = "http://127.0.0.1:$UP"
+[[route]]
+name = "files"
+format = "generic"
+path = "/files"
+namespace = "acme/web"
+upstream = "up"
+strip_prefix = true
+EOF
+TOKEN=$("$TG" token create --project acme/web --name bench --scopes read_package_registry,write_package_registry --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
+"$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/logs/tokengate.log" &
+TG_PID=$!
+for _ in $(seq 100); do curl -fsS -o /dev/null -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/big.bin" -r 0-0 2>/dev/null && break; sleep 0.1; done
+rss() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+RSS0=$(rss "$TG_PID" VmRSS)
+
+speed() { # curl ARGS... -> MiB/s
+  local bytes_per_s
+  bytes_per_s=$(curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "$@" | awk '{print ($1 > $2 ? $1 : $2)}')
+  awk -v b="$bytes_per_s" 'BEGIN { printf "%.0f", b / 1048576 }'
+}
+DIRECT_DOWN=$(speed "http://127.0.0.1:$UP/big.bin")
+GATE_DOWN=$(speed -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/big.bin")
+DIRECT_UP=$(speed -T "$WORK/www/big.bin" "http://127.0.0.1:$UP/up/direct.bin")
+GATE_UP=$(speed -T "$WORK/www/big.bin" -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/up/gate.bin")
+HWM=$(rss "$TG_PID" VmHWM)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "| transfer (${SIZE_MIB} MiB) | direct MiB/s | through tokengate MiB/s | ratio |"
+echo "|---|---|---|---|"
+echo "| download | $DIRECT_DOWN | $GATE_DOWN | $(ratio "$GATE_DOWN" "$DIRECT_DOWN") |"
+echo "| upload | $DIRECT_UP | $GATE_UP | $(ratio "$GATE_UP" "$DIRECT_UP") |"
+echo "tokengate RSS: $((RSS0 / 1024)) MiB at start, peak $((HWM / 1024)) MiB: growth $(((HWM - RSS0) / 1024)) MiB (target < 32)"
+
+# Idle keep-alive connections: each sends one request, reads the answer, stays open.
+ulimit -n 65536 2>/dev/null || true
+python3 - "$GATE" "$IDLE" "$TOKEN" "$TG_PID" <<'PY'
+import asyncio, sys
+port, n, token, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+async def one(held):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET /files/missing HTTP/1.1\r\nHost: x\r\nDeploy-Token: {token}\r\n\r\n".encode())
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    await r.readexactly(length)
+    held.append(w)
+async def main():
+    held = []
+    before = rss()
+    for start in range(0, n, 500):
+        await asyncio.gather(*(one(held) for _ in range(min(500, n - start))))
+    await asyncio.sleep(1)
+    print(f"{len(held)} idle keep-alive connections: tokengate RSS {before} MiB before, {rss()} MiB with them open (target < 200)")
+    for w in held:
+        w.close()
+asyncio.run(main())
+PY
