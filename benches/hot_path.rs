@@ -110,5 +110,47 @@ fn hot_path(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, hot_path);
+/// The pieces on their own: each format's credential parsing, and the
+/// secret's format/checksum check and digest.
+fn pieces(c: &mut Criterion) {
+    let secret = Secret::generate();
+    let exposed = secret.expose().to_string();
+    let basic = {
+        use base64::Engine;
+        let pair = format!("tokengate+deploy-token-1:{exposed}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    let cases: [(&str, &str, String); 5] = [
+        ("npm", "authorization", format!("Bearer {exposed}")),
+        ("pypi", "authorization", basic.clone()),
+        ("maven", "deploy-token", exposed.clone()),
+        ("nuget", "x-nuget-apikey", exposed.clone()),
+        ("git", "authorization", basic),
+    ];
+    for (name, header, value) in cases {
+        let mut headers = HeaderMap::new();
+        headers.insert(header, HeaderValue::from_str(&value).unwrap());
+        let f = format::by_name(name).unwrap();
+        c.bench_function(&format!("credentials: {name} ({header})"), |b| {
+            b.iter(|| {
+                format::credentials(&*f, std::hint::black_box(&headers))
+                    .unwrap()
+                    .unwrap()
+                    .secret
+                    .len()
+            })
+        });
+    }
+    c.bench_function("secret: format + checksum check", |b| {
+        b.iter(|| token::well_formed(std::hint::black_box(&exposed)))
+    });
+    c.bench_function("secret: SHA-256 digest", |b| {
+        b.iter(|| Digest::of(std::hint::black_box(&exposed)))
+    });
+}
+
+criterion_group!(benches, hot_path, pieces);
 criterion_main!(benches);
