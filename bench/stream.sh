@@ -72,10 +72,13 @@ for _ in $(seq 100); do curl -fsS -o /dev/null -H "Deploy-Token: $TOKEN" "http:/
 rss() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 RSS0=$(rss "$TG_PID" VmRSS)
 
-speed() { # curl ARGS... -> MiB/s
-  local bytes_per_s
-  bytes_per_s=$(curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "$@" | awk '{print ($1 > $2 ? $1 : $2)}')
-  awk -v b="$bytes_per_s" 'BEGIN { printf "%.0f", b / 1048576 }'
+speed() { # curl ARGS... -> MiB/s, the best of 3 runs (the first warms caches)
+  local best=0 bytes_per_s
+  for _ in 1 2 3; do
+    bytes_per_s=$(curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "$@" | awk '{print ($1 > $2 ? $1 : $2)}')
+    best=$(awk -v a="$best" -v b="$bytes_per_s" 'BEGIN { print (b > a ? b : a) }')
+  done
+  awk -v b="$best" 'BEGIN { printf "%.0f", b / 1048576 }'
 }
 DIRECT_DOWN=$(speed "http://127.0.0.1:$UP/big.bin")
 GATE_DOWN=$(speed -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/big.bin")
