@@ -18,19 +18,19 @@
 # Environment: TOKENGATE_BIN (default target/release/tokengate; e.g. the
 # `profiling` profile's build for perf), TARGETS (default all four).
 set -euo pipefail
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 SECS=${1:-10}
 ROUNDS=${2:-3}
 CONNS=${3:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-log() { printf '[bench] %s\n' "$*" >&2; }
 
 command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PROXY=$(free_port); AUTHREQ=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
 
 cleanup() {
@@ -81,27 +81,7 @@ http {
 EOF
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
 
-cat > "$WORK/proxy.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GATE"
-log_level = "warn"
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[store]
-url = "sqlite://$WORK/tokens.db"
-[upstream.up]
-url = "http://127.0.0.1:$UP"
-[[route]]
-name = "web"
-format = "generic"
-path = "/generic/acme/web"
-namespace = "acme/web"
-upstream = "up"
-EOF
-TOKEN=$("$TG" token create --project acme/web --name bench --scopes read_package_registry --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
-TOKENGATE_LOG=warn "$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/logs/tokengate.log" &
-TG_PID=$!
-for _ in $(seq 100); do curl -fsS -o /dev/null -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/generic/acme/web/file" 2>/dev/null && break; sleep 0.1; done
+start_tokengate /generic/acme/web false read_package_registry
 
 NGINX_PIDS=$(pgrep -f "nginx: worker process" -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
 cpu_ticks() { # summed utime+stime of the given pids, in clock ticks

@@ -7,6 +7,8 @@
 #
 #   bench/stream.sh [SIZE_MIB] [IDLE_CONNECTIONS]     (default 1024 10000)
 set -euo pipefail
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 SIZE_MIB=${1:-1024}
 IDLE=${2:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,8 +17,6 @@ chmod 755 "$WORK"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
-log() { printf '[stream] %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
 cleanup() {
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
@@ -47,28 +47,7 @@ http {
 EOF
 mkdir -p "$WORK/tmp"; chmod 777 "$WORK/tmp"
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
-cat > "$WORK/proxy.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GATE"
-log_level = "warn"
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[store]
-url = "sqlite://$WORK/tokens.db"
-[upstream.up]
-url = "http://127.0.0.1:$UP"
-[[route]]
-name = "files"
-format = "generic"
-path = "/files"
-namespace = "acme/web"
-upstream = "up"
-strip_prefix = true
-EOF
-TOKEN=$("$TG" token create --project acme/web --name bench --scopes read_package_registry,write_package_registry --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
-"$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/logs/tokengate.log" &
-TG_PID=$!
-for _ in $(seq 100); do curl -fsS -o /dev/null -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/big.bin" -r 0-0 2>/dev/null && break; sleep 0.1; done
+start_tokengate /files true read_package_registry,write_package_registry
 rss() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 RSS0=$(rss "$TG_PID" VmRSS)
 

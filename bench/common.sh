@@ -1,0 +1,38 @@
+# Sourced by the bench scripts: a free port, and a release tokengate with one
+# generic route to the upstream on $UP, its token in $TOKEN, its pid in $TG_PID.
+# Needs $WORK, $TG, $UP, $GATE, $ADMIN.
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES
+start_tokengate() {
+  cat > "$WORK/proxy.toml" <<CONF
+[server]
+listen = "127.0.0.1:$GATE"
+log_level = "warn"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[store]
+url = "sqlite://$WORK/tokens.db"
+[upstream.up]
+url = "http://127.0.0.1:$UP"
+[[route]]
+name = "web"
+format = "generic"
+path = "$1"
+namespace = "acme/web"
+upstream = "up"
+strip_prefix = $2
+CONF
+  TOKEN=$("$TG" token create --project acme/web --name bench --scopes "$3" --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
+  "$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/tokengate.log" &
+  TG_PID=$!
+  for _ in $(seq 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/healthz" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "tokengate did not start: $(tail -3 "$WORK/tokengate.log")"
+  exit 1
+}
