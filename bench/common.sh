@@ -4,6 +4,14 @@
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
+# Stops the nginx and tokengate of the run and removes $WORK (trap cleanup EXIT).
+cleanup() {
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$WORK"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES

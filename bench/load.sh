@@ -33,12 +33,6 @@ TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 
 UP=$(free_port); PROXY=$(free_port); AUTHREQ=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
 
-cleanup() {
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
-  sleep 0.5
-  rm -rf "$WORK"
-}
 trap cleanup EXIT
 
 mkdir -p "$WORK/www/generic/acme/web" "$WORK/logs"

@@ -18,12 +18,6 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
-cleanup() {
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
-  sleep 0.5
-  rm -rf "$WORK"
-}
 trap cleanup EXIT
 
 mkdir -p "$WORK/www/up" "$WORK/logs"
