@@ -271,9 +271,8 @@ async fn delete(
     match owned(admin, kind, path, id).await? {
         Some(token) if !token.revoked => {
             admin.tokens.revoke(actor, id).await?;
-            let mut response = json(StatusCode::NO_CONTENT, &Value::Null);
-            *response.body_mut() = Default::default();
-            response.headers_mut().remove(header::CONTENT_TYPE);
+            let mut response = AdminResponse::default();
+            *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
         }
         _ => Ok(not_found()),

@@ -165,7 +165,7 @@ impl Proxy {
                 e.into_response(body_left_unread(&method), &outcome.style)
             }
         };
-        let route = outcome.route.clone().unwrap_or_else(|| Arc::from("-"));
+        let route = outcome.route.clone().unwrap_or_else(no_route_label);
         self.metrics.request(&RequestLabels {
             route: Name(route),
             format: outcome.format,
@@ -507,6 +507,12 @@ impl Outcome {
             style: ErrorStyle::default(),
         }
     }
+}
+
+/// The route label of requests no route matched, shared rather than allocated per request.
+fn no_route_label() -> Arc<str> {
+    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| Arc::from("-")).clone()
 }
 
 /// Whether a refused request may carry a body that was never read: such
