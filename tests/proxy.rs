@@ -706,7 +706,7 @@ fn no_secret_appears_in_any_log_line() {
     }
     let logs = gate.logs() + &std::fs::read_to_string(gate.dir.path().join("cli.log")).unwrap();
     assert!(
-        logs.contains("decision=allowed"),
+        logs.contains(r#""decision":"allowed""#),
         "the access log is there: {logs}"
     );
     for t in [&good, &other, &revoked] {

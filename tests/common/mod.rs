@@ -56,6 +56,8 @@ pub struct Gate {
     pub admin_port: u16,
     pub config: PathBuf,
     child: Option<Child>,
+    /// Every secret this gate's tests were given: none may appear in its log.
+    issued: std::sync::Mutex<Vec<String>>,
 }
 
 /// How to start a gate, beyond the defaults.
@@ -122,6 +124,7 @@ impl Gate {
             admin_port: 0,
             config,
             child: None,
+            issued: std::sync::Mutex::new(vec![ADMIN_TOKEN.to_string()]),
         };
         for attempt in 1.. {
             gate.port = free_port();
@@ -142,6 +145,8 @@ impl Gate {
                 .arg(&gate.config)
                 .env("TOKENGATE_LOG", "debug,hyper=info,sqlx=warn,h2=info")
                 .env("TG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+                // JSON lines, as in production; tests may ask for another format.
+                .env("TOKENGATE_LOG_FORMAT", "json")
                 .envs(setup.env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -272,10 +277,12 @@ impl Gate {
             String::from_utf8_lossy(&out.stderr)
         );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let secret = json["token"].as_str().unwrap().to_string();
+        self.issued.lock().unwrap().push(secret.clone());
         Token {
             id: json["id"].as_i64().unwrap(),
             username: json["username"].as_str().unwrap().to_string(),
-            secret: json["token"].as_str().unwrap().to_string(),
+            secret,
         }
     }
 
@@ -329,11 +336,29 @@ fn unsafe_kill(pid: u32, signal: &str) {
         .status();
 }
 
+/// Every test's gate is checked as it goes: its log is JSON lines only (no
+/// panic or stray print), and no secret issued to the test is in it.
 impl Drop for Gate {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let logs = self.logs();
+        for line in logs.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "a log line that is not JSON: {line}"
+            );
+        }
+        for secret in self.issued.lock().unwrap().iter() {
+            assert!(
+                !logs.contains(secret.as_str()),
+                "a secret reached the proxy's log"
+            );
         }
     }
 }
