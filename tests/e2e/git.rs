@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::common::{free_port, send, wait_for_port, Gate, Setup, Token};
 
-struct Backend {
+pub(crate) struct Backend {
     port: u16,
-    repos: PathBuf,
+    pub repos: PathBuf,
     children: Vec<Child>,
 }
 
@@ -51,7 +51,7 @@ fn git_ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare repository `acme/web.git` with one commit, served by `git http-backend`.
-fn start_backend(work: &Path) -> Backend {
+pub(crate) fn start_backend(work: &Path) -> Backend {
     for tool in ["nginx", "fcgiwrap"] {
         let found = Path::new("/usr/sbin").join(tool).exists()
             || Command::new("sh")
@@ -143,6 +143,20 @@ http {{
     }
 }
 
+impl Backend {
+    /// A gate with the route `/git` to this backend.
+    pub fn gate(&self) -> Gate {
+        let body = format!(
+            "[upstream.git]\nurl = \"http://127.0.0.1:{}\"\n\n[[route]]\nname = \"git\"\nformat = \"git\"\npath = \"/git\"\nupstream = \"git\"\n",
+            self.port
+        );
+        Gate::launch(Setup {
+            body: &body,
+            ..Setup::default()
+        })
+    }
+}
+
 fn url(gate: &Gate, user: &str, secret: &str) -> String {
     format!(
         "http://{user}:{secret}@127.0.0.1:{}/git/acme/web.git",
@@ -158,14 +172,7 @@ fn head(repo: &Path) -> String {
 fn git_clone_and_fetch_through_tokengate_and_push_refused() {
     let work = tempfile::tempdir().unwrap();
     let backend = start_backend(work.path());
-    let body = format!(
-        "[upstream.git]\nurl = \"http://127.0.0.1:{}\"\n\n[[route]]\nname = \"git\"\nformat = \"git\"\npath = \"/git\"\nupstream = \"git\"\n",
-        backend.port
-    );
-    let gate = Gate::launch(Setup {
-        body: &body,
-        ..Setup::default()
-    });
+    let gate = backend.gate();
     let reader = gate.token("project:acme/web", "read_repository", &[]);
     let group = gate.token("group:acme", "read_repository", &[]);
     let other = gate.token("project:acme/api", "read_repository", &[]);

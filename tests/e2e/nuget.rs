@@ -71,6 +71,33 @@ fn feed(root: &Path, package: &[u8]) {
     write("v3/huge/index.json", huge.as_bytes());
 }
 
+/// A packed `Acme.Demo 1.0.0`, a feed serving it (which keeps what is pushed)
+/// and a gate with the route `/nuget/acme/web` to it.
+pub(crate) struct Feed {
+    pub package: Vec<u8>,
+    pub up: Recorder,
+    pub gate: Gate,
+}
+
+impl Feed {
+    pub fn start(work: &Path) -> Feed {
+        let package = pack(work);
+        let root = work.join("feed");
+        feed(&root, &package);
+        let up = Recorder::start_serving(Some(root));
+        let body = format!(
+            "[upstream.feed]\nurl = \"{}\"\n\n[[route]]\nname = \"nuget\"\nformat = \"nuget\"\npath = \"/nuget/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"feed\"\nstrip_prefix = true\n",
+            up.url()
+        );
+        let gate = Gate::launch(Setup {
+            body: &body,
+            server_extra: "metadata_max_bytes = 32768",
+            ..Setup::default()
+        });
+        Feed { package, up, gate }
+    }
+}
+
 fn get(gate: &Gate, path: &str, token: &Token) -> crate::common::RawResponse {
     send(
         gate.port,
@@ -84,19 +111,7 @@ fn get(gate: &Gate, path: &str, token: &Token) -> crate::common::RawResponse {
 #[test]
 fn nuget_push_and_v3_feed_through_tokengate() {
     let work = tempfile::tempdir().unwrap();
-    let package = pack(work.path());
-    let root = work.path().join("feed");
-    feed(&root, &package);
-    let up = Recorder::start_serving(Some(root));
-    let body = format!(
-        "[upstream.feed]\nurl = \"{}\"\n\n[[route]]\nname = \"nuget\"\nformat = \"nuget\"\npath = \"/nuget/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"feed\"\nstrip_prefix = true\n",
-        up.url()
-    );
-    let gate = Gate::launch(Setup {
-        body: &body,
-        server_extra: "metadata_max_bytes = 32768",
-        ..Setup::default()
-    });
+    let Feed { package, up, gate } = Feed::start(work.path());
     let rw = gate.token(
         "project:acme/web",
         "read_package_registry,write_package_registry",

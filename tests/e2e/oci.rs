@@ -26,7 +26,7 @@ const RO: &str = "read_registry";
 /// The big layer: over 100 MiB, as the issue asks.
 const BIG_LAYER: usize = 110 << 20;
 
-fn require(tool: &str) {
+pub(crate) fn require(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -35,14 +35,14 @@ fn require(tool: &str) {
 }
 
 /// A distribution registry on a free loopback port, storing under `dir`.
-struct Registry {
-    port: u16,
+pub(crate) struct Registry {
+    pub port: u16,
     child: Child,
 }
 
 impl Registry {
     /// `token_auth`: `(realm, rootcertbundle)` for token-server-only mode.
-    fn start(dir: &Path, token_auth: Option<(String, PathBuf)>) -> Registry {
+    pub fn start(dir: &Path, token_auth: Option<(String, PathBuf)>) -> Registry {
         require("docker-registry");
         let port = free_port();
         let auth = token_auth.map_or_else(String::new, |(realm, bundle)| {
@@ -93,9 +93,9 @@ impl Drop for Registry {
 
 /// An OCI image layout with a big random layer and a small one, gzipped
 /// (so that no client recompresses them and pulled blobs can be compared byte for byte).
-struct Image {
+pub(crate) struct Image {
     dir: PathBuf,
-    big: String,
+    pub big: String,
     small: String,
 }
 
@@ -128,7 +128,7 @@ fn shell(script: &str, dir: &Path) {
 
 impl Image {
     /// `big` bytes of random data in the first layer.
-    fn build(work: &Path, big: usize) -> Image {
+    pub fn build(work: &Path, big: usize) -> Image {
         let dir = work.join("image");
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -183,12 +183,12 @@ impl Image {
         }
     }
 
-    fn blob(&self, digest: &str) -> PathBuf {
+    pub fn blob(&self, digest: &str) -> PathBuf {
         blob_path(&self.dir, digest)
     }
 }
 
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+pub(crate) fn blob_path(layout: &Path, digest: &str) -> PathBuf {
     layout
         .join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
@@ -200,14 +200,14 @@ fn put_blob(blobs: &Path, bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len()
         && sha256_file(a) == sha256_file(b)
 }
 
-struct Run {
-    ok: bool,
-    output: String,
+pub(crate) struct Run {
+    pub ok: bool,
+    pub output: String,
 }
 
 fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> Run {
@@ -230,7 +230,7 @@ fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> Run {
     }
 }
 
-fn skopeo_push(image: &Image, host: &str, repo: &str, token: &Token) -> Run {
+pub(crate) fn skopeo_push(image: &Image, host: &str, repo: &str, token: &Token) -> Run {
     let started = Instant::now();
     let r = run(
         "skopeo",
@@ -319,7 +319,7 @@ fn location_target(location: &str, gate: &Gate) -> String {
     location.trim_start_matches(&gate.url()).to_string()
 }
 
-fn oci_gate(work: &Path, upstream: Option<u16>) -> Gate {
+pub(crate) fn oci_gate(work: &Path, upstream: Option<u16>) -> Gate {
     oci_gate_with(work, upstream, None)
 }
 
