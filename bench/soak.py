@@ -16,7 +16,9 @@ Request kinds and what each must get:
   traversal     `..`, encoded `/`, bad percent-encoding                400
   no_route      a path no route covers                                404
   churn         a token that is revoked during the run: 200 before the revocation was asked,
-                401 from 1 s after it answered (DESIGN.md's bound), either in between
+                401 from 1 s after it answered (DESIGN.md's bound), either in between; each
+                such token from an address of its own, so once it is refused its failures
+                may also get 429 (the per-address limit), and never anyone else's
   rotated       tokens rotated with a 3 s grace, and their successors: the old secret 200 before
                 the rotation was asked, 401 from grace + 1 s after it answered; the new one
                 200 from when the rotation answered
@@ -32,6 +34,7 @@ another), psql; a release build (built if missing).
 
 import argparse
 import http.client
+import hashlib
 import json
 import os
 import random
@@ -226,6 +229,10 @@ class Token:
         self.secret = raw["token"]
         self.asked = None  # revoke or rotate asked
         self.answered = None  # and answered
+        # Its own client address: once revoked, its failures trip the per-address limit
+        # (429) for this address only, as for a CI runner of its own.
+        digest = hashlib.sha256(self.secret.encode()).digest()
+        self.source = f"127.1.{digest[0]}.{digest[1] or 1}"
 
 
 class Run:
@@ -323,21 +330,23 @@ class Run:
             elif kind == "churn":
                 with self.lock:
                     t = rng.choice(self.churn)
-                start, end, st = self.request(conns, g, "GET", f"{web}/file", {"Deploy-Token": t.secret})
+                start, end, st = self.request(conns, g, "GET", f"{web}/file", {"Deploy-Token": t.secret},
+                                              source=t.source)
                 self.check_revocable(kind, t, start, end, st, 0.0)
             elif kind == "rotated":
                 with self.lock:
                     t = rng.choice(self.rotating)
-                start, end, st = self.request(conns, g, "GET", f"{web}/file", {"Deploy-Token": t.secret})
+                start, end, st = self.request(conns, g, "GET", f"{web}/file", {"Deploy-Token": t.secret},
+                                              source=t.source)
                 self.check_revocable(kind, t, start, end, st, GRACE)
 
     def check_revocable(self, kind, t, start, end, status, grace):
         """`t` revoked (or rotated with `grace`) at some point, or not (yet)."""
         with self.lock:
             asked, answered = t.asked, t.answered
-        if status not in (200, 401):
+        if status not in (200, 401, 429):
             self.check(kind, status, False, f"token {t.id}")
-        elif status == 401 and (asked is None or end < asked):
+        elif status in (401, 429) and (asked is None or end < asked):
             self.check(kind, status, False, f"token {t.id}: denied before any revocation")
         elif status == 200 and answered is not None and start > answered + grace + BOUND:
             self.check(kind, status, False,

@@ -13,6 +13,7 @@ use crate::cache::{RedisCache, TokenResolver};
 use crate::config::{CacheConfig, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::oci::{KeyRing, RegistryAuth};
+use crate::proxy::Listener;
 use crate::route::NormalizedPath;
 use crate::store::{LastUsed, ListFilter, StoreError, TokenStore};
 use crate::token::{self, OwnerKind, TokenError, TokenRecord};
@@ -311,6 +312,14 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
             admin.tls.clone(),
         )));
     }
+    let decision_listener = match &config.forward_auth {
+        Some(forward_auth) => {
+            let listener = bind(forward_auth.listen).await?;
+            tracing::info!(listen = %forward_auth.listen, trusted_peers = ?forward_auth.trusted_peers, "forward-auth decision listener serving /nginx, /traefik and {}/...", forward_auth.envoy_path_prefix);
+            Some(listener)
+        }
+        None => None,
+    };
     let listener = bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), version = %config.version, "tokengate serving");
     let shared = Shared {
@@ -327,7 +336,20 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
         current.clone(),
         shared,
     )));
-    crate::proxy::serve(current, listener, shutdown_signal()).await;
+    let public = crate::proxy::serve(
+        current.clone(),
+        Listener::Proxy,
+        listener,
+        shutdown_signal(),
+    );
+    match decision_listener {
+        Some(decision) => {
+            let decide =
+                crate::proxy::serve(current, Listener::Decision, decision, shutdown_signal());
+            tokio::join!(public, decide);
+        }
+        None => public.await,
+    }
     for task in tasks {
         task.abort();
     }
@@ -450,6 +472,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         (
             "admin.listen",
             old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
+        ),
+        (
+            "forward_auth.listen",
+            old.forward_auth.as_ref().map(|f| f.listen)
+                != new.forward_auth.as_ref().map(|f| f.listen),
         ),
     ];
     for (key, _) in changed.iter().filter(|(_, changed)| *changed) {

@@ -78,6 +78,7 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     admin: Option<RawAdmin>,
+    forward_auth: Option<RawForwardAuth>,
     signing: Option<RawSigning>,
     registry_auth: Option<RawRegistryAuth>,
     #[serde(default)]
@@ -132,6 +133,16 @@ struct RawAdmin {
     #[serde(default)]
     tokens: Vec<Spanned<RawAdminToken>>,
     tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    listen: Spanned<String>,
+    trusted_peers: Spanned<Vec<String>>,
+    original_method_header: Option<Spanned<String>>,
+    original_uri_header: Option<Spanned<String>>,
+    envoy_path_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +322,21 @@ pub struct AdminConfig {
     pub tls: Option<crate::tls::ServerTls>,
 }
 
+/// The forward-auth decision listener: edge proxies (nginx `auth_request`,
+/// Traefik ForwardAuth, Envoy `ext_authz`) ask it about each request.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    pub listen: SocketAddr,
+    /// The only addresses whose description of the original request is
+    /// believed; anyone else could pick the rule that applies.
+    pub trusted_peers: Vec<ipnet::IpNet>,
+    /// nginx: the headers carrying the original method and URI.
+    pub original_method_header: http::HeaderName,
+    pub original_uri_header: http::HeaderName,
+    /// Envoy: the original path follows this prefix (ext_authz `path_prefix`).
+    pub envoy_path_prefix: String,
+}
+
 /// One admin credential: its name (in the audit log) and the SHA-256 of its secret.
 #[derive(Clone)]
 pub struct AdminToken {
@@ -342,6 +368,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`); off when absent.
     pub admin: Option<AdminConfig>,
+    /// The forward-auth decision listener; off when absent.
+    pub forward_auth: Option<ForwardAuthConfig>,
     /// On when `[registry_auth]` or `[signing]` is given or an `oci` route exists.
     pub registry_auth: Option<RegistryAuthConfig>,
     pub routes: RouteTable,
@@ -473,6 +501,11 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .admin
         .as_ref()
         .map(|admin| build_admin(src, admin))
+        .transpose()?;
+    let forward_auth = raw
+        .forward_auth
+        .as_ref()
+        .map(|raw| build_forward_auth(src, raw))
         .transpose()?;
     let mut upstreams = BTreeMap::new();
     for (name, up) in &raw.upstream {
@@ -615,6 +648,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         store,
         cache,
         admin,
+        forward_auth,
         registry_auth,
         routes: RouteTable::new(routes),
     })
@@ -673,6 +707,78 @@ fn build_registry_auth(
                 .unwrap_or("tokengate-signing.pem"),
         ),
         verify_key_files: signing.verify_key_files.iter().map(PathBuf::from).collect(),
+    })
+}
+
+fn build_forward_auth(
+    src: &Source<'_>,
+    raw: &RawForwardAuth,
+) -> Result<ForwardAuthConfig, ConfigError> {
+    let listen = raw.listen.get_ref().parse().map_err(|_| {
+        src.at(
+            &raw.listen,
+            "forward_auth.listen",
+            "not an address like 127.0.0.1:9091",
+        )
+    })?;
+    let trusted_peers = raw
+        .trusted_peers
+        .get_ref()
+        .iter()
+        .map(|peer| {
+            peer.parse::<ipnet::IpNet>()
+                .or_else(|_| peer.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    src.at(
+                        &raw.trusted_peers,
+                        "forward_auth.trusted_peers",
+                        format!("{peer:?} is not an address or a network like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if trusted_peers.is_empty() {
+        return Err(src.at(
+            &raw.trusted_peers,
+            "forward_auth.trusted_peers",
+            "name the edge proxies' addresses: no one else may ask for decisions",
+        ));
+    }
+    let header = |value: &Option<Spanned<String>>, key: &str, default: &'static str| {
+        let Some(value) = value else {
+            return Ok(http::HeaderName::from_static(default));
+        };
+        http::HeaderName::from_bytes(value.get_ref().as_bytes())
+            .map_err(|_| src.at(value, key, "not a header name"))
+    };
+    let envoy_path_prefix = match &raw.envoy_path_prefix {
+        None => "/envoy".to_string(),
+        Some(prefix) => {
+            let p = prefix.get_ref();
+            if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') {
+                return Err(src.at(
+                    prefix,
+                    "forward_auth.envoy_path_prefix",
+                    format!("{p:?} is not a path like /envoy"),
+                ));
+            }
+            p.clone()
+        }
+    };
+    Ok(ForwardAuthConfig {
+        listen,
+        trusted_peers,
+        original_method_header: header(
+            &raw.original_method_header,
+            "forward_auth.original_method_header",
+            "x-original-method",
+        )?,
+        original_uri_header: header(
+            &raw.original_uri_header,
+            "forward_auth.original_uri_header",
+            "x-original-uri",
+        )?,
+        envoy_path_prefix,
     })
 }
 

@@ -51,6 +51,15 @@ pub enum ProxyError {
     BadRegistryToken(#[from] JwtError),
     #[error("the registry token does not grant this; ask the token endpoint for it")]
     InsufficientScope,
+    /// Forward auth: a check request that does not describe a request.
+    #[error("{0}")]
+    BadCheck(&'static str),
+    #[error("this address is not a trusted edge proxy: it may not ask for decisions")]
+    UntrustedPeer,
+    #[error("tokengate answers this path itself: route it to tokengate's proxy listener")]
+    OwnEndpoint,
+    #[error("allowed only with a change the proxy mode makes to the request ({0}); forward auth cannot make it")]
+    NeedsProxyMode(&'static str),
 }
 
 /// How refusals are told to a client: the challenge on 401 and the body's shape.
@@ -104,7 +113,12 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoCredentials | ProxyError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
-            ProxyError::Denied(_) | ProxyError::Refused(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_)
+            | ProxyError::Refused(_)
+            | ProxyError::UntrustedPeer
+            | ProxyError::OwnEndpoint
+            | ProxyError::NeedsProxyMode(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadCheck(_) => StatusCode::BAD_REQUEST,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_)
@@ -166,6 +180,10 @@ impl ProxyError {
             ProxyError::TokenRequest(_) => "bad_token_request",
             ProxyError::BadRegistryToken(_) => "bad_registry_token",
             ProxyError::InsufficientScope => "insufficient_scope",
+            ProxyError::BadCheck(_) => "bad_check_request",
+            ProxyError::UntrustedPeer => "untrusted_peer",
+            ProxyError::OwnEndpoint => "own_endpoint",
+            ProxyError::NeedsProxyMode(_) => "needs_proxy_mode",
         }
     }
 

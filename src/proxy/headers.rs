@@ -93,19 +93,12 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     for name in identity {
         headers.remove(name);
     }
-    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
     set(headers, "host", fwd.upstream_host.to_string());
     set(headers, "x-forwarded-for", fwd.client_ip.to_string());
     let proto = if fwd.public_https { "https" } else { "http" };
     set(headers, "x-forwarded-proto", proto.to_string());
     set(headers, "x-forwarded-host", fwd.public_host.to_string());
-    set(headers, "x-tokengate-token-id", fwd.token.id.to_string());
-    set(headers, "x-tokengate-user", fwd.token.username.clone());
-    set(headers, "x-tokengate-scopes", fwd.token.scopes.to_string());
+    identify(headers, fwd.token);
     if let Some(auth) = fwd.upstream_authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -114,6 +107,20 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+    }
+}
+
+/// Names the deploy token a request was allowed for: to the upstream in the
+/// proxy mode, to the edge proxy in the forward-auth mode.
+pub fn identify(headers: &mut HeaderMap, token: &TokenRecord) {
+    set(headers, "x-tokengate-token-id", token.id.to_string());
+    set(headers, "x-tokengate-user", token.username.clone());
+    set(headers, "x-tokengate-scopes", token.scopes.to_string());
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static(name), v);
     }
 }
 

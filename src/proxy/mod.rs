@@ -5,6 +5,7 @@
 
 mod body;
 mod error;
+mod forward_auth;
 mod headers;
 mod limit;
 mod lookup;
@@ -17,11 +18,12 @@ mod url_grant;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
@@ -128,20 +130,25 @@ impl Proxy {
         &self.config
     }
 
-    /// Handles one request and logs its outcome. Never fails: errors become responses here.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ResponseBody> {
-        let method = req.method().clone();
-        let raw_path = req.uri().path().to_string();
+    /// Handles one request on the proxy listener.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let (head, body) = req.into_parts();
+        self.respond(head, Mode::Proxy(body), peer.ip()).await
+    }
+
+    /// Runs a request through the phases and logs its outcome. Never fails:
+    /// errors become responses here, for both modes.
+    async fn respond(&self, head: Parts, mode: Mode, client: IpAddr) -> Response<ResponseBody> {
+        let method = head.method.clone();
+        let raw_path = head.uri.path().to_string();
+        let mode_name = mode.name();
+        let close = matches!(mode, Mode::Proxy(_)) && body_left_unread(&method);
         let mut outcome = Outcome::new();
-        let response = match self.process(req, peer, &mut outcome).await {
+        let response = match self.process(head, mode, client, &mut outcome).await {
             Ok(response) => response,
             Err(e) => {
                 if e.is_failed_authentication() {
-                    self.failures.record_failure(peer.ip());
+                    self.failures.record_failure(client);
                 }
                 let side = e.side();
                 if side != Side::Downstream {
@@ -153,7 +160,8 @@ impl Proxy {
                     tracing::info!(
                         target: "tokengate::audit",
                         event = "request_denied",
-                        client = %peer.ip(),
+                        %client,
+                        mode = mode_name,
                         %method,
                         path = %raw_path,
                         route = %outcome.route.as_deref().unwrap_or("-"),
@@ -162,7 +170,7 @@ impl Proxy {
                         reason = outcome.reason,
                     );
                 }
-                e.into_response(body_left_unread(&method), &outcome.style)
+                e.into_response(close, &outcome.style)
             }
         };
         let route = outcome.route.clone().unwrap_or_else(no_route_label);
@@ -174,7 +182,8 @@ impl Proxy {
         });
         tracing::info!(
             target: "tokengate::access",
-            client = %peer.ip(),
+            %client,
+            mode = mode_name,
             %method,
             path = %raw_path,
             route = %outcome.route.as_deref().unwrap_or("-"),
@@ -186,21 +195,27 @@ impl Proxy {
         response
     }
 
+    /// The phases: normalize → route → credentials → lookup → decide, then
+    /// what the mode does with an allowed request.
     async fn process(
         &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
+        head: Parts,
+        mode: Mode,
+        client: IpAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let uri = req.uri().clone();
+        let uri = head.uri.clone();
         let (raw_path, query) = origin_form(&uri, &self.config)?;
         let path = NormalizedPath::parse(raw_path)?;
         if let Some(q) = query {
             check_query(q)?;
         }
         if let Some(registry) = &self.registry {
+            if matches!(mode, Mode::Decide) && registry::own_endpoint(registry, &path) {
+                return Err(ProxyError::OwnEndpoint);
+            }
             if let Some(response) = self
-                .registry_endpoint(registry, &req, &path, query, peer, outcome)
+                .registry_endpoint(registry, &head, &path, query, client, outcome)
                 .await
             {
                 return response;
@@ -211,8 +226,8 @@ impl Proxy {
         outcome.route = Some(route.name.clone());
         outcome.format = route.format.name();
         let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
-        let access = route.access(req.method(), &rest, query);
-        if self.failures.is_blocked(peer.ip()) {
+        let access = route.access(&head.method, &rest, query);
+        if self.failures.is_blocked(client) {
             return Err(ProxyError::TooManyFailures);
         }
         let format = &*route.format;
@@ -224,30 +239,32 @@ impl Proxy {
                     .registry
                     .as_ref()
                     .expect("config: oci routes imply signing");
-                let (token, query) = self
-                    .authorize_registry(registry, &req, &matched, &rest, access, query, outcome)
+                let (token, forward_query) = self
+                    .authorize_registry(registry, &head, &matched, &rest, access, query, outcome)
                     .await?;
                 drop(rest);
-                return self
-                    .forward(
-                        req,
-                        &path,
-                        query.as_deref(),
-                        &matched,
-                        &token,
-                        peer,
-                        Rewrite::default(),
-                    )
-                    .await;
+                let allowed = Allowed {
+                    path: &path,
+                    query: forward_query.as_deref(),
+                    changed: (forward_query.as_deref() != query)
+                        .then_some("a blob mount from a repository the token cannot read"),
+                    matched: &matched,
+                    token: &token,
+                    rewrite: Rewrite::default(),
+                };
+                return self.allowed(head, mode, client, allowed).await;
             }
             Authentication::SessionJwt => {
                 let registry = self
                     .registry
                     .as_ref()
                     .expect("config: session formats imply signing");
-                if let Some(endpoint) = format.session_endpoint(req.method(), &rest) {
+                if let Some(endpoint) = format.session_endpoint(&head.method, &rest) {
+                    if matches!(mode, Mode::Decide) {
+                        return Err(ProxyError::OwnEndpoint);
+                    }
                     return self
-                        .answer_session(registry, endpoint, &req, &matched, outcome)
+                        .answer_session(registry, endpoint, &head, &matched, outcome)
                         .await;
                 }
                 if format.takes_url_grant(&rest) {
@@ -257,12 +274,12 @@ impl Proxy {
                     own_query = Some(query);
                     (record, username)
                 } else {
-                    self.session_token(registry, &req, format).await?
+                    self.session_token(registry, &head, format).await?
                 }
             }
             Authentication::DeployToken => {
                 let presented =
-                    format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+                    format::credentials(format, &head.headers)?.ok_or(ProxyError::NoCredentials)?;
                 let record = self.token_for_secret(&presented.secret).await?;
                 (record, presented.username)
             }
@@ -285,33 +302,57 @@ impl Proxy {
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
         let rewrite = Rewrite {
-            urls: format.rewrites_metadata(req.method(), &rest),
-            url_grant: format.url_grant(req.method(), &rest),
+            urls: format.rewrites_metadata(&head.method, &rest),
+            url_grant: format.url_grant(&head.method, &rest),
         };
         drop(rest);
-        let query = match &own_query {
-            Some(own) => own.as_deref(),
-            None => query,
+        let allowed = Allowed {
+            path: &path,
+            query: own_query.as_ref().map_or(query, |own| own.as_deref()),
+            changed: own_query.is_some().then_some("a file URL grant"),
+            matched: &matched,
+            token: &token,
+            rewrite,
         };
-        self.forward(req, &path, query, &matched, &token, peer, rewrite)
-            .await
+        self.allowed(head, mode, client, allowed).await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The one step where the modes part: the proxy forwards an allowed
+    /// request, the decision listener says so to the edge proxy.
+    async fn allowed(
+        &self,
+        head: Parts,
+        mode: Mode,
+        client: IpAddr,
+        allowed: Allowed<'_>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        match mode {
+            Mode::Proxy(body) => self.forward(head, body, client, allowed).await,
+            Mode::Decide => match allowed.changed {
+                Some(change) => Err(ProxyError::NeedsProxyMode(change)),
+                None => Ok(forward_auth::allowed(allowed.token)),
+            },
+        }
+    }
+
     async fn forward(
         &self,
-        req: Request<Incoming>,
-        path: &NormalizedPath,
-        query: Option<&str>,
-        matched: &Matched<'_>,
-        token: &TokenRecord,
-        peer: SocketAddr,
-        rewrite: Rewrite,
+        mut parts: Parts,
+        body: Incoming,
+        client: IpAddr,
+        allowed: Allowed<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        let Allowed {
+            path,
+            query,
+            matched,
+            token,
+            rewrite,
+            ..
+        } = allowed;
         let route = matched.route;
         let upstream = &*route.upstream;
         let public = &self.config.server.public_url;
-        let (mut parts, body) = req.into_parts();
         let target = format!(
             "{}{}",
             upstream.origin(),
@@ -326,7 +367,7 @@ impl Proxy {
         headers::to_upstream(
             &mut parts.headers,
             &headers::Forwarding {
-                client_ip: peer.ip(),
+                client_ip: client,
                 public_https: public.https,
                 public_host,
                 upstream_host: upstream.authority.as_str(),
@@ -471,6 +512,34 @@ fn origin_form<'u>(
     Ok((path, uri.query()))
 }
 
+/// What becomes of a request the decision allows: the proxy listener
+/// forwards it with its body; the decision listener answers the edge proxy.
+enum Mode {
+    Proxy(Incoming),
+    Decide,
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Proxy(_) => "proxy",
+            Mode::Decide => "forward_auth",
+        }
+    }
+}
+
+/// An allowed request: where it goes and for which token.
+struct Allowed<'a> {
+    path: &'a NormalizedPath,
+    /// The query to forward.
+    query: Option<&'a str>,
+    /// What the proxy changed in the request to allow it, if anything.
+    changed: Option<&'static str>,
+    matched: &'a Matched<'a>,
+    token: &'a TokenRecord,
+    rewrite: Rewrite,
+}
+
 /// What the proxy does to a successful metadata response.
 #[derive(Debug, Clone, Copy, Default)]
 struct Rewrite {
@@ -526,12 +595,22 @@ fn body_left_unread(method: &Method) -> bool {
 /// Each request loads it once on arrival and finishes on that config.
 pub type Current = arc_swap::ArcSwap<Proxy>;
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public one: the proxy mode, over TLS when configured.
+    Proxy,
+    /// The forward-auth decision listener (plain HTTP, for edge proxies).
+    Decision,
+}
+
 /// Serves the current proxy on `listener` until `shutdown` resolves; then
 /// readiness drops, new connections are still taken for the configured
 /// delay (so load balancers notice first), the listener closes, and
 /// in-flight requests get up to the configured grace period.
 pub async fn serve(
     current: Arc<Current>,
+    role: Listener,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -587,6 +666,7 @@ pub async fn serve(
                 let tls = server
                     .tls
                     .as_ref()
+                    .filter(|_| role == Listener::Proxy)
                     .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
                 (tls, server.header_read_timeout)
             };
@@ -601,7 +681,12 @@ pub async fn serve(
             }
             let service = hyper::service::service_fn(move |req| {
                 let proxy = current.load_full();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                async move {
+                    Ok::<_, Infallible>(match role {
+                        Listener::Proxy => proxy.handle(req, peer).await,
+                        Listener::Decision => proxy.check(req, peer).await,
+                    })
+                }
             });
             let served = match tls {
                 None => {

@@ -3,13 +3,13 @@
 //! The rules themselves live in [`crate::oci`] and [`crate::auth`]; this
 //! file only gathers what they need (credentials, the token record).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
@@ -24,10 +24,10 @@ impl Proxy {
     pub(super) async fn registry_endpoint(
         &self,
         registry: &RegistryAuth,
-        req: &Request<Incoming>,
+        head: &Parts,
         path: &NormalizedPath,
         query: Option<&str>,
-        peer: SocketAddr,
+        client: IpAddr,
         outcome: &mut Outcome,
     ) -> Option<Result<Response<ResponseBody>, ProxyError>> {
         let config = registry.config();
@@ -41,12 +41,12 @@ impl Proxy {
         }
         outcome.route = Some(Arc::from("registry-token"));
         outcome.style.registry = true;
-        if req.method() != Method::GET && req.method() != Method::HEAD {
+        if head.method != Method::GET && head.method != Method::HEAD {
             // Clients that try OAuth2 (POST) first fall back to GET on 404.
             return Some(Err(ProxyError::NoRoute));
         }
         Some(
-            self.issue_registry_token(registry, req, query, peer, outcome)
+            self.issue_registry_token(registry, head, query, client, outcome)
                 .await,
         )
     }
@@ -54,16 +54,16 @@ impl Proxy {
     async fn issue_registry_token(
         &self,
         registry: &RegistryAuth,
-        req: &Request<Incoming>,
+        head: &Parts,
         query: Option<&str>,
-        peer: SocketAddr,
+        client: IpAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if self.failures.is_blocked(peer.ip()) {
+        if self.failures.is_blocked(client) {
             return Err(ProxyError::TooManyFailures);
         }
         let now = chrono::Utc::now();
-        let record = match format::basic_credentials(req.headers())? {
+        let record = match format::basic_credentials(&head.headers)? {
             None if registry.config().anonymous => None,
             None => return Err(ProxyError::NoCredentials),
             Some(presented) => {
@@ -91,14 +91,14 @@ impl Proxy {
     pub(super) async fn authorize_registry(
         &self,
         registry: &RegistryAuth,
-        req: &Request<Incoming>,
+        head: &Parts,
         matched: &Matched<'_>,
         rest: &[&str],
         access: Access,
         query: Option<&str>,
         outcome: &mut Outcome,
     ) -> Result<(Arc<TokenRecord>, Option<String>), ProxyError> {
-        let endpoint = classify(req.method(), rest, query);
+        let endpoint = classify(&head.method, rest, query);
         let public = &self.config.server.public_url;
         let scope = match &endpoint {
             Endpoint::Repository { name, action, .. } => {
@@ -115,7 +115,7 @@ impl Proxy {
         }
         let format = &*matched.route.format;
         let presented =
-            format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+            format::credentials(format, &head.headers)?.ok_or(ProxyError::NoCredentials)?;
         let claims = registry.verify(&presented.secret).map_err(|e| {
             outcome.style.challenge =
                 registry.challenge(public, scope.as_deref(), Some("invalid_token"));
@@ -173,6 +173,12 @@ impl Proxy {
         self.last_used.mark(id, now.timestamp());
         Ok((record.expect("authenticated above"), forward_query))
     }
+}
+
+/// Whether tokengate answers the path itself (token endpoint, JWKS document).
+pub(super) fn own_endpoint(registry: &RegistryAuth, path: &NormalizedPath) -> bool {
+    let config = registry.config();
+    path_is(path, &config.path) || path_is(path, &config.jwks_path)
 }
 
 /// Whether the normalized path is exactly the configured one.

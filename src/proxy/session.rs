@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::request::Parts;
+use http::{header, HeaderValue, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use super::{Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
@@ -24,7 +24,7 @@ impl Proxy {
         &self,
         registry: &RegistryAuth,
         endpoint: SessionEndpoint,
-        req: &Request<Incoming>,
+        head: &Parts,
         matched: &Matched<'_>,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -32,11 +32,11 @@ impl Proxy {
         let (record, username) = match endpoint {
             SessionEndpoint::Login => {
                 let presented =
-                    format::basic_credentials(req.headers())?.ok_or(ProxyError::NoCredentials)?;
+                    format::basic_credentials(&head.headers)?.ok_or(ProxyError::NoCredentials)?;
                 let record = self.token_for_secret(&presented.secret).await?;
                 (record, presented.username)
             }
-            SessionEndpoint::Check => self.session_token(registry, req, format).await?,
+            SessionEndpoint::Check => self.session_token(registry, head, format).await?,
         };
         outcome.token_id = record.as_ref().map(|r| r.id);
         let ask = Ask {
@@ -72,11 +72,11 @@ impl Proxy {
     pub(super) async fn session_token(
         &self,
         registry: &RegistryAuth,
-        req: &Request<Incoming>,
+        head: &Parts,
         format: &dyn Format,
     ) -> Result<(Option<Arc<TokenRecord>>, Option<String>), ProxyError> {
         let presented =
-            format::credentials(format, req.headers())?.ok_or(ProxyError::NoCredentials)?;
+            format::credentials(format, &head.headers)?.ok_or(ProxyError::NoCredentials)?;
         let claims = registry.verify_session(&presented.secret, format.name())?;
         let id = claims.deploy_token_id.ok_or(Denial::UnknownToken)?;
         Ok((self.token_by_id(id).await?, Some(claims.sub)))
