@@ -74,6 +74,8 @@ pub struct Setup<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// More `[admin]` keys, one per line.
     pub admin_extra: &'a str,
+    /// The public URL, when not the listener's own (an edge proxy in front).
+    pub public_url: Option<&'a str>,
 }
 
 impl Gate {
@@ -130,8 +132,11 @@ impl Gate {
             gate.port = free_port();
             gate.admin_port = free_port();
             let (port, admin_port) = (gate.port, gate.admin_port);
+            let public_url = setup
+                .public_url
+                .map_or_else(|| format!("{scheme}://127.0.0.1:{port}"), str::to_string);
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TG_TEST_ADMIN_TOKEN\"\n{}\n\n{backends}\n{}",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\nshutdown_grace_seconds = 20\n{tls}{}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"TG_TEST_ADMIN_TOKEN\"\n{}\n\n{backends}\n{}",
                 setup.server_extra, setup.admin_extra, setup.body
             );
             std::fs::write(&gate.config, text).unwrap();

@@ -18,6 +18,7 @@ mod admin;
 mod common;
 mod conan;
 mod deploy;
+mod forward_auth;
 mod git;
 mod guide;
 mod nuget;
