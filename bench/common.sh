@@ -1,6 +1,7 @@
 # Sourced by the bench scripts: a free port, and a release tokengate with one
 # generic route to the upstream on $UP, its token in $TOKEN, its pid in $TG_PID.
-# Needs $WORK, $TG, $UP, $GATE, $ADMIN.
+# Needs $WORK, $TG, $UP, $GATE, $ADMIN; with $DECISION, the forward-auth
+# decision listener too (trusting loopback).
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -16,6 +17,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES
 start_tokengate() {
+  local forward_auth=""
+  [ -z "${DECISION:-}" ] ||
+    forward_auth=$(printf '[forward_auth]\nlisten = "127.0.0.1:%s"\ntrusted_peers = ["127.0.0.1"]' "$DECISION")
   cat > "$WORK/proxy.toml" <<CONF
 [server]
 listen = "127.0.0.1:$GATE"
@@ -24,6 +28,7 @@ log_level = "warn"
 listen = "127.0.0.1:$ADMIN"
 [store]
 url = "sqlite://$WORK/tokens.db"
+$forward_auth
 [upstream.up]
 url = "http://127.0.0.1:$UP"
 [[route]]

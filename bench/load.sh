@@ -6,8 +6,8 @@
 #   direct        wrk -> upstream
 #   nginx         wrk -> nginx proxy_pass (keep-alive to the upstream) -> upstream
 #   tokengate     wrk -> tokengate (warm deploy token) -> upstream
-#   auth_request  wrk -> nginx auth_request (a token check: tokengate) -> upstream,
-#                 the do-it-yourself alternative an operator would build
+#   auth_request  wrk -> nginx auth_request (tokengate's forward-auth decision
+#                 listener, GET /nginx) -> upstream: nginx stays in the data path
 #
 # For each: requests/s, p50/p99 latency and CPU time per request of the
 # serving processes (from /proc), then the ratios against the targets.
@@ -32,6 +32,7 @@ TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 
 UP=$(free_port); PROXY=$(free_port); AUTHREQ=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
+DECISION=$(free_port)
 
 trap cleanup EXIT
 
@@ -50,7 +51,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  upstream gate { server 127.0.0.1:$GATE; keepalive 64; }
+  upstream decision { server 127.0.0.1:$DECISION; keepalive 64; }
   server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }
   server {
     listen 127.0.0.1:$PROXY;
@@ -64,10 +65,11 @@ http {
     }
     location = /check {
       internal;
-      proxy_pass http://gate/generic/acme/web/file;
-      proxy_method HEAD;
+      proxy_pass http://decision/nginx;
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
       proxy_http_version 1.1; proxy_set_header Connection "";
     }
   }
@@ -92,7 +94,7 @@ declare -A URL PIDS
 URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS"
 URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$NGINX_PIDS"
 URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
-URL[auth_request]="http://127.0.0.1:$AUTHREQ/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
+URL[auth_request]="http://127.0.0.1:$AUTHREQ/generic/acme/web/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
 read -r -a TARGETS <<<"${TARGETS:-direct nginx tokengate auth_request}"
 
 for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done

@@ -221,3 +221,79 @@ fn the_probe_commands_of_the_image_and_the_deployment_work() {
         "readiness needs the admin token"
     );
 }
+
+/// The Traefik and Envoy examples cannot run here (neither is packaged for
+/// Debian 12); their shape is checked instead: each asks the decision
+/// listener's path for its protocol, passes the identity headers upstream
+/// and the challenge to clients, and keeps credentials from the registry.
+/// The requests they send are those tests/forward_auth.rs sends.
+#[test]
+fn the_forward_auth_examples_ask_the_decision_listener() {
+    let dir = Path::new(DEPLOY).join("forward-auth");
+    let toml = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
+    check_config(&toml, &[("TOKENGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let decision = "tokengate:9091";
+    assert!(toml.contains("listen = \"0.0.0.0:9091\""));
+
+    let traefik = dir.join("traefik.yml");
+    let auth = "docs[0]['http']['middlewares']['tokengate']['forwardAuth']";
+    assert_eq!(
+        yaml_field(&traefik, &format!("{auth}['address']")),
+        format!("http://{decision}/traefik")
+    );
+    assert_eq!(
+        yaml_field(&traefik, &format!("{auth}['trustForwardHeader']")),
+        "False"
+    );
+    assert_eq!(
+        yaml_field(&traefik, &format!("sorted({auth}['authResponseHeaders'])")),
+        "['X-Tokengate-Scopes', 'X-Tokengate-Token-Id', 'X-Tokengate-User']"
+    );
+    assert_eq!(
+        yaml_field(
+            &traefik,
+            "docs[0]['http']['routers']['containers']['middlewares']"
+        ),
+        "['tokengate', 'drop-credentials']"
+    );
+
+    let envoy = dir.join("envoy.yaml");
+    let manager = "docs[0]['static_resources']['listeners'][0]['filter_chains'][0]['filters'][0]['typed_config']";
+    let service = format!("{manager}['http_filters'][0]['typed_config']['http_service']");
+    assert_eq!(
+        yaml_field(&envoy, &format!("{manager}['http_filters'][0]['name']")),
+        "envoy.filters.http.ext_authz"
+    );
+    assert_eq!(
+        yaml_field(&envoy, &format!("{service}['server_uri']['uri']")),
+        format!("http://{decision}")
+    );
+    assert_eq!(
+        yaml_field(&envoy, &format!("{service}['path_prefix']")),
+        "/envoy",
+        "tokengate's default envoy_path_prefix"
+    );
+    let response = format!("{service}['authorization_response']");
+    assert_eq!(
+        yaml_field(
+            &envoy,
+            &format!("{response}['allowed_upstream_headers']['patterns']")
+        ),
+        "[{'prefix': 'x-tokengate-'}]"
+    );
+    assert_eq!(
+        yaml_field(
+            &envoy,
+            &format!("{response}['allowed_client_headers']['patterns']")
+        ),
+        "[{'exact': 'www-authenticate'}]"
+    );
+    let routes = format!("{manager}['route_config']['virtual_hosts'][0]['routes']");
+    assert_eq!(
+        yaml_field(
+            &envoy,
+            &format!("[r['match']['prefix'] for r in {routes} if 'authorization' in r.get('request_headers_to_remove', [])]")
+        ),
+        "['/v2/']"
+    );
+}
