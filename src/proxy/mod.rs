@@ -56,6 +56,9 @@ pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
 /// Upstream request bodies: the client's, streamed, or none (the proxy's own logins).
 type UpstreamBody = Either<IdleTimeout<Incoming>, Empty<Bytes>>;
 
+/// Idle connections kept per upstream.
+const UPSTREAM_IDLE_PER_HOST: usize = 128;
+
 /// Everything a request needs; shared by all connections.
 pub struct Proxy {
     config: Arc<Config>,
@@ -85,8 +88,11 @@ impl Proxy {
         connector.set_nodelay(true);
         let builder = {
             let mut builder = Client::builder(TokioExecutor::new());
+            // Idle upstream connections are kept for reuse, but not every one a
+            // burst opened: each holds ~20 KiB of buffers (as nginx's `keepalive`).
             builder
                 .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .pool_max_idle_per_host(UPSTREAM_IDLE_PER_HOST)
                 .pool_timer(TokioTimer::new());
             builder
         };
@@ -681,12 +687,15 @@ pub async fn serve(
             }
             let service = hyper::service::service_fn(move |req| {
                 let proxy = current.load_full();
-                async move {
+                // Boxed: hyper keeps room for one request future in every
+                // connection, idle or not. Boxed, that room is a pointer and
+                // a request's state exists only while it is in flight.
+                Box::pin(async move {
                     Ok::<_, Infallible>(match role {
                         Listener::Proxy => proxy.handle(req, peer).await,
                         Listener::Decision => proxy.check(req, peer).await,
                     })
-                }
+                })
             });
             let served = match tls {
                 None => {
