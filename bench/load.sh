@@ -12,6 +12,8 @@
 # For each: requests/s, p50/p99 latency and CPU time per request of the
 # serving processes (from /proc), then the ratios against the targets.
 #
+# Then the p99 latency tokengate adds at half its peak (paced load, bench/paced.lua).
+#
 #   bench/load.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]     (default 10 3 64)
 #
 # Needs: wrk and nginx (apt), a release build (built here if missing).
@@ -68,8 +70,8 @@ http {
       proxy_pass http://decision/nginx;
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Original-URI \$request_uri;
       proxy_http_version 1.1; proxy_set_header Connection "";
     }
   }
@@ -132,7 +134,22 @@ for t in "${TARGETS[@]}"; do
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 [ "${#TARGETS[@]}" = 4 ] || exit 0
+
+# Added latency at half of tokengate's peak: direct and tokengate under the same
+# paced load (bench/paced.lua), each connection pausing so that all together offer
+# about half the peak; the p99 difference is what tokengate adds.
+HALF=$(awk -v r="${RPS[tokengate]}" 'BEGIN { printf "%d", r / 2 }')
+DELAY=$(awk -v c="$CONNS" -v r="$HALF" 'BEGIN { printf "%d", c * 1000 / r }')
+declare -A PACED_RPS PACED_P99
+for t in direct tokengate; do
+  out=$(WRK_DELAY_MS=$DELAY wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/paced.lua" \
+    -H "Deploy-Token: $TOKEN" "${URL[$t]}")
+  PACED_RPS[$t]=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
+  PACED_P99[$t]=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  log "paced $t: ${PACED_RPS[$t]} req/s, p99 ${PACED_P99[$t]} ms"
+done
 echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
+echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(awk -v a="${PACED_P99[tokengate]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }') ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
 echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; $(nproc) cores; $(date -u +%F)"
