@@ -30,6 +30,12 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test (unit, loopback integration, end-to-end)"
 cargo test -- --test-threads=2
 
+step "micro-benchmarks, each once (criterion's test mode; measured runs: BENCHMARKS.md)"
+cargo test --bench hot_path
+
+step "soak under faults, briefly (the 10-minute run: BENCHMARKS.md)"
+python3 bench/soak.py --seconds 30 --bin target/debug/tokengate
+
 step "fuzz targets, briefly (long runs: BENCHMARKS.md)"
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 bash fuzz/run.sh 10
