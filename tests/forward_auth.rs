@@ -477,3 +477,39 @@ fn a_description_that_is_missing_repeated_or_for_tokengate_itself_is_refused() {
     assert_eq!(send(decision, "GET", "/", &[], b"").status, 404);
     assert_eq!(up.seen().len(), 0);
 }
+
+#[test]
+fn trusted_peers_follow_a_config_reload() {
+    let up = Recorder::start();
+    let (gate, decision) = start(&up, r#""10.9.9.0/24""#);
+    let rw = gate.token("project:acme/web", "read_package_registry", &[]);
+    let ask = || {
+        send(
+            decision,
+            "GET",
+            "/envoy/generic/acme/web/a.bin",
+            &[("Deploy-Token", &rw.secret)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(ask(), 403);
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    std::fs::write(
+        &gate.config,
+        text.replace(
+            r#"trusted_peers = ["10.9.9.0/24"]"#,
+            r#"trusted_peers = ["127.0.0.0/8"]"#,
+        ),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while ask() != 200 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the reloaded trust did not apply:\n{}",
+            gate.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

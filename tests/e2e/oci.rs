@@ -270,7 +270,7 @@ fn skopeo_pull(out: &Path, host: &str, repo: &str, token: &Token) -> Run {
     )
 }
 
-fn docker(config: &Path, args: &[&str]) -> Run {
+pub(crate) fn docker(config: &Path, args: &[&str]) -> Run {
     require("docker");
     run("docker", args, &[("DOCKER_CONFIG", config)])
 }
