@@ -697,21 +697,26 @@ pub async fn serve(
                     })
                 })
             });
-            let served = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
-                    let Ok(Ok(stream)) = handshake.await else {
-                        tracing::debug!(client = %peer, "TLS handshake failed or timed out");
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
+            let served =
+                match tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    // Boxed, so that plain connections do not carry room for
+                    // the TLS state (every idle connection holds its task).
+                    Some(acceptor) => Box::pin(async move {
+                        let handshake =
+                            tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else {
+                            tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+                            return Ok(());
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    })
+                    .await,
+                };
             if let Err(e) = served {
                 tracing::debug!(error = %e, client = %peer, "connection ended with an error");
             }
