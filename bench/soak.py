@@ -373,6 +373,22 @@ class Run:
 
     # ---------------------------------------------------------------- control
 
+    def retire(self, pool, keep_for, act, successor):
+        """Revokes or rotates (`act`) the oldest live token of the pool named `pool`,
+        timing when that was asked and answered, adds the token `successor` makes
+        of the answer, and drops tokens answered over `keep_for` seconds ago."""
+        with self.lock:
+            t = next(t for t in getattr(self, pool) if t.asked is None)
+            t.asked = time.monotonic()
+        answer = act(t)
+        with self.lock:
+            t.answered = time.monotonic()
+        fresh = Token(successor(answer))
+        with self.lock:
+            now = time.monotonic()
+            setattr(self, pool, [x for x in getattr(self, pool) + [fresh]
+                                 if x.answered is None or now - x.answered < keep_for])
+
     def controller(self):
         """Revokes, rotates and replaces tokens; restarts Redis; samples memory."""
         g = self.s.gates
@@ -401,34 +417,23 @@ class Run:
                 # replaces it. Revoked ones are still tried for 10 s, then dropped.
                 i += 1
                 gate = g[i % 3]
-                with self.lock:
-                    victim = next(t for t in self.churn if t.asked is None)
-                    victim.asked = time.monotonic()
-                admin(gate, "DELETE", f"/api/v4/projects/acme%2Fweb/deploy_tokens/{victim.id}")
-                with self.lock:
-                    victim.answered = time.monotonic()
-                fresh = Token(create_token(gate, f"churn-{i}",
+                self.retire(
+                    "churn", 10,
+                    lambda t: admin(gate, "DELETE",
+                                    f"/api/v4/projects/acme%2Fweb/deploy_tokens/{t.id}"),
+                    lambda _: create_token(gate, f"churn-{i}",
                                            ["read_package_registry", "write_package_registry"]))
-                with self.lock:
-                    self.churn.append(fresh)
-                    self.churn = [t for t in self.churn
-                                  if t.answered is None or now - t.answered < 10]
                 next_churn = now + 5
             if now >= next_rotate:
                 # Rotate a live token with a 3 s grace; its successor (same id, new secret)
                 # joins the pool and must work from the moment the rotation answered.
                 i += 1
                 gate = g[i % 3]
-                with self.lock:
-                    t = next(t for t in self.rotating if t.asked is None)
-                    t.asked = time.monotonic()
-                rotated = admin(gate, "POST",
-                                f"/api/v4/projects/acme%2Fweb/deploy_tokens/{t.id}/rotate?grace=3s")
-                with self.lock:
-                    t.answered = time.monotonic()
-                    self.rotating.append(Token(rotated))
-                    self.rotating = [t for t in self.rotating
-                                     if t.answered is None or now - t.answered < 15]
+                self.retire(
+                    "rotating", 15,
+                    lambda t: admin(gate, "POST",
+                                    f"/api/v4/projects/acme%2Fweb/deploy_tokens/{t.id}/rotate?grace=3s"),
+                    lambda rotated: rotated)
                 next_rotate = now + 7
             if now >= next_sample:
                 for n, gate in enumerate(g):

@@ -7,7 +7,7 @@ mod common;
 #[path = "common/recorder.rs"]
 mod recorder;
 
-use common::{basic, free_port, send, Gate, RawResponse, Setup, Token};
+use common::{basic, free_port, send, Gate, RawResponse, Setup};
 use recorder::Recorder;
 
 /// A gate with generic, npm and OCI routes in front of `up`, and a decision
@@ -150,21 +150,6 @@ fn ask_all(
 /// Method, target, headers, and what the proxy mode says (checked too).
 type Row<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
 
-fn registry_jwt(gate: &Gate, token: &Token, scope: &str) -> String {
-    let r = send(
-        gate.port,
-        "GET",
-        &format!("/jwt/auth?service=container_registry&scope={scope}"),
-        &[("Authorization", &token.basic())],
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn both_modes_give_the_same_verdict_for_every_request() {
     let up = Recorder::start();
@@ -184,7 +169,7 @@ fn both_modes_give_the_same_verdict_for_every_request() {
     let revoked = gate.token("project:acme/web", "read_package_registry", &[]);
     gate.revoke(revoked.id);
     let registry = gate.token("project:acme/web", "read_registry,write_registry", &[]);
-    let pull = registry_jwt(&gate, &registry, "repository%3Aacme%2Fweb%2Fapp%3Apull");
+    let pull = gate.registry_jwt(&registry, "repository:acme/web/app:pull");
     let pull = format!("Bearer {pull}");
 
     let rw_basic = rw.basic();

@@ -260,6 +260,27 @@ impl Gate {
     }
 
     /// Creates a token and returns (id, username, secret).
+    /// A registry JWT for `scope` (`repository:acme/web/app:pull`) from the
+    /// token endpoint, asked with `token`'s Basic credentials.
+    pub fn registry_jwt(&self, token: &Token, scope: &str) -> String {
+        let scope = scope
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+            .replace(',', "%2C");
+        let r = send(
+            self.port,
+            "GET",
+            &format!("/jwt/auth?service=container_registry&scope={scope}"),
+            &[("Authorization", &token.basic())],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn token(&self, owner: &str, scopes: &str, extra: &[&str]) -> Token {
         let (flag, path) = owner.split_once(':').expect("owner like project:acme/web");
         let flag = format!("--{flag}");

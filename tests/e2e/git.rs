@@ -117,25 +117,7 @@ http {{
         repos = repos.display(),
         sock = socket.display()
     );
-    std::fs::write(nginx_dir.join("nginx.conf"), conf).unwrap();
-    let nginx_bin = if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let nginx = Command::new(nginx_bin)
-        .arg("-c")
-        .arg(nginx_dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(&nginx_dir)
-        .arg("-e")
-        .arg(nginx_dir.join("error.log"))
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(10));
+    let nginx = spawn_nginx(&nginx_dir, &conf, port);
     Backend {
         port,
         repos,
@@ -155,6 +137,31 @@ impl Backend {
             ..Setup::default()
         })
     }
+}
+
+/// nginx in the foreground with `conf` as `dir/nginx.conf` (prefix and error
+/// log in `dir`), once it listens on `port`.
+pub(crate) fn spawn_nginx(dir: &Path, conf: &str, port: u16) -> Child {
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(10));
+    child
 }
 
 fn url(gate: &Gate, user: &str, secret: &str) -> String {

@@ -275,27 +275,6 @@ pub(crate) fn docker(config: &Path, args: &[&str]) -> Run {
     run("docker", args, &[("DOCKER_CONFIG", config)])
 }
 
-fn jwt(gate: &Gate, token: &Token, scope: &str) -> String {
-    let r = send(
-        gate.port,
-        "GET",
-        &format!(
-            "/jwt/auth?service=container_registry&scope={}",
-            scope
-                .replace(':', "%3A")
-                .replace('/', "%2F")
-                .replace(',', "%2C")
-        ),
-        &[("Authorization", &token.basic())],
-        b"",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn bearer(
     port: u16,
     method: &str,
@@ -431,7 +410,7 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
     assert!(!registry.has_blob("acme/web/other-app", &image.small));
 
     // A mount from a repository the token cannot read does not leak the blob.
-    let thief = jwt(&gate, &other, "repository:acme/api/loot:pull,push");
+    let thief = gate.registry_jwt(&other, "repository:acme/api/loot:pull,push");
     let r = bearer(
         gate.port,
         "POST",
@@ -450,7 +429,7 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
     );
 
     // A chunked upload (POST, PATCH, PATCH, PUT) keeps going through the proxy.
-    let push_jwt = jwt(&gate, &rw, "repository:acme/web/chunky:pull,push");
+    let push_jwt = gate.registry_jwt(&rw, "repository:acme/web/chunky:pull,push");
     let r = bearer(
         gate.port,
         "POST",
@@ -501,7 +480,7 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
 
     // Revoked: the unexpired JWT stops working on the next request.
     let victim = gate.token("project:acme/web", RO, &[]);
-    let victim_jwt = jwt(&gate, &victim, "repository:acme/web/app:pull");
+    let victim_jwt = gate.registry_jwt(&victim, "repository:acme/web/app:pull");
     let manifest = "/v2/acme/web/app/manifests/v1";
     let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
     assert_eq!(
@@ -531,7 +510,7 @@ fn oci_proxy_memory_stays_flat_for_a_1_gib_layer() {
     let registry = Registry::start(&reg_dir, None);
     let gate = oci_gate(work.path(), Some(registry.port));
     let rw = gate.token("project:acme/web", RW, &[]);
-    let push = jwt(&gate, &rw, "repository:acme/web/huge:pull,push");
+    let push = gate.registry_jwt(&rw, "repository:acme/web/huge:pull,push");
     let r = bearer(
         gate.port,
         "POST",
