@@ -9,8 +9,18 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 cleanup() {
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  [ -n "${BASELINE_PIDS:-}" ] && kill $BASELINE_PIDS 2>/dev/null || true
   sleep 0.5
   rm -rf "$WORK"
+}
+
+# need COMMAND PACKAGE: installs the Debian package when the command is missing.
+need() {
+  command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || {
+    log "installing $2"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  }
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

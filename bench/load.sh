@@ -18,7 +18,11 @@
 #
 # Needs: wrk and nginx (apt), a release build (built here if missing).
 # Environment: TOKENGATE_BIN (default target/release/tokengate; e.g. the
-# `profiling` profile's build for perf), TARGETS (default all four).
+# `profiling` profile's build for perf), TARGETS (default the four above).
+# The ceiling targets `hyper-shared`, `hyper-per-core` and `hyper-own-pool`
+# run bench/hyper-baseline, a bare hyper proxy (no auth) in each layout, to
+# tell what hyper costs on this machine from what tokengate adds, e.g.
+#   TARGETS="nginx tokengate hyper-shared hyper-per-core hyper-own-pool" bench/load.sh
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
@@ -27,9 +31,9 @@ ROUNDS=${2:-3}
 CONNS=${3:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+need wrk wrk
+need nginx nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 
@@ -81,6 +85,23 @@ EOF
 
 start_tokengate /generic/acme/web false read_package_registry
 
+read -r -a TARGETS <<<"${TARGETS:-direct nginx tokengate auth_request}"
+declare -A URL PIDS
+for t in "${TARGETS[@]}"; do
+  case $t in
+    hyper-shared | hyper-per-core | hyper-own-pool)
+      layout=${t#hyper-}
+      [ "$layout" = own-pool ] && layout=per-core-own-pool
+      cargo build -q --release --manifest-path "$ROOT/bench/hyper-baseline/Cargo.toml"
+      port=$(free_port)
+      "$ROOT/bench/hyper-baseline/target/release/hyper-baseline" "$layout" "127.0.0.1:$port" "127.0.0.1:$UP" &
+      BASELINE_PIDS="${BASELINE_PIDS:-} $!"
+      URL[$t]="http://127.0.0.1:$port/file"; PIDS[$t]="$! NGINX_PIDS"
+      ;;
+  esac
+done
+sleep 0.5
+
 NGINX_PIDS=$(pgrep -f "nginx: worker process" -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
 cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
   local total=0 p
@@ -92,12 +113,11 @@ cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
 }
 HZ=$(getconf CLK_TCK)
 
-declare -A URL PIDS
+for t in "${!PIDS[@]}"; do PIDS[$t]=${PIDS[$t]/NGINX_PIDS/$NGINX_PIDS}; done
 URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS"
 URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$NGINX_PIDS"
 URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
 URL[auth_request]="http://127.0.0.1:$AUTHREQ/generic/acme/web/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
-read -r -a TARGETS <<<"${TARGETS:-direct nginx tokengate auth_request}"
 
 for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done
 log "warm-up"
@@ -133,7 +153,12 @@ for t in "${TARGETS[@]}"; do
   printf '| %s | %.0f | %s ms | %s ms | %s |\n' "$t" "${RPS[$t]}" "$p50" "$p99" "$cpu"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-[ "${#TARGETS[@]}" = 4 ] || exit 0
+if [ -n "${RPS[nginx]:-}" ]; then
+  for t in "${TARGETS[@]}"; do
+    case $t in hyper-* | tokengate) echo "$t / nginx proxy_pass throughput: $(ratio "${RPS[$t]}" "${RPS[nginx]}")" ;; esac
+  done
+fi
+[ "${TARGETS[*]}" = "direct nginx tokengate auth_request" ] || exit 0
 
 # Added latency at half of tokengate's peak: direct and tokengate under the same
 # paced load (bench/paced.lua), each connection pausing so that all together offer

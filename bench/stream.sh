@@ -14,6 +14,7 @@ IDLE=${2:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/tokengate-stream.XXXXXX)
 chmod 755 "$WORK"
+need nginx nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)

@@ -322,10 +322,16 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     };
     let listener = bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), version = %config.version, "tokengate serving");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = Arc::new(
+        crate::proxy::Workers::start(cores)
+            .map_err(|e| CliError::Failed(format!("cannot start the connection workers: {e}")))?,
+    );
     let shared = Shared {
         resolver,
         last_used: last_used.clone(),
         metrics: metrics.clone(),
+        pools: workers.count(),
     };
     let version = config.version.clone();
     let proxy = build_proxy(config, &shared).map_err(CliError::Failed)?;
@@ -340,12 +346,18 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
         current.clone(),
         Listener::Proxy,
         listener,
+        workers.clone(),
         shutdown_signal(),
     );
     match decision_listener {
         Some(decision) => {
-            let decide =
-                crate::proxy::serve(current, Listener::Decision, decision, shutdown_signal());
+            let decide = crate::proxy::serve(
+                current,
+                Listener::Decision,
+                decision,
+                workers.clone(),
+                shutdown_signal(),
+            );
             tokio::join!(public, decide);
         }
         None => public.await,
@@ -356,6 +368,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     if let Err(e) = last_used.flush(&store).await {
         tracing::warn!(error = %e, "last-used times not saved");
     }
+    // Only now: store and Redis connections opened on a worker live on its reactor.
+    drop(workers);
     tracing::info!("stopped");
     Ok(())
 }
@@ -367,11 +381,13 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Cli
 }
 
 /// What every generation of the proxy shares across config reloads: the
-/// token cache, the last-used batch and the metrics.
+/// token cache, the last-used batch and the metrics; and how many upstream
+/// pools it keeps (one per connection worker).
 struct Shared {
     resolver: Arc<TokenResolver>,
     last_used: Arc<LastUsed>,
     metrics: Arc<Metrics>,
+    pools: usize,
 }
 
 /// A proxy for `config`, with its registry token service (signing keys read now).
@@ -403,6 +419,7 @@ fn build_proxy(config: Arc<Config>, shared: &Shared) -> Result<crate::proxy::Pro
         shared.last_used.clone(),
         registry,
         shared.metrics.clone(),
+        shared.pools,
     ))
 }
 

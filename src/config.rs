@@ -1182,6 +1182,7 @@ access = "read"
             ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
             ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
             ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),
+            ("[registry_auth]\nservice = \"s\"\ntoken_ttl_seconds = 59\n", "registry_auth.token_ttl_seconds", 3, "at least 60"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

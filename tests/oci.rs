@@ -331,6 +331,11 @@ fn the_token_endpoint_refuses_what_gitlab_refuses() {
     );
     let r = token_request(&gate, Some(&t.basic()), "scope=repository%3Aacme");
     assert_eq!(r.status, 400, "{}", r.text());
+    // `account` naming someone else: 403; naming the token's user: fine.
+    let r = token_request(&gate, Some(&t.basic()), "account=root");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let own = format!("account={}", t.username.replace('+', "%2B"));
+    assert_eq!(token_request(&gate, Some(&t.basic()), &own).status, 200);
     // OAuth2 POST is not offered: clients fall back to GET.
     assert_eq!(
         send(

@@ -451,15 +451,15 @@ mod tests {
         assert!(rsa
             .verify(&confused, "tokengate", "container_registry")
             .is_err());
-        let pem_secret = jsonwebtoken::encode(
-            &hs,
-            &claims(now),
-            &EncodingKey::from_secret(RSA_PEM.as_bytes()),
-        )
-        .unwrap();
-        assert!(rsa
-            .verify(&pem_secret, "tokengate", "container_registry")
-            .is_err());
+        // ...and with the public key's PEM, the bytes an attacker can fetch.
+        let public_pem = rcgen::KeyPair::from_pem(RSA_PEM).unwrap().public_key_pem();
+        for secret in [public_pem.as_bytes(), RSA_PEM.as_bytes()] {
+            let confused =
+                jsonwebtoken::encode(&hs, &claims(now), &EncodingKey::from_secret(secret)).unwrap();
+            assert!(rsa
+                .verify(&confused, "tokengate", "container_registry")
+                .is_err());
+        }
         // No kid at all.
         let no_kid = jsonwebtoken::encode(
             &Header::new(Algorithm::ES256),

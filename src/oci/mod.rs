@@ -24,6 +24,9 @@ pub enum TokenRequestError {
     UnknownService(String),
     #[error(transparent)]
     BadScope(#[from] ScopeError),
+    /// `account` names someone other than the credentials' user.
+    #[error("the account asked for is not the deploy token's username")]
+    OtherAccount,
 }
 
 pub struct RegistryAuth {
@@ -57,6 +60,12 @@ impl RegistryAuth {
             return Err(TokenRequestError::UnknownService(
                 service.chars().take(100).collect(),
             ));
+        }
+        let account = params.iter().find(|(k, _)| k == "account");
+        if let (Some((_, account)), Some(token)) = (account, token) {
+            if *account != token.username {
+                return Err(TokenRequestError::OtherAccount);
+            }
         }
         let asked = scope::parse_all(
             params
@@ -289,6 +298,10 @@ mod tests {
         assert!(matches!(
             auth.issue(Some(&token()), Some("scope=repository:acme"), now),
             Err(TokenRequestError::BadScope(_))
+        ));
+        assert!(matches!(
+            auth.issue(Some(&token()), Some("account=someone-else"), now),
+            Err(TokenRequestError::OtherAccount)
         ));
         let anonymous = auth
             .issue(None, Some("scope=repository:acme/web/app:pull"), now)

@@ -127,6 +127,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TokenRequest(TokenRequestError::UnknownService(_)) => StatusCode::NOT_FOUND,
             ProxyError::TokenRequest(TokenRequestError::BadScope(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::TokenRequest(TokenRequestError::OtherAccount) => StatusCode::FORBIDDEN,
             ProxyError::BadRegistryToken(_) | ProxyError::InsufficientScope => {
                 StatusCode::UNAUTHORIZED
             }

@@ -14,6 +14,7 @@ mod rewrite;
 mod session;
 mod upstream_login;
 mod url_grant;
+mod workers;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,6 +50,7 @@ use body::IdleTimeout;
 pub use limit::FailureLimiter;
 use rewrite::UrlMap;
 use upstream_login::UpstreamLogins;
+pub use workers::Workers;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
 pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
@@ -66,23 +68,24 @@ pub struct Proxy {
     last_used: Arc<LastUsed>,
     /// The registry token service, when configured.
     registry: Option<Arc<RegistryAuth>>,
-    /// The pooled client for `http` upstreams.
-    client: Client<HttpConnector, UpstreamBody>,
-    /// One pooled client per `https` upstream (each has its own TLS settings).
-    tls_clients: HashMap<String, Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
+    /// The upstream clients of each worker (see [`workers`]).
+    clients: Box<[UpstreamClients]>,
     upstream_logins: UpstreamLogins,
     failures: FailureLimiter,
     metrics: Arc<Metrics>,
 }
 
-impl Proxy {
-    pub fn new(
-        config: Arc<Config>,
-        resolver: Arc<TokenResolver>,
-        last_used: Arc<LastUsed>,
-        registry: Option<Arc<RegistryAuth>>,
-        metrics: Arc<Metrics>,
-    ) -> Proxy {
+/// Pooled clients to the upstreams. Each worker has its own, so a request
+/// and the upstream connection it reuses run on the same thread.
+struct UpstreamClients {
+    /// For `http` upstreams.
+    plain: Client<HttpConnector, UpstreamBody>,
+    /// One per `https` upstream (each has its own TLS settings).
+    tls: HashMap<String, Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
+}
+
+impl UpstreamClients {
+    fn new(config: &Config) -> UpstreamClients {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
         connector.set_nodelay(true);
@@ -96,8 +99,8 @@ impl Proxy {
                 .pool_timer(TokioTimer::new());
             builder
         };
-        let client = builder.build(connector.clone());
-        let tls_clients = config
+        let plain = builder.build(connector.clone());
+        let tls = config
             .routes
             .routes()
             .iter()
@@ -113,6 +116,23 @@ impl Proxy {
                 Some((route.upstream.name.to_string(), builder.build(https)))
             })
             .collect();
+        UpstreamClients { plain, tls }
+    }
+}
+
+impl Proxy {
+    /// A proxy serving `config`, with `pools` sets of upstream clients (one per worker).
+    pub fn new(
+        config: Arc<Config>,
+        resolver: Arc<TokenResolver>,
+        last_used: Arc<LastUsed>,
+        registry: Option<Arc<RegistryAuth>>,
+        metrics: Arc<Metrics>,
+        pools: usize,
+    ) -> Proxy {
+        let clients = (0..pools.max(1))
+            .map(|_| UpstreamClients::new(&config))
+            .collect();
         let failures = FailureLimiter::new(
             config.server.failed_auth_per_minute,
             std::time::Duration::from_secs(60),
@@ -123,8 +143,7 @@ impl Proxy {
             resolver,
             last_used,
             registry,
-            client,
-            tls_clients,
+            clients,
             upstream_logins,
             failures,
             metrics,
@@ -464,15 +483,16 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Sends a request on the upstream's pooled client.
+    /// Sends a request on this worker's pooled client for the upstream.
     fn send_upstream(
         &self,
         upstream: &crate::route::Upstream,
         request: Request<UpstreamBody>,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        match self.tls_clients.get(&*upstream.name) {
+        let clients = &self.clients[workers::index() % self.clients.len()];
+        match clients.tls.get(&*upstream.name) {
             Some(tls) => tls.request(request),
-            None => self.client.request(request),
+            None => clients.plain.request(request),
         }
     }
 }
@@ -618,6 +638,7 @@ pub async fn serve(
     current: Arc<Current>,
     role: Listener,
     listener: TcpListener,
+    workers: Arc<Workers>,
     shutdown: impl Future<Output = ()>,
 ) {
     let start = current.load_full();
@@ -659,68 +680,26 @@ pub async fn serve(
             () = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
+        // Handed to a worker as a std socket: it registers with the worker's
+        // own reactor there, so its readiness never crosses threads.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, client = %peer, "connection not handed to a worker");
+                continue;
+            }
+        };
         let current = current.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // The connection's TLS and header timeout come from the config
-            // current when it was accepted; each request's routes from the
-            // config current when it arrives.
-            let (tls, header_timeout) = {
-                let proxy = current.load();
-                let server = &proxy.config.server;
-                let tls = server
-                    .tls
-                    .as_ref()
-                    .filter(|_| role == Listener::Proxy)
-                    .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
-                (tls, server.header_read_timeout)
-            };
-            // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
-            // a peer that sends nothing at all is dropped here.
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(1))
-            ) {
-                return;
+        workers.run(Box::new(move || {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    tokio::spawn(connection(current, role, builder, watcher, stream, peer));
+                }
+                Err(e) => tracing::warn!(error = %e, client = %peer, "connection not registered"),
             }
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = current.load_full();
-                // Boxed: hyper keeps room for one request future in every
-                // connection, idle or not. Boxed, that room is a pointer and
-                // a request's state exists only while it is in flight.
-                Box::pin(async move {
-                    Ok::<_, Infallible>(match role {
-                        Listener::Proxy => proxy.handle(req, peer).await,
-                        Listener::Decision => proxy.check(req, peer).await,
-                    })
-                })
-            });
-            let served =
-                match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    // Boxed, so that plain connections do not carry room for
-                    // the TLS state (every idle connection holds its task).
-                    Some(acceptor) => Box::pin(async move {
-                        let handshake =
-                            tokio::time::timeout(header_timeout, acceptor.accept(stream));
-                        let Ok(Ok(stream)) = handshake.await else {
-                            tracing::debug!(client = %peer, "TLS handshake failed or timed out");
-                            return Ok(());
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    })
-                    .await,
-                };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, client = %peer, "connection ended with an error");
-            }
-        });
+        }));
     }
     drop(listener);
     let grace = current.load().config.server.shutdown_grace;
@@ -730,5 +709,73 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}
+
+/// Serves one connection, on its worker.
+async fn connection(
+    current: Arc<Current>,
+    role: Listener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    // The connection's TLS and header timeout come from the config
+    // current when it was accepted; each request's routes from the
+    // config current when it arrives.
+    let (tls, header_timeout) = {
+        let proxy = current.load();
+        let server = &proxy.config.server;
+        let tls = server
+            .tls
+            .as_ref()
+            .filter(|_| role == Listener::Proxy)
+            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+        (tls, server.header_read_timeout)
+    };
+    // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
+    // a peer that sends nothing at all is dropped here.
+    let mut first = [0u8; 1];
+    if !matches!(
+        tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) {
+        return;
+    }
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = current.load_full();
+        // Boxed: hyper keeps room for one request future in every
+        // connection, idle or not. Boxed, that room is a pointer and
+        // a request's state exists only while it is in flight.
+        Box::pin(async move {
+            Ok::<_, Infallible>(match role {
+                Listener::Proxy => proxy.handle(req, peer).await,
+                Listener::Decision => proxy.check(req, peer).await,
+            })
+        })
+    });
+    let served = match tls {
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+        // Boxed, so that plain connections do not carry room for
+        // the TLS state (every idle connection holds its task).
+        Some(acceptor) => {
+            Box::pin(async move {
+                let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                let Ok(Ok(stream)) = handshake.await else {
+                    tracing::debug!(client = %peer, "TLS handshake failed or timed out");
+                    return Ok(());
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(conn.into_owned()).await
+            })
+            .await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, client = %peer, "connection ended with an error");
     }
 }

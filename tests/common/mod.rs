@@ -266,7 +266,8 @@ impl Gate {
         let scope = scope
             .replace(':', "%3A")
             .replace('/', "%2F")
-            .replace(',', "%2C");
+            .replace(',', "%2C")
+            .replace(' ', "%20");
         let r = send(
             self.port,
             "GET",

@@ -155,12 +155,17 @@ impl RedisCluster {
             .iter()
             .map(|port| {
                 let conf = dir.join(format!("nodes-{port}.conf"));
+                // The bus port is named: its default (port + 10000) does not
+                // exist for the ephemeral ports above 55535.
+                let bus_port = free_port().to_string();
                 let child = redis_server(
                     *port,
                     dir,
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus_port,
                         "--cluster-config-file",
                         conf.to_str().unwrap(),
                         "--cluster-node-timeout",

@@ -37,50 +37,64 @@ pub(crate) fn require(tool: &str) {
 /// A distribution registry on a free loopback port, storing under `dir`.
 pub(crate) struct Registry {
     pub port: u16,
+    data: PathBuf,
     child: Child,
 }
 
 impl Registry {
-    /// `token_auth`: `(realm, rootcertbundle)` for token-server-only mode.
+    /// `token_auth`: `(realm, rootcertbundle)` for token-server-only mode, which
+    /// runs the shipped `deploy/registry-token-auth.yml` with only its
+    /// paths and ports replaced.
     pub fn start(dir: &Path, token_auth: Option<(String, PathBuf)>) -> Registry {
         require("docker-registry");
         let port = free_port();
-        let auth = token_auth.map_or_else(String::new, |(realm, bundle)| {
-            format!(
-                "auth:\n  token:\n    realm: {realm}\n    service: container_registry\n    issuer: tokengate\n    rootcertbundle: {}\n",
-                bundle.display()
-            )
-        });
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: e2e-only-secret\n{auth}",
-                dir.join("data").display()
+        let data = dir.join("data");
+        let config = match token_auth {
+            None => format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: e2e-only-secret\n",
+                data.display()
             ),
-        )
-        .unwrap();
+            Some((realm, bundle)) => {
+                let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/registry-token-auth.yml");
+                let mut config = std::fs::read_to_string(shipped).unwrap();
+                for (from, to) in [
+                    ("/var/lib/docker-registry", data.display().to_string()),
+                    ("127.0.0.1:5000", format!("127.0.0.1:{port}")),
+                    ("https://tokengate.example.com/jwt/auth", realm),
+                    ("/etc/tokengate/tokengate-signing.crt", bundle.display().to_string()),
+                ] {
+                    assert!(config.contains(from), "deploy/registry-token-auth.yml names {from}");
+                    config = config.replace(from, &to);
+                }
+                config
+            }
+        };
+        let config_path = dir.join("registry.yml");
+        std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
-            .arg(&config)
+            .arg(&config_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         wait_for_port(port, Duration::from_secs(20));
-        Registry { port, child }
+        Registry { port, data, child }
     }
 
+    /// Whether `repository` holds the blob: its link in the registry's storage
+    /// (read from disk, so it needs no credentials in either mode).
     fn has_blob(&self, repository: &str, digest: &str) -> bool {
-        let r = send(
-            self.port,
-            "HEAD",
-            &format!("/v2/{repository}/blobs/{digest}"),
-            &[],
-            b"",
-        );
-        r.status == 200
+        let (algorithm, hex) = digest.split_once(':').expect("a digest");
+        self.data
+            .join("docker/registry/v2/repositories")
+            .join(repository)
+            .join("_layers")
+            .join(algorithm)
+            .join(hex)
+            .join("link")
+            .exists()
     }
 }
 
@@ -574,7 +588,7 @@ fn oci_token_server_only_mode() {
     std::fs::create_dir_all(&reg_dir).unwrap();
     let registry = Registry::start(&reg_dir, Some((format!("{}/jwt/auth", gate.url()), cert)));
     let host = format!("127.0.0.1:{}", registry.port);
-    let image = Image::build(work.path(), 1 << 20);
+    let image = Image::build(work.path(), BIG_LAYER);
     let rw = gate.token("project:acme/web", RW, &[]);
     let ro = gate.token("project:acme/web", RO, &[]);
     let other = gate.token("project:acme/api", RW, &[]);
@@ -592,18 +606,78 @@ fn oci_token_server_only_mode() {
         "the registry accepts tokengate's JWTs: {}",
         push.output
     );
+    let inspect = docker(
+        &docker_config,
+        &[
+            "manifest",
+            "inspect",
+            "--insecure",
+            &format!("{host}/acme/web/app:v1"),
+        ],
+    );
+    assert!(
+        inspect.ok && inspect.output.contains(&image.big),
+        "{}",
+        inspect.output
+    );
     let out = work.path().join("pulled");
-    assert!(skopeo_pull(&out, &host, "acme/web/app", &ro).ok);
-    assert!(same_file(
-        &image.blob(&image.small),
-        &blob_path(&out, &image.small)
-    ));
+    let pull = skopeo_pull(&out, &host, "acme/web/app", &ro);
+    assert!(pull.ok, "{}", pull.output);
+    for layer in [&image.big, &image.small] {
+        assert!(
+            same_file(&image.blob(layer), &blob_path(&out, layer)),
+            "layer {layer} differs"
+        );
+    }
     assert!(
         !skopeo_push(&image, &host, "acme/web/ro-app", &ro).ok,
         "read-only push refused by the registry"
     );
+    assert!(!registry.has_blob("acme/web/ro-app", &image.small));
     assert!(!skopeo_pull(&work.path().join("o"), &host, "acme/web/app", &other).ok);
     assert!(!skopeo_push(&image, &host, "acme/web/x", &other).ok);
+    assert!(!registry.has_blob("acme/web/x", &image.small));
+
+    // A mount from a repository the token cannot read: tokengate grants only
+    // the token's own repository, so the registry refuses the mount.
+    let thief = gate.registry_jwt(
+        &other,
+        "repository:acme/api/loot:pull,push repository:acme/web/app:pull",
+    );
+    let r = bearer(
+        registry.port,
+        "POST",
+        &format!(
+            "/v2/acme/api/loot/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
+            image.small.replace(':', "%3A")
+        ),
+        &thief,
+        &[],
+        b"",
+    );
+    assert_ne!(r.status, 201, "the registry mounted: {}", r.text());
+    assert!(
+        !registry.has_blob("acme/api/loot", &image.small),
+        "the blob leaked through a mount"
+    );
+    // The same mount with a token that may read the source works: the refusal above was the grant's.
+    let owner = gate.registry_jwt(
+        &rw,
+        "repository:acme/web/copy:pull,push repository:acme/web/app:pull",
+    );
+    let r = bearer(
+        registry.port,
+        "POST",
+        &format!(
+            "/v2/acme/web/copy/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
+            image.small.replace(':', "%3A")
+        ),
+        &owner,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(registry.has_blob("acme/web/copy", &image.small));
 }
 
 #[test]

@@ -1,0 +1,98 @@
+//! Connection workers: one single-threaded runtime per core. The accept loop
+//! hands each connection to a worker, round robin; the connection, its
+//! requests and the pooled upstream connections they use then stay on that
+//! thread. On a work-stealing runtime a request and its upstream connection
+//! usually run on different threads, and every request pays cross-thread
+//! wakeups — on a 2-core VM those cost more than the proxying itself.
+//!
+//! Everything else (token store, Redis, admin listener, config reloads) stays
+//! on the main runtime; a worker reaches it only on a cache miss.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
+/// Work for a worker: runs on its thread, inside its runtime (so it may
+/// `tokio::spawn` there).
+pub type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's worker index; 0 off the workers (one pool serves them all).
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// The worker threads. Dropping it ends them (their connections with them),
+/// so it lives until the listeners have drained.
+pub struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one).
+    pub fn start(count: usize) -> std::io::Result<Workers> {
+        let queues = (0..count.max(1))
+            .map(|index| {
+                let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                std::thread::Builder::new()
+                    .name(format!("tokengate-worker-{index}"))
+                    .spawn(move || {
+                        INDEX.with(|i| i.set(index));
+                        runtime.block_on(async move {
+                            while let Some(job) = jobs.recv().await {
+                                job();
+                            }
+                        });
+                    })?;
+                Ok(queue)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Workers {
+            queues,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many workers there are: the number of upstream pools a proxy keeps.
+    pub fn count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Runs `job` on the next worker.
+    pub fn run(&self, job: Job) {
+        let next = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        if self.queues[next].send(job).is_err() {
+            // A worker thread only ends when `Workers` is dropped.
+            tracing::error!(worker = next, "connection worker gone; connection dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_on_their_worker_round_robin() {
+        let workers = Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            workers.run(Box::new(move || {
+                // Inside the worker's runtime: spawning works.
+                tokio::spawn(async move { tx.send(index()).unwrap() });
+            }));
+        }
+        let mut seen: Vec<usize> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 0, 1, 1]);
+    }
+}
