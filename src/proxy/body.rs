@@ -1,7 +1,9 @@
 //! Body plumbing: an idle timeout for streamed bodies, so a peer that stops
 //! sending mid-body (a stalled upload, a hung upstream) releases its
 //! connection instead of holding it forever. The clock restarts on every frame,
-//! so multi-GB transfers are fine as long as bytes keep moving.
+//! so multi-GB transfers are fine as long as bytes keep moving. The timer is
+//! armed only when the body first has to wait: a small body whose bytes are
+//! already there (most metadata answers) never touches the timer wheel.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +25,11 @@ pin_project! {
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        // Boxed so the body stays `Unpin`, as the hyper client requires.
-        deadline: Pin<Box<Sleep>>,
+        // Boxed so the body stays `Unpin`, as the hyper client requires;
+        // absent until the body first waits.
+        deadline: Option<Pin<Box<Sleep>>>,
+        // Whether the deadline counts the current wait (false after a frame).
+        armed: bool,
         idle: Duration,
     }
 }
@@ -33,7 +38,8 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> IdleTimeout<B> {
         IdleTimeout {
             inner,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
+            armed: false,
             idle,
         }
     }
@@ -54,14 +60,30 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let idle = *this.idle;
-                this.deadline.as_mut().reset(Instant::now() + idle);
+                // The next wait starts a fresh idle period.
+                *this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(*this.idle).into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = *this.idle;
+                let until = || Instant::now() + idle;
+                let deadline = match this.deadline {
+                    Some(deadline) => {
+                        if !*this.armed {
+                            deadline.as_mut().reset(until());
+                        }
+                        deadline
+                    }
+                    None => this
+                        .deadline
+                        .insert(Box::pin(tokio::time::sleep_until(until()))),
+                };
+                *this.armed = true;
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -10,60 +10,83 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::token::TokenRecord;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "keep-alive",
-    "proxy-connection",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Credential headers of any format: never forwarded.
-const CREDENTIALS: &[&str] = &[
-    "authorization",
-    "deploy-token",
-    "x-nuget-apikey",
-    "job-token",
-    "private-token",
+const CREDENTIALS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("deploy-token"),
+    HeaderName::from_static("x-nuget-apikey"),
+    HeaderName::from_static("job-token"),
+    HeaderName::from_static("private-token"),
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Forwarding headers the proxy alone sets.
-const FORWARDING: &[&str] = &[
-    "forwarded",
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
+const FORWARDING: [HeaderName; 8] = [
+    header::FORWARDED,
+    header::HOST,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 /// Headers a `Connection:` list may not remove: framing and content.
-const PROTECTED: &[&str] = &["content-length", "content-type", "content-encoding"];
+const PROTECTED: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+];
 
 const IDENTITY_PREFIX: &str = "x-tokengate-";
+const TOKEN_ID: HeaderName = HeaderName::from_static("x-tokengate-token-id");
+const TOKEN_USER: HeaderName = HeaderName::from_static("x-tokengate-user");
+const TOKEN_SCOPES: HeaderName = HeaderName::from_static("x-tokengate-scopes");
 
-/// Removes hop-by-hop headers and the ones the `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, the ones the `Connection` header names and
+/// those `also` picks. One pass over the headers present (a handful), rather
+/// than a lookup for each of the two dozen names that may not pass.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !PROTECTED.contains(&name.as_str()))
+        .filter(|name| !PROTECTED.contains(name))
         .collect();
-    for name in named {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name) || also(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
+}
+
+/// Client headers the proxy never forwards beyond the hop-by-hop ones:
+/// credentials, the forwarding headers it sets itself, identity headers.
+fn proxy_owned(name: &HeaderName) -> bool {
+    CREDENTIALS.contains(name)
+        || FORWARDING.contains(name)
+        || name.as_str().starts_with(IDENTITY_PREFIX)
 }
 
 /// What the proxy tells the upstream about the request.
@@ -81,23 +104,12 @@ pub struct Forwarding<'a> {
 
 /// Turns client request headers into upstream request headers.
 pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
-    remove_hop_by_hop(headers);
-    for name in CREDENTIALS.iter().chain(FORWARDING) {
-        headers.remove(*name);
-    }
-    let identity: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
-        .cloned()
-        .collect();
-    for name in identity {
-        headers.remove(name);
-    }
-    set(headers, "host", fwd.upstream_host.to_string());
-    set(headers, "x-forwarded-for", fwd.client_ip.to_string());
-    let proto = if fwd.public_https { "https" } else { "http" };
-    set(headers, "x-forwarded-proto", proto.to_string());
-    set(headers, "x-forwarded-host", fwd.public_host.to_string());
+    strip(headers, proxy_owned);
+    set(headers, header::HOST, fwd.upstream_host);
+    set(headers, X_FORWARDED_FOR, fwd.client_ip.to_string());
+    let proto = HeaderValue::from_static(if fwd.public_https { "https" } else { "http" });
+    headers.insert(X_FORWARDED_PROTO, proto);
+    set(headers, X_FORWARDED_HOST, fwd.public_host);
     identify(headers, fwd.token);
     if let Some(auth) = fwd.upstream_authorization {
         headers.insert(header::AUTHORIZATION, auth.clone());
@@ -113,20 +125,24 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
 /// Names the deploy token a request was allowed for: to the upstream in the
 /// proxy mode, to the edge proxy in the forward-auth mode.
 pub fn identify(headers: &mut HeaderMap, token: &TokenRecord) {
-    set(headers, "x-tokengate-token-id", token.id.to_string());
-    set(headers, "x-tokengate-user", token.username.clone());
-    set(headers, "x-tokengate-scopes", token.scopes.to_string());
+    headers.insert(TOKEN_ID, HeaderValue::from(token.id));
+    set(headers, TOKEN_USER, token.username.as_str());
+    set(headers, TOKEN_SCOPES, token.scopes.to_string());
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static(name), v);
+/// Sets a header whose value may not be a valid header value (then it is left out).
+fn set<V>(headers: &mut HeaderMap, name: HeaderName, value: V)
+where
+    HeaderValue: TryFrom<V>,
+{
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(name, v);
     }
 }
 
 /// Turns upstream response headers into client response headers.
 pub fn to_downstream(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+    strip(headers, |_| false);
 }
 
 #[cfg(test)]

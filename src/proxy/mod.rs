@@ -378,14 +378,15 @@ impl Proxy {
         let route = matched.route;
         let upstream = &*route.upstream;
         let public = &self.config.server.public_url;
-        let target = format!(
-            "{}{}",
-            upstream.origin(),
-            matched.upstream_path_and_query(path, query)
-        );
-        parts.uri = target
-            .parse::<Uri>()
-            .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
+        let path_and_query =
+            http::uri::PathAndQuery::try_from(matched.upstream_path_and_query(path, query))
+                .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(upstream.scheme.clone());
+        target.authority = Some(upstream.authority.clone());
+        target.path_and_query = Some(path_and_query);
+        parts.uri =
+            Uri::from_parts(target).map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
         parts.version = http::Version::HTTP_11;
         let public_host = public.origin.split_once("://").map_or("", |(_, h)| h);
         let authorization = self.upstream_authorization(upstream).await?;
