@@ -322,11 +322,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     };
     let listener = bind(config.server.listen).await?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url.origin, routes = config.routes.routes().len(), redis = redis.is_some(), version = %config.version, "tokengate serving");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = Arc::new(
-        crate::proxy::Workers::start(cores)
+    let workers = Arc::new(match config.server.workers {
+        Some(count) => crate::proxy::Workers::start(count)
             .map_err(|e| CliError::Failed(format!("cannot start the connection workers: {e}")))?,
-    );
+        None => crate::proxy::Workers::shared(),
+    });
     let shared = Shared {
         resolver,
         last_used: last_used.clone(),
@@ -481,6 +481,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
         ("store.url", old.store.url != new.store.url),
+        ("server.workers", old.server.workers != new.server.workers),
         (
             "cache",
             format!("{:?}", old.cache.redis.as_ref().map(|r| &r.target))

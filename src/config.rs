@@ -102,6 +102,7 @@ struct RawServer {
     metadata_max_bytes: Option<usize>,
     failed_auth_per_minute: Option<u32>,
     log_level: Option<Spanned<String>>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +255,9 @@ pub struct ServerConfig {
     pub failed_auth_per_minute: u32,
     /// The log filter (`info`, `tokengate=debug,info`, ...); `TOKENGATE_LOG` wins when set.
     pub log_level: String,
+    /// Connection workers, each a single-threaded runtime; `None`: connections
+    /// on the shared multi-threaded runtime (`workers = 0`).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -886,6 +890,11 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
+        workers: match raw.workers {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
         log_level: match &raw.log_level {
             None => "info".to_string(),
             Some(level) => {

@@ -52,10 +52,18 @@ upstream = "rec"
     )
 }
 
+/// In every connection layout: workers per core (the default), a given
+/// number of them, the shared runtime (`workers = 0`).
 #[test]
 fn credentials_never_reach_the_upstream_and_identity_is_the_proxys() {
+    for layout in ["", "workers = 3", "workers = 0"] {
+        credentials_never_reach_the_upstream(layout);
+    }
+}
+
+fn credentials_never_reach_the_upstream(layout: &str) {
     let up = Recorder::start();
-    let gate = Gate::start(&config(&up));
+    let gate = Gate::start_full(layout, &config(&up), &[]);
     let t = gate.token("project:acme/web", "read_package_registry", &[]);
     let r = send(
         gate.port,
@@ -77,7 +85,7 @@ fn credentials_never_reach_the_upstream_and_identity_is_the_proxys() {
         ],
         b"",
     );
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 200, "{layout}: {}", r.text());
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
     let s = &seen[0];

@@ -27,13 +27,23 @@ pub fn index() -> usize {
 }
 
 /// The worker threads. Dropping it ends them (their connections with them),
-/// so it lives until the listeners have drained.
+/// so it lives until the listeners have drained. Without workers (`shared`),
+/// jobs run on the caller's runtime.
 pub struct Workers {
     queues: Vec<mpsc::UnboundedSender<Job>>,
     next: AtomicUsize,
 }
 
 impl Workers {
+    /// No worker threads: connections are served on the runtime that accepts
+    /// them (multi-threaded: they move between cores).
+    pub fn shared() -> Workers {
+        Workers {
+            queues: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// Starts `count` workers (at least one).
     pub fn start(count: usize) -> std::io::Result<Workers> {
         let queues = (0..count.max(1))
@@ -61,13 +71,16 @@ impl Workers {
         })
     }
 
-    /// How many workers there are: the number of upstream pools a proxy keeps.
+    /// How many upstream pools a proxy keeps: one per worker, or one shared.
     pub fn count(&self) -> usize {
-        self.queues.len()
+        self.queues.len().max(1)
     }
 
-    /// Runs `job` on the next worker.
+    /// Runs `job` on the next worker (shared: here, on the caller's runtime).
     pub fn run(&self, job: Job) {
+        if self.queues.is_empty() {
+            return job();
+        }
         let next = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         if self.queues[next].send(job).is_err() {
             // A worker thread only ends when `Workers` is dropped.
@@ -94,5 +107,23 @@ mod tests {
         let mut seen: Vec<usize> = (0..4).map(|_| rx.recv().unwrap()).collect();
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn shared_runs_jobs_on_the_caller_s_runtime() {
+        let workers = Workers::shared();
+        assert_eq!(workers.count(), 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let caller = std::thread::current().id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.block_on(async {
+            workers.run(Box::new(move || {
+                tokio::spawn(async move { tx.send(std::thread::current().id()).unwrap() });
+            }));
+            tokio::task::yield_now().await;
+        });
+        assert_eq!(rx.recv().unwrap(), caller);
     }
 }
