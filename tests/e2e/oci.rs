@@ -303,6 +303,41 @@ fn bearer(
     send(port, method, target, &all, body)
 }
 
+/// `docker manifest inspect` of `acme/web/app:v1` (with the login stored in
+/// `work/docker`) names the big layer, and a pull with `token` into
+/// `work/pulled` brings both layers back byte for byte.
+fn inspect_and_pull(image: &Image, work: &Path, host: &str, token: &Token) {
+    let (docker_config, out) = (work.join("docker"), work.join("pulled"));
+    let (docker_config, out) = (docker_config.as_path(), out.as_path());
+    let reference = format!("{host}/acme/web/app:v1");
+    let inspect = docker(
+        docker_config,
+        &["manifest", "inspect", "--insecure", &reference],
+    );
+    assert!(
+        inspect.ok && inspect.output.contains(&image.big),
+        "{}",
+        inspect.output
+    );
+    let pull = skopeo_pull(out, host, "acme/web/app", token);
+    assert!(pull.ok, "{}", pull.output);
+    for layer in [&image.big, &image.small] {
+        assert!(
+            same_file(&image.blob(layer), &blob_path(out, layer)),
+            "layer {layer} differs"
+        );
+    }
+}
+
+/// Asks to mount the image's small layer from `acme/web/app` into `repository`.
+fn mount(port: u16, repository: &str, image: &Image, jwt: &str) -> RawResponse {
+    let target = format!(
+        "/v2/{repository}/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
+        image.small.replace(':', "%3A")
+    );
+    bearer(port, "POST", &target, jwt, &[], b"")
+}
+
 /// The path and query of an absolute or relative `Location`.
 fn location_target(location: &str, gate: &Gate) -> String {
     assert!(
@@ -381,31 +416,7 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
         rss_after.1
     );
     assert!(registry.has_blob("acme/web/app", &image.big));
-    let inspect = docker(
-        &docker_config,
-        &[
-            "manifest",
-            "inspect",
-            "--insecure",
-            &format!("{host}/acme/web/app:v1"),
-        ],
-    );
-    assert!(
-        inspect.ok && inspect.output.contains(&image.big),
-        "{}",
-        inspect.output
-    );
-    let out = work.path().join("pulled");
-    let pull = skopeo_pull(&out, &host, "acme/web/app", &ro);
-    assert!(pull.ok, "{}", pull.output);
-    assert!(
-        same_file(&image.blob(&image.big), &blob_path(&out, &image.big)),
-        "big layer differs"
-    );
-    assert!(same_file(
-        &image.blob(&image.small),
-        &blob_path(&out, &image.small)
-    ));
+    inspect_and_pull(&image, work.path(), &host, &ro);
 
     // A read-only token pulls but cannot push; another project's token can do neither.
     let refused = skopeo_push(&image, &host, "acme/web/ro-app", &ro);
@@ -425,17 +436,7 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
 
     // A mount from a repository the token cannot read does not leak the blob.
     let thief = gate.registry_jwt(&other, "repository:acme/api/loot:pull,push");
-    let r = bearer(
-        gate.port,
-        "POST",
-        &format!(
-            "/v2/acme/api/loot/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
-            image.small.replace(':', "%3A")
-        ),
-        &thief,
-        &[],
-        b"",
-    );
+    let r = mount(gate.port, "acme/api/loot", &image, &thief);
     assert_eq!(r.status, 202, "a plain upload, not a mount: {}", r.text());
     assert!(
         !registry.has_blob("acme/api/loot", &image.small),
@@ -606,29 +607,7 @@ fn oci_token_server_only_mode() {
         "the registry accepts tokengate's JWTs: {}",
         push.output
     );
-    let inspect = docker(
-        &docker_config,
-        &[
-            "manifest",
-            "inspect",
-            "--insecure",
-            &format!("{host}/acme/web/app:v1"),
-        ],
-    );
-    assert!(
-        inspect.ok && inspect.output.contains(&image.big),
-        "{}",
-        inspect.output
-    );
-    let out = work.path().join("pulled");
-    let pull = skopeo_pull(&out, &host, "acme/web/app", &ro);
-    assert!(pull.ok, "{}", pull.output);
-    for layer in [&image.big, &image.small] {
-        assert!(
-            same_file(&image.blob(layer), &blob_path(&out, layer)),
-            "layer {layer} differs"
-        );
-    }
+    inspect_and_pull(&image, work.path(), &host, &ro);
     assert!(
         !skopeo_push(&image, &host, "acme/web/ro-app", &ro).ok,
         "read-only push refused by the registry"
@@ -644,17 +623,7 @@ fn oci_token_server_only_mode() {
         &other,
         "repository:acme/api/loot:pull,push repository:acme/web/app:pull",
     );
-    let r = bearer(
-        registry.port,
-        "POST",
-        &format!(
-            "/v2/acme/api/loot/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
-            image.small.replace(':', "%3A")
-        ),
-        &thief,
-        &[],
-        b"",
-    );
+    let r = mount(registry.port, "acme/api/loot", &image, &thief);
     assert_ne!(r.status, 201, "the registry mounted: {}", r.text());
     assert!(
         !registry.has_blob("acme/api/loot", &image.small),
@@ -665,17 +634,7 @@ fn oci_token_server_only_mode() {
         &rw,
         "repository:acme/web/copy:pull,push repository:acme/web/app:pull",
     );
-    let r = bearer(
-        registry.port,
-        "POST",
-        &format!(
-            "/v2/acme/web/copy/blobs/uploads/?mount={}&from=acme%2Fweb%2Fapp",
-            image.small.replace(':', "%3A")
-        ),
-        &owner,
-        &[],
-        b"",
-    );
+    let r = mount(registry.port, "acme/web/copy", &image, &owner);
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(registry.has_blob("acme/web/copy", &image.small));
 }

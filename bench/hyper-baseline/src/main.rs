@@ -34,7 +34,11 @@ enum Layout {
     PerCoreOwnPool,
 }
 
-async fn forward(layout: Layout, upstream: SocketAddr, mut req: Request<Incoming>) -> Response<Incoming> {
+async fn forward(
+    layout: Layout,
+    upstream: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Incoming> {
     if layout == Layout::PerCoreOwnPool {
         let mut sender = checkout(upstream).await;
         let response = sender.send_request(req).await.expect("upstream answers");
@@ -59,7 +63,9 @@ async fn checkout(upstream: SocketAddr) -> SendRequest<Incoming> {
             break;
         }
     }
-    let stream = tokio::net::TcpStream::connect(upstream).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(upstream)
+        .await
+        .expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -70,7 +76,9 @@ async fn checkout(upstream: SocketAddr) -> SendRequest<Incoming> {
 
 async fn accept_loop(listener: tokio::net::TcpListener, layout: Layout, upstream: SocketAddr) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| async move {
