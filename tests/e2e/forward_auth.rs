@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{free_port, send, wait_for_port, Gate, Setup, Token};
-use crate::oci::{docker, require, same_file, skopeo_push, Image, Registry};
+use crate::oci::{docker_login, require, same_file, skopeo_push, Image, Registry};
 use crate::{client, registries, Cast, RW};
 
 const EXAMPLE: &str = include_str!("../../deploy/forward-auth/nginx.conf");
@@ -248,28 +248,18 @@ upstream = "registry"
     let registry_ro = gate.token("project:acme/web", "read_registry", &[]);
     let registry_other = gate.token("project:acme/api", "read_registry,write_registry", &[]);
     // docker login behind nginx: the challenge leads it to tokengate's token endpoint.
-    let login = docker(
+    let login = docker_login(
         &work.path().join("docker"),
-        &[
-            "login",
-            &host,
-            "-u",
-            &registry_rw.username,
-            "-p",
-            &registry_rw.secret,
-        ],
+        &host,
+        &registry_rw.username,
+        &registry_rw.secret,
     );
     assert!(login.ok, "{}", login.output);
-    let bad = docker(
+    let bad = docker_login(
         &work.path().join("docker-bad"),
-        &[
-            "login",
-            &host,
-            "-u",
-            &registry_rw.username,
-            "-p",
-            "tgdt_wrong",
-        ],
+        &host,
+        &registry_rw.username,
+        "tgdt_wrong",
     );
     assert!(!bad.ok, "a wrong password must not log in: {}", bad.output);
     let push = skopeo_push(&image, &host, "acme/web/app", &registry_rw);

@@ -289,6 +289,11 @@ pub(crate) fn docker(config: &Path, args: &[&str]) -> Run {
     run("docker", args, &[("DOCKER_CONFIG", config)])
 }
 
+/// `docker login HOST -u USER -p PASSWORD`, storing the login under `config`.
+pub(crate) fn docker_login(config: &Path, host: &str, user: &str, password: &str) -> Run {
+    docker(config, &["login", host, "-u", user, "-p", password])
+}
+
 fn bearer(
     port: u16,
     method: &str,
@@ -382,14 +387,13 @@ fn oci_proxy_mode_with_skopeo_and_docker() {
     // docker login, right and wrong.
     let docker_config = work.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
-    let login = docker(
-        &docker_config,
-        &["login", &host, "-u", &rw.username, "-p", &rw.secret],
-    );
+    let login = docker_login(&docker_config, &host, &rw.username, &rw.secret);
     assert!(login.ok, "{}", login.output);
-    let bad = docker(
+    let bad = docker_login(
         &work.path().join("docker-bad"),
-        &["login", &host, "-u", &rw.username, "-p", "tgdt_wrong"],
+        &host,
+        &rw.username,
+        "tgdt_wrong",
     );
     assert!(!bad.ok, "a wrong password must not log in: {}", bad.output);
 
@@ -596,10 +600,7 @@ fn oci_token_server_only_mode() {
 
     let docker_config = work.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
-    let login = docker(
-        &docker_config,
-        &["login", &host, "-u", &rw.username, "-p", &rw.secret],
-    );
+    let login = docker_login(&docker_config, &host, &rw.username, &rw.secret);
     assert!(login.ok, "{}", login.output);
     let push = skopeo_push(&image, &host, "acme/web/app", &rw);
     assert!(
