@@ -92,12 +92,13 @@ pub fn client(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let config = match client {
+    let mut config = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(certificates(cert)?, private_key(key)?)
             .map_err(|e| format!("{}: {e}", cert.display()))?,
         None => builder.with_no_client_auth(),
     };
-    // ALPN (http/1.1: requests are forwarded as HTTP/1.1) is set by the connector.
+    // Requests are forwarded as HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -9,6 +9,7 @@ mod forward_auth;
 mod headers;
 mod limit;
 mod lookup;
+mod pool;
 mod registry;
 mod rewrite;
 mod session;
@@ -16,7 +17,6 @@ mod upstream_login;
 mod url_grant;
 mod workers;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -28,8 +28,6 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -48,18 +46,16 @@ use crate::store::LastUsed;
 use crate::token::TokenRecord;
 use body::IdleTimeout;
 pub use limit::FailureLimiter;
+use pool::{PooledBody, UpstreamPool};
 use rewrite::UrlMap;
 use upstream_login::UpstreamLogins;
 pub use workers::Workers;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
-pub type ResponseBody = Either<IdleTimeout<Incoming>, Full<Bytes>>;
+pub type ResponseBody = Either<IdleTimeout<PooledBody>, Full<Bytes>>;
 
 /// Upstream request bodies: the client's, streamed, or none (the proxy's own logins).
 type UpstreamBody = Either<IdleTimeout<Incoming>, Empty<Bytes>>;
-
-/// Idle connections kept per upstream.
-const UPSTREAM_IDLE_PER_HOST: usize = 128;
 
 /// Everything a request needs; shared by all connections.
 pub struct Proxy {
@@ -68,56 +64,11 @@ pub struct Proxy {
     last_used: Arc<LastUsed>,
     /// The registry token service, when configured.
     registry: Option<Arc<RegistryAuth>>,
-    /// The upstream clients of each worker (see [`workers`]).
-    clients: Box<[UpstreamClients]>,
+    /// The upstream connections of each worker (see [`workers`]).
+    pools: Box<[UpstreamPool]>,
     upstream_logins: UpstreamLogins,
     failures: FailureLimiter,
     metrics: Arc<Metrics>,
-}
-
-/// Pooled clients to the upstreams. Each worker has its own, so a request
-/// and the upstream connection it reuses run on the same thread.
-struct UpstreamClients {
-    /// For `http` upstreams.
-    plain: Client<HttpConnector, UpstreamBody>,
-    /// One per `https` upstream (each has its own TLS settings).
-    tls: HashMap<String, Client<HttpsConnector<HttpConnector>, UpstreamBody>>,
-}
-
-impl UpstreamClients {
-    fn new(config: &Config) -> UpstreamClients {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let builder = {
-            let mut builder = Client::builder(TokioExecutor::new());
-            // Idle upstream connections are kept for reuse, but not every one a
-            // burst opened: each holds ~20 KiB of buffers (as nginx's `keepalive`).
-            builder
-                .pool_idle_timeout(std::time::Duration::from_secs(30))
-                .pool_max_idle_per_host(UPSTREAM_IDLE_PER_HOST)
-                .pool_timer(TokioTimer::new());
-            builder
-        };
-        let plain = builder.build(connector.clone());
-        let tls = config
-            .routes
-            .routes()
-            .iter()
-            .filter_map(|route| {
-                let tls = route.upstream.tls.as_ref()?;
-                let mut tcp = connector.clone();
-                tcp.enforce_http(false);
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((**tls).clone())
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(tcp);
-                Some((route.upstream.name.to_string(), builder.build(https)))
-            })
-            .collect();
-        UpstreamClients { plain, tls }
-    }
 }
 
 impl Proxy {
@@ -130,8 +81,11 @@ impl Proxy {
         metrics: Arc<Metrics>,
         pools: usize,
     ) -> Proxy {
-        let clients = (0..pools.max(1))
-            .map(|_| UpstreamClients::new(&config))
+        let pools = (0..pools.max(1))
+            .map(|_| {
+                let upstreams = config.routes.routes().iter().map(|r| &*r.upstream);
+                UpstreamPool::new(upstreams, config.server.upstream_connect_timeout)
+            })
             .collect();
         let failures = FailureLimiter::new(
             config.server.failed_auth_per_minute,
@@ -143,7 +97,7 @@ impl Proxy {
             resolver,
             last_used,
             registry,
-            clients,
+            pools,
             upstream_logins,
             failures,
             metrics,
@@ -405,8 +359,8 @@ impl Proxy {
         let idle = self.config.server.body_idle_timeout;
         let timeout = self.config.server.upstream_response_timeout;
         let request = Request::from_parts(parts, Either::Left(IdleTimeout::new(body, idle)));
-        let sent = self.send_upstream(upstream, request);
         let asked = Instant::now();
+        let sent = self.send_upstream(upstream, request);
         let response = tokio::time::timeout(timeout, sent)
             .await
             .map_err(|_| {
@@ -484,17 +438,14 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Sends a request on this worker's pooled client for the upstream.
-    fn send_upstream(
+    /// Sends a request on this worker's connections to the upstream.
+    async fn send_upstream(
         &self,
         upstream: &crate::route::Upstream,
         request: Request<UpstreamBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        let clients = &self.clients[workers::index() % self.clients.len()];
-        match clients.tls.get(&*upstream.name) {
-            Some(tls) => tls.request(request),
-            None => clients.plain.request(request),
-        }
+    ) -> Result<Response<PooledBody>, pool::UpstreamError> {
+        let pool = &self.pools[workers::index() % self.pools.len()];
+        pool.send(upstream, request).await
     }
 }
 

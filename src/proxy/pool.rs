@@ -1,0 +1,302 @@
+//! Upstream connections: HTTP/1.1 connections kept per upstream, one pool
+//! per worker, so a request and the connection it reuses run on the same
+//! thread and checking one out takes no shared lock.
+//!
+//! A connection goes back to its pool when the response body it carried has
+//! been read to its end (not when the headers arrive): then the connection is
+//! free for the next request at once, and a request never waits behind
+//! another's body. A connection reused from the pool may have been closed by
+//! the upstream while idle; a request hyper could not even start on it is
+//! sent again on another connection (nothing of it reached the upstream), and
+//! so is a GET or HEAD without a body that it cut off.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::UpstreamBody;
+use crate::route::Upstream;
+
+/// Idle connections kept per upstream and worker: each holds ~20 KiB of
+/// buffers, so a burst's connections are not all kept (as nginx's `keepalive`).
+const MAX_IDLE: usize = 128;
+
+/// An idle connection unused this long is closed rather than reused: the
+/// upstream may be about to close it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request got no response from an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no address for {host}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect: no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// The connections of one worker to every upstream.
+pub struct UpstreamPool {
+    upstreams: Box<[Endpoint]>,
+    connect_timeout: Duration,
+}
+
+/// One upstream: how to connect, and its idle connections.
+struct Endpoint {
+    name: Arc<str>,
+    host: String,
+    port: u16,
+    /// For `https` upstreams: the TLS client and the name to verify.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Shared with the response bodies that bring connections back.
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl UpstreamPool {
+    /// A pool for each upstream of `upstreams` (the same upstream may appear more than once).
+    pub fn new<'a>(
+        upstreams: impl Iterator<Item = &'a Upstream>,
+        connect_timeout: Duration,
+    ) -> UpstreamPool {
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for upstream in upstreams {
+            if endpoints.iter().any(|e| e.name == upstream.name) {
+                continue;
+            }
+            let host = upstream.authority.host();
+            // `[::1]` in a URL is `::1` to the resolver and to TLS.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let https = upstream.tls.is_some();
+            let port = upstream
+                .authority
+                .port_u16()
+                .unwrap_or(if https { 443 } else { 80 });
+            let tls = upstream.tls.as_ref().and_then(|config| {
+                let name = ServerName::try_from(host.clone()).ok()?;
+                Some((tokio_rustls::TlsConnector::from(config.clone()), name))
+            });
+            endpoints.push(Endpoint {
+                name: upstream.name.clone(),
+                host,
+                port,
+                tls,
+                idle: Arc::default(),
+            });
+        }
+        UpstreamPool {
+            upstreams: endpoints.into(),
+            connect_timeout,
+        }
+    }
+
+    /// Sends `request` (absolute-form URI) to `upstream` on an idle
+    /// connection, or on a new one.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let endpoint = self
+            .upstreams
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.name, &upstream.name) || e.name == upstream.name)
+            .expect("every upstream of the config has a pool");
+        // HTTP/1.1 wants origin-form and a Host header.
+        if !request.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(upstream.authority.as_str()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let origin_form = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = origin_form.into();
+        while let Some(mut sender) = endpoint.checkout() {
+            let replay = replayable(&request);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(endpoint.pooled(response, sender)),
+                // Never started on this connection, or safe to send again.
+                Err(mut failed) => match failed.take_message().or(replay) {
+                    Some(again) => {
+                        tracing::debug!(upstream = %endpoint.name, error = %failed.error(), "reused connection failed; sending on another");
+                        request = again;
+                    }
+                    None => return Err(failed.into_error().into()),
+                },
+            }
+        }
+        let mut sender = tokio::time::timeout(self.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))??;
+        let response = sender.send_request(request).await?;
+        Ok(endpoint.pooled(response, sender))
+    }
+}
+
+/// A copy of a request that may be sent again after a reused connection
+/// failed under it (the upstream closed it as the request went out): a GET
+/// or HEAD without a body, as RFC 9110 §9.2.2 allows and nginx does.
+fn replayable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !safe || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+impl Endpoint {
+    /// The most recently used idle connection that can take a request now.
+    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        idle.retain(|c| !c.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
+        let ready = idle.iter().rposition(|c| c.sender.is_ready())?;
+        Some(idle.remove(ready).sender)
+    }
+
+    fn pooled(
+        &self,
+        response: Response<Incoming>,
+        sender: SendRequest<UpstreamBody>,
+    ) -> Response<PooledBody> {
+        response.map(|body| PooledBody {
+            body,
+            ended: false,
+            sender: Some(sender),
+            idle: self.idle.clone(),
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let resolve = |source| UpstreamError::Resolve {
+            host: self.host.clone(),
+            source,
+        };
+        let mut last = None;
+        let mut stream = None;
+        for address in tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(resolve)?
+        {
+            match TcpStream::connect(address).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(stream), _) => stream,
+            (None, Some(e)) => return Err(UpstreamError::Connect(e)),
+            (None, None) => return Err(resolve(io::ErrorKind::NotFound.into())),
+        };
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        match &self.tls {
+            None => handshake(stream).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(UpstreamError::Tls)?;
+                handshake(stream).await
+            }
+        }
+    }
+}
+
+/// Starts HTTP/1.1 on a connection; its I/O runs as a task of this worker.
+async fn handshake<S>(stream: S) -> Result<SendRequest<UpstreamBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An upstream response body that brings its connection back to the pool
+/// once read to the end (dropped early, the connection closes with it).
+pub struct PooledBody {
+    body: Incoming,
+    /// Whether the body was read to its end (a chunked body says so only by ending).
+    ended: bool,
+    sender: Option<SendRequest<UpstreamBody>>,
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+impl Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        if !(self.ended || self.body.is_end_stream()) || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
