@@ -52,7 +52,7 @@ CONF
   TOKEN=$("$TG" token create --project acme/web --name bench --scopes "$3" --config "$WORK/proxy.toml" 2>/dev/null | tail -1)
   "$TG" serve --config "$WORK/proxy.toml" 2> "$WORK/tokengate.log" &
   TG_PID=$!
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/healthz" 2>/dev/null && return 0
     sleep 0.1
   done

@@ -65,6 +65,17 @@ impl TokenResolver {
     /// layer could answer: cached tokens keep working while the store is down,
     /// unknown ones are refused (fail closed).
     pub async fn resolve(&self, digest: Digest) -> Result<Lookup, Arc<StoreError>> {
+        if let Some(hit) = self.local.get(&digest).await {
+            self.metrics.local_hits.inc();
+            return Ok(hit);
+        }
+        // Boxed: the miss path holds Redis and store state (kilobytes), which
+        // would otherwise be part of every request's future, hit or miss.
+        Box::pin(self.fill(digest)).await
+    }
+
+    /// Loads a token into the in-process cache, one load per digest at a time.
+    async fn fill(&self, digest: Digest) -> Result<Lookup, Arc<StoreError>> {
         let mut missed = false;
         let result = self
             .local
@@ -76,6 +87,7 @@ impl TokenResolver {
         if missed {
             self.metrics.local_misses.inc();
         } else {
+            // Another request loaded it meanwhile.
             self.metrics.local_hits.inc();
         }
         result

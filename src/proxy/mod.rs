@@ -110,9 +110,15 @@ impl Proxy {
     }
 
     /// Handles one request on the proxy listener.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    /// (Not an `async fn`: each level of futures is one more copy of the
+    /// request's state.)
+    pub fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<ResponseBody>> + '_ {
         let (head, body) = req.into_parts();
-        self.respond(head, Mode::Proxy(body), peer.ip()).await
+        self.respond(head, Mode::Proxy(body), peer.ip())
     }
 
     /// Runs a request through the phases and logs its outcome. Never fails:
@@ -189,14 +195,15 @@ impl Proxy {
         if let Some(q) = query {
             check_query(q)?;
         }
-        if let Some(registry) = &self.registry {
-            if matches!(mode, Mode::Decide) && registry::own_endpoint(registry, &path) {
+        let own_endpoint = |r: &&Arc<RegistryAuth>| registry::own_endpoint(r, &path);
+        if let Some(registry) = self.registry.as_ref().filter(own_endpoint) {
+            if matches!(mode, Mode::Decide) {
                 return Err(ProxyError::OwnEndpoint);
             }
-            if let Some(response) = self
-                .registry_endpoint(registry, &head, &path, query, client, outcome)
-                .await
-            {
+            // Boxed, as every path below that few requests take: its state
+            // would otherwise be part of every request's future.
+            let answer = self.registry_endpoint(registry, &head, &path, query, client, outcome);
+            if let Some(response) = Box::pin(answer).await {
                 return response;
             }
         }
@@ -218,8 +225,10 @@ impl Proxy {
                     .registry
                     .as_ref()
                     .expect("config: oci routes imply signing");
-                let (token, forward_query) = self
-                    .authorize_registry(registry, &head, &matched, &rest, access, query, outcome)
+                let (token, forward_query) =
+                    Box::pin(self.authorize_registry(
+                        registry, &head, &matched, &rest, access, query, outcome,
+                    ))
                     .await?;
                 drop(rest);
                 let allowed = Allowed {
@@ -242,18 +251,16 @@ impl Proxy {
                     if matches!(mode, Mode::Decide) {
                         return Err(ProxyError::OwnEndpoint);
                     }
-                    return self
-                        .answer_session(registry, endpoint, &head, &matched, outcome)
-                        .await;
+                    let answer = self.answer_session(registry, endpoint, &head, &matched, outcome);
+                    return Box::pin(answer).await;
                 }
                 if format.takes_url_grant(&rest) {
-                    let (record, username, query) = self
-                        .url_grant_token(registry, &path, query, access, format)
-                        .await?;
+                    let grant = self.url_grant_token(registry, &path, query, access, format);
+                    let (record, username, query) = Box::pin(grant).await?;
                     own_query = Some(query);
                     (record, username)
                 } else {
-                    self.session_token(registry, &head, format).await?
+                    Box::pin(self.session_token(registry, &head, format)).await?
                 }
             }
             Authentication::DeployToken => {
@@ -406,7 +413,8 @@ impl Proxy {
         match map {
             Some(map) if rewrite.urls && is_rewritable(&parts) => {
                 let limit = self.config.server.metadata_max_bytes;
-                let collected = Limited::new(body, limit).collect().await.map_err(|e| {
+                let collect = Box::pin(Limited::new(body, limit).collect());
+                let collected = collect.await.map_err(|e| {
                     self.metrics.upstream_failed(&upstream.name);
                     tracing::warn!(upstream = %upstream.name, error = %e, "metadata body not rewritten");
                     ProxyError::UpstreamMetadata(upstream.name.to_string())
@@ -439,13 +447,13 @@ impl Proxy {
 
 impl Proxy {
     /// Sends a request on this worker's connections to the upstream.
-    async fn send_upstream(
-        &self,
-        upstream: &crate::route::Upstream,
+    fn send_upstream<'a>(
+        &'a self,
+        upstream: &'a crate::route::Upstream,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, pool::UpstreamError> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, pool::UpstreamError>> + 'a {
         let pool = &self.pools[workers::index() % self.pools.len()];
-        pool.send(upstream, request).await
+        pool.send(upstream, request)
     }
 }
 

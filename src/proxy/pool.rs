@@ -150,7 +150,10 @@ impl UpstreamPool {
                 },
             }
         }
-        let mut sender = tokio::time::timeout(self.connect_timeout, endpoint.connect())
+        // Boxed: connecting (DNS, TCP, TLS) takes kilobytes of state that a
+        // request on a pooled connection should not carry.
+        let connect = Box::pin(endpoint.connect());
+        let mut sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))??;
         let response = sender.send_request(request).await?;

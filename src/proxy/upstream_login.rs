@@ -84,6 +84,18 @@ impl Proxy {
         if let Some(session) = login.current.load().as_deref().filter(|s| fresh(s)) {
             return Ok(Some(session.authorization.clone()));
         }
+        // Boxed: a login is an HTTP exchange of its own, whose state would
+        // otherwise be part of every request's future.
+        Box::pin(self.renew_session(upstream, login)).await
+    }
+
+    /// Logs in to `upstream` (one login at a time) unless another request just did.
+    async fn renew_session(
+        &self,
+        upstream: &Upstream,
+        login: &Login,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        let fresh = |s: &Session| s.refresh_at > Instant::now();
         let _one_at_a_time = login.in_progress.lock().await;
         if let Some(session) = login.current.load().as_deref().filter(|s| fresh(s)) {
             return Ok(Some(session.authorization.clone()));
