@@ -1045,6 +1045,7 @@ fn build_upstream(
         } else {
             http::uri::Scheme::HTTP
         },
+        host: HeaderValue::from_str(authority.as_str()).expect("an authority is a header value"),
         authority,
         base_path: uri.path().trim_end_matches('/').to_string(),
         authorization,

@@ -109,6 +109,16 @@ impl fmt::Display for Scope {
 pub struct ScopeSet(u8);
 
 impl ScopeSet {
+    /// The set as bits, one per scope in [`Scope::ALL`] order.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set of `bits` (see [`ScopeSet::bits`]); unknown bits are dropped.
+    pub fn from_bits(bits: u8) -> ScopeSet {
+        ScopeSet(Scope::ALL.iter().fold(0, |set, s| set | (bits & s.bit())))
+    }
+
     pub fn contains(self, scope: Scope) -> bool {
         self.0 & scope.bit() != 0
     }

@@ -67,6 +67,8 @@ pub struct Proxy {
     /// The upstream connections of each worker (see [`workers`]).
     pools: Box<[UpstreamPool]>,
     upstream_logins: UpstreamLogins,
+    /// The public authority, as `X-Forwarded-Host`.
+    public_host: HeaderValue,
     failures: FailureLimiter,
     metrics: Arc<Metrics>,
 }
@@ -92,6 +94,10 @@ impl Proxy {
             std::time::Duration::from_secs(60),
         );
         let upstream_logins = UpstreamLogins::for_routes(config.routes.routes());
+        let origin = &config.server.public_url.origin;
+        let public_host = origin.split_once("://").map_or("", |(_, host)| host);
+        let public_host =
+            HeaderValue::from_str(public_host).expect("a URL's authority is a header value");
         Proxy {
             config,
             resolver,
@@ -99,6 +105,7 @@ impl Proxy {
             registry,
             pools,
             upstream_logins,
+            public_host,
             failures,
             metrics,
         }
@@ -349,15 +356,14 @@ impl Proxy {
         parts.uri =
             Uri::from_parts(target).map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
         parts.version = http::Version::HTTP_11;
-        let public_host = public.origin.split_once("://").map_or("", |(_, h)| h);
         let authorization = self.upstream_authorization(upstream).await?;
         headers::to_upstream(
             &mut parts.headers,
             &headers::Forwarding {
                 client_ip: client,
                 public_https: public.https,
-                public_host,
-                upstream_host: upstream.authority.as_str(),
+                public_host: &self.public_host,
+                upstream_host: &upstream.host,
                 upstream_authorization: authorization.as_ref(),
                 token,
                 identity_encoding: rewrite.urls,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -126,9 +126,9 @@ impl UpstreamPool {
             .expect("every upstream of the config has a pool");
         // HTTP/1.1 wants origin-form and a Host header.
         if !request.headers().contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(upstream.authority.as_str()) {
-                request.headers_mut().insert(header::HOST, host);
-            }
+            request
+                .headers_mut()
+                .insert(header::HOST, upstream.host.clone());
         }
         let origin_form = request
             .uri()

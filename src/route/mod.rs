@@ -22,6 +22,8 @@ pub struct Upstream {
     /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// `Host` of requests to it: the authority, made once.
+    pub host: HeaderValue,
     /// Path prefix of the upstream URL, without a trailing `/` (may be empty).
     pub base_path: String,
     /// The proxy's own `Authorization` for this upstream, if configured.
@@ -268,6 +270,7 @@ mod tests {
             name: "up".into(),
             scheme: http::uri::Scheme::HTTP,
             authority: "127.0.0.1:4873".parse().unwrap(),
+            host: HeaderValue::from_static("127.0.0.1:4873"),
             base_path: base.into(),
             authorization: None,
             tls: None,
