@@ -10,8 +10,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::token::{Scope, ScopeSet, TokenRecord};
 
+// The name lists are statics, not consts: a const array is built (and
+// dropped) again at every use, here once per header per request.
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -24,7 +27,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Credential headers of any format: never forwarded.
-const CREDENTIALS: [HeaderName; 5] = [
+static CREDENTIALS: [HeaderName; 5] = [
     header::AUTHORIZATION,
     HeaderName::from_static("deploy-token"),
     HeaderName::from_static("x-nuget-apikey"),
@@ -37,7 +40,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Forwarding headers the proxy alone sets.
-const FORWARDING: [HeaderName; 8] = [
+static FORWARDING: [HeaderName; 8] = [
     header::FORWARDED,
     header::HOST,
     X_FORWARDED_FOR,
@@ -49,7 +52,7 @@ const FORWARDING: [HeaderName; 8] = [
 ];
 
 /// Headers a `Connection:` list may not remove: framing and content.
-const PROTECTED: [HeaderName; 3] = [
+static PROTECTED: [HeaderName; 3] = [
     header::CONTENT_LENGTH,
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
