@@ -1,7 +1,8 @@
 # Sourced by the bench scripts: a free port, and a release tokengate with one
 # generic route to the upstream on $UP, its token in $TOKEN, its pid in $TG_PID.
 # Needs $WORK, $TG, $UP, $GATE, $ADMIN; with $DECISION, the forward-auth
-# decision listener too (trusting loopback).
+# decision listener too (trusting loopback). TG_SERVER_EXTRA: more [server]
+# keys (e.g. TG_SERVER_EXTRA="workers = 0").
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -34,6 +35,7 @@ start_tokengate() {
 [server]
 listen = "127.0.0.1:$GATE"
 log_level = "warn"
+${TG_SERVER_EXTRA:-}
 [admin]
 listen = "127.0.0.1:$ADMIN"
 [store]
