@@ -16,11 +16,13 @@ use common::{send, Gate};
 /// A raw HTTP/1.1 upstream that counts connections. Its answer depends on
 /// the path's first segment: `keep` (Content-Length), `chunked`, `slow`
 /// (answers after 300 ms), `hangup` (closes the connection 20 ms after
-/// answering, without saying so: an idle timeout racing the next request).
+/// answering, without saying so: an idle timeout racing the next request),
+/// `cut` (closes the connection without answering; counted).
 struct Upstream {
     port: u16,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -29,15 +31,16 @@ impl Upstream {
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
-        let (a, o) = (accepted.clone(), open.clone());
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (a, o, c) = (accepted.clone(), open.clone(), cut.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 a.fetch_add(1, Ordering::SeqCst);
                 o.fetch_add(1, Ordering::SeqCst);
-                let o = o.clone();
+                let (o, c) = (o.clone(), c.clone());
                 std::thread::spawn(move || {
-                    serve(stream);
+                    serve(stream, &c);
                     o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -46,6 +49,7 @@ impl Upstream {
             port,
             accepted,
             open,
+            cut,
         }
     }
 
@@ -59,7 +63,7 @@ impl Upstream {
 }
 
 /// Answers requests (GETs without bodies) until the peer closes.
-fn serve(stream: TcpStream) {
+fn serve(stream: TcpStream, cut: &AtomicUsize) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -78,6 +82,10 @@ fn serve(stream: TcpStream) {
         }
         let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
         let kind = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if kind == "cut" {
+            cut.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         let answer = match kind {
             "chunked" => format!(
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{path}\r\n0\r\n\r\n",
@@ -162,13 +170,11 @@ fn an_idle_connection_the_upstream_closed_never_fails_a_request() {
     assert_eq!(up.accepted(), 40, "a closed connection is never reused");
 }
 
-#[test]
-fn a_burst_leaves_at_most_128_idle_connections() {
-    let up = Upstream::start();
-    let (gate, basic) = gate(&up, 1);
-    let clients: Vec<_> = (0..200)
+/// Idle connections for the next requests: `n` at once, each held 300 ms.
+fn open_idle_connections(gate: &Gate, basic: &str, n: usize) {
+    let clients: Vec<_> = (0..n)
         .map(|i| {
-            let (port, basic) = (gate.port, basic.clone());
+            let (port, basic) = (gate.port, basic.to_string());
             std::thread::spawn(move || {
                 let r = send(
                     port,
@@ -184,6 +190,33 @@ fn a_burst_leaves_at_most_128_idle_connections() {
     for client in clients {
         client.join().unwrap();
     }
+}
+
+#[test]
+fn a_request_the_upstream_drops_is_sent_twice_at_most() {
+    let up = Upstream::start();
+    let (gate, basic) = gate(&up, 1);
+    open_idle_connections(&gate, &basic, 6);
+    let r = send(
+        gate.port,
+        "GET",
+        "/raw/cut/x",
+        &[("Authorization", &basic)],
+        b"",
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        up.cut.load(Ordering::SeqCst),
+        2,
+        "once, then once more on another connection; never once per idle connection"
+    );
+}
+
+#[test]
+fn a_burst_leaves_at_most_128_idle_connections() {
+    let up = Upstream::start();
+    let (gate, basic) = gate(&up, 1);
+    open_idle_connections(&gate, &basic, 200);
     assert_eq!(up.accepted(), 200, "the burst had its own connections");
     // The proxy closes what it does not keep; the upstream sees the hang-ups.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -136,18 +136,29 @@ impl UpstreamPool {
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *request.uri_mut() = origin_form.into();
+        // A request that reached the upstream is sent again once at most: an
+        // upstream that drops every connection it gets this request on must
+        // not see it once per idle connection.
+        let mut may_replay = true;
         while let Some(mut sender) = endpoint.checkout() {
-            let replay = replayable(&request);
+            let replay = may_replay.then(|| replayable(&request)).flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(endpoint.pooled(response, sender)),
-                // Never started on this connection, or safe to send again.
-                Err(mut failed) => match failed.take_message().or(replay) {
-                    Some(again) => {
-                        tracing::debug!(upstream = %endpoint.name, error = %failed.error(), "reused connection failed; sending on another");
-                        request = again;
-                    }
-                    None => return Err(failed.into_error().into()),
-                },
+                Err(mut failed) => {
+                    let again = match failed.take_message() {
+                        // Never started on this connection: nothing was sent.
+                        Some(unsent) => unsent,
+                        None => match replay {
+                            Some(copy) => {
+                                may_replay = false;
+                                copy
+                            }
+                            None => return Err(failed.into_error().into()),
+                        },
+                    };
+                    tracing::debug!(upstream = %endpoint.name, error = %failed.error(), "reused connection failed; sending on another");
+                    request = again;
+                }
             }
         }
         // Boxed: connecting (DNS, TCP, TLS) takes kilobytes of state that a
@@ -301,5 +312,33 @@ impl Drop for PooledBody {
             sender,
             since: Instant::now(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method) -> Request<UpstreamBody> {
+        let mut request = Request::new(Either::Right(Empty::new()));
+        *request.method_mut() = method;
+        *request.uri_mut() = "/a/b?c=d".parse().unwrap();
+        request
+            .headers_mut()
+            .insert(header::HOST, http::HeaderValue::from_static("up:80"));
+        request
+    }
+
+    #[test]
+    fn only_bodiless_gets_and_heads_are_sent_again() {
+        for method in [Method::GET, Method::HEAD] {
+            let copy = replayable(&request(method.clone())).expect("replayable");
+            assert_eq!(copy.method(), method);
+            assert_eq!(copy.uri(), "/a/b?c=d");
+            assert_eq!(copy.headers()[header::HOST], "up:80");
+        }
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert!(replayable(&request(method)).is_none());
+        }
     }
 }
