@@ -102,7 +102,7 @@ struct RawServer {
     metadata_max_bytes: Option<usize>,
     failed_auth_per_minute: Option<u32>,
     log_level: Option<Spanned<String>>,
-    workers: Option<usize>,
+    workers: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -379,6 +379,9 @@ pub struct Config {
     pub routes: RouteTable,
 }
 
+/// The most connection workers a config may ask for: each is a thread with
+/// its own runtime and upstream connections, and more than the cores gains nothing.
+const MAX_WORKERS: usize = 256;
 pub const DEFAULT_STORE_URL: &str = "sqlite://tokengate.db";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -890,9 +893,15 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
-        workers: match raw.workers {
-            Some(0) => None,
-            Some(n) => Some(n),
+        workers: match raw.workers.as_ref().map(|w| (w, *w.get_ref())) {
+            Some((_, 0)) => None,
+            Some((_, n)) if n <= MAX_WORKERS => Some(n),
+            Some((w, _)) => {
+                let why = format!(
+                    "at most {MAX_WORKERS} (one per core is the point; 0: the shared runtime)"
+                );
+                return Err(src.at(w, "server.workers", why));
+            }
             None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
         },
         log_level: match &raw.log_level {
@@ -1193,6 +1202,7 @@ access = "read"
             ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
             ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),
             ("[registry_auth]\nservice = \"s\"\ntoken_ttl_seconds = 59\n", "registry_auth.token_ttl_seconds", 3, "at least 60"),
+            ("[server]\nworkers = 100000\n", "server.workers", 2, "at most 256"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

@@ -646,26 +646,15 @@ pub async fn serve(
             () = &mut stop_accepting => break,
         };
         let _ = stream.set_nodelay(true);
-        // Handed to a worker as a std socket: it registers with the worker's
-        // own reactor there, so its readiness never crosses threads.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, client = %peer, "connection not handed to a worker");
-                continue;
-            }
-        };
         let current = current.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        workers.run(Box::new(move || {
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    tokio::spawn(connection(current, role, builder, watcher, stream, peer));
-                }
-                Err(e) => tracing::warn!(error = %e, client = %peer, "connection not registered"),
-            }
-        }));
+        let served = workers.spawn(stream, move |stream| {
+            connection(current, role, builder, watcher, stream, peer)
+        });
+        if let Err(e) = served {
+            tracing::warn!(error = %e, client = %peer, "connection not handed to a worker");
+        }
     }
     drop(listener);
     let grace = current.load().config.server.shutdown_grace;

@@ -11,11 +11,14 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::future::Future;
+
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Work for a worker: runs on its thread, inside its runtime (so it may
 /// `tokio::spawn` there).
-pub type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -77,11 +80,30 @@ impl Workers {
         self.queues.len().max(1)
     }
 
-    /// Runs `job` on the next worker (shared: here, on the caller's runtime).
-    pub fn run(&self, job: Job) {
+    /// Serves a connection: on the next worker, where the socket registers
+    /// with that worker's own reactor (so its readiness never crosses
+    /// threads), or without workers on the caller's runtime.
+    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F) -> std::io::Result<()>
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         if self.queues.is_empty() {
-            return job();
+            tokio::spawn(serve(stream));
+            return Ok(());
         }
+        let stream = stream.into_std()?;
+        self.run(Box::new(move || match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tokio::spawn(serve(stream));
+            }
+            Err(e) => tracing::warn!(error = %e, "connection not registered with its worker"),
+        }));
+        Ok(())
+    }
+
+    /// Runs `job` on the next worker.
+    fn run(&self, job: Job) {
         let next = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         if self.queues[next].send(job).is_err() {
             // A worker thread only ends when `Workers` is dropped.
@@ -127,20 +149,30 @@ mod tests {
     }
 
     #[test]
-    fn shared_runs_jobs_on_the_caller_s_runtime() {
-        let workers = Workers::shared();
-        assert_eq!(workers.count(), 1);
+    fn connections_go_to_workers_or_stay_on_the_shared_runtime() {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
-        let caller = std::thread::current().id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        runtime.block_on(async {
-            workers.run(Box::new(move || {
-                tokio::spawn(async move { tx.send(std::thread::current().id()).unwrap() });
-            }));
-            tokio::task::yield_now().await;
-        });
-        assert_eq!(rx.recv().unwrap(), caller);
+        let here = std::thread::current().id();
+        let served_on = |workers: Workers| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap();
+                let _client = TcpStream::connect(address).await.unwrap();
+                let (stream, _) = listener.accept().await.unwrap();
+                workers
+                    .spawn(stream, move |stream| async move {
+                        assert!(stream.peer_addr().is_ok());
+                        tx.send(std::thread::current().id()).unwrap();
+                    })
+                    .unwrap();
+                tokio::task::yield_now().await;
+            });
+            rx.recv().unwrap()
+        };
+        assert_eq!(served_on(Workers::shared()), here);
+        assert_ne!(served_on(Workers::start(1).unwrap()), here);
     }
 }
