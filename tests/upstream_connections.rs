@@ -132,15 +132,14 @@ strip_prefix = true
     (gate, basic)
 }
 
+/// GETs `target` from the gate on port `port` with Basic credentials.
+fn get(port: u16, basic: &str, target: &str) -> common::RawResponse {
+    send(port, "GET", target, &[("Authorization", basic)], b"")
+}
+
 /// GETs `path` through the gate and checks the upstream's echo of it.
 fn get_echo(gate: &Gate, basic: &str, path: &str) {
-    let r = send(
-        gate.port,
-        "GET",
-        &format!("/raw{path}"),
-        &[("Authorization", basic)],
-        b"",
-    );
+    let r = get(gate.port, basic, &format!("/raw{path}"));
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     assert_eq!(r.text(), path);
 }
@@ -176,13 +175,7 @@ fn open_idle_connections(gate: &Gate, basic: &str, n: usize) {
         .map(|i| {
             let (port, basic) = (gate.port, basic.to_string());
             std::thread::spawn(move || {
-                let r = send(
-                    port,
-                    "GET",
-                    &format!("/raw/slow/{i}"),
-                    &[("Authorization", &basic)],
-                    b"",
-                );
+                let r = get(port, &basic, &format!("/raw/slow/{i}"));
                 assert_eq!(r.status, 200, "{}", r.text());
             })
         })
@@ -197,13 +190,7 @@ fn a_request_the_upstream_drops_is_sent_twice_at_most() {
     let up = Upstream::start();
     let (gate, basic) = gate(&up, 1);
     open_idle_connections(&gate, &basic, 6);
-    let r = send(
-        gate.port,
-        "GET",
-        "/raw/cut/x",
-        &[("Authorization", &basic)],
-        b"",
-    );
+    let r = get(gate.port, &basic, "/raw/cut/x");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(
         up.cut.load(Ordering::SeqCst),
@@ -275,13 +262,7 @@ fn a_dead_upstream_or_a_stalled_tls_handshake_is_a_502_not_a_hang() {
             .token("project:acme/web", "read_package_registry", &[])
             .basic();
         let started = Instant::now();
-        let r = send(
-            gate.port,
-            "GET",
-            "/far/x",
-            &[("Authorization", &basic)],
-            b"",
-        );
+        let r = get(gate.port, &basic, "/far/x");
         assert_eq!(r.status, 502, "{url}: {}", r.text());
         assert!(r.text().contains("far"), "names the upstream: {}", r.text());
         assert!(
