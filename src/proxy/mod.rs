@@ -346,15 +346,11 @@ impl Proxy {
         let route = matched.route;
         let upstream = &*route.upstream;
         let public = &self.config.server.public_url;
+        // Origin-form, as HTTP/1.1 sends it; `Host` names the upstream.
         let path_and_query =
             http::uri::PathAndQuery::try_from(matched.upstream_path_and_query(path, query))
                 .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(upstream.scheme.clone());
-        target.authority = Some(upstream.authority.clone());
-        target.path_and_query = Some(path_and_query);
-        parts.uri =
-            Uri::from_parts(target).map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
+        parts.uri = path_and_query.into();
         parts.version = http::Version::HTTP_11;
         let authorization = self.upstream_authorization(upstream).await?;
         headers::to_upstream(

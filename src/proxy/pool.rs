@@ -112,30 +112,21 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `request` (absolute-form URI) to `upstream` on an idle
+    /// Sends `request` (origin-form URI, `Host` set) to `upstream` on an idle
     /// connection, or on a new one.
     pub async fn send(
         &self,
         upstream: &Upstream,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        debug_assert!(
+            request.uri().authority().is_none() && request.headers().contains_key(header::HOST)
+        );
         let endpoint = self
             .upstreams
             .iter()
             .find(|e| Arc::ptr_eq(&e.name, &upstream.name) || e.name == upstream.name)
             .expect("every upstream of the config has a pool");
-        // HTTP/1.1 wants origin-form and a Host header.
-        if !request.headers().contains_key(header::HOST) {
-            request
-                .headers_mut()
-                .insert(header::HOST, upstream.host.clone());
-        }
-        let origin_form = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *request.uri_mut() = origin_form.into();
         // A request that reached the upstream is sent again once at most: an
         // upstream that drops every connection it gets this request on must
         // not see it once per idle connection.
@@ -215,25 +206,21 @@ impl Endpoint {
             host: self.host.clone(),
             source,
         };
-        let mut last = None;
-        let mut stream = None;
+        let mut failure = None;
         for address in tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(resolve)?
         {
             match TcpStream::connect(address).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
+                Ok(stream) => return self.start(stream).await,
+                Err(e) => failure = Some(UpstreamError::Connect(e)),
             }
         }
-        let stream = match (stream, last) {
-            (Some(stream), _) => stream,
-            (None, Some(e)) => return Err(UpstreamError::Connect(e)),
-            (None, None) => return Err(resolve(io::ErrorKind::NotFound.into())),
-        };
+        Err(failure.unwrap_or_else(|| resolve(io::ErrorKind::NotFound.into())))
+    }
+
+    /// TLS if the upstream is https, then HTTP/1.1, on a connected socket.
+    async fn start(&self, stream: TcpStream) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
         match &self.tls {
             None => handshake(stream).await,

@@ -42,6 +42,15 @@ struct Session {
     refresh_at: Instant,
 }
 
+impl Login {
+    /// The current session's `Authorization`, unless it is due for renewal.
+    fn fresh_authorization(&self) -> Option<HeaderValue> {
+        let current = self.current.load();
+        let session = current.as_deref()?;
+        (session.refresh_at > Instant::now()).then(|| session.authorization.clone())
+    }
+}
+
 impl UpstreamLogins {
     /// One entry per upstream whose routes' format logs in upstream and
     /// which has credentials to log in with.
@@ -80,9 +89,8 @@ impl Proxy {
         let Some(login) = self.upstream_logins.by_upstream.get(&*upstream.name) else {
             return Ok(upstream.authorization.clone());
         };
-        let fresh = |s: &Session| s.refresh_at > Instant::now();
-        if let Some(session) = login.current.load().as_deref().filter(|s| fresh(s)) {
-            return Ok(Some(session.authorization.clone()));
+        if let Some(authorization) = login.fresh_authorization() {
+            return Ok(Some(authorization));
         }
         // Boxed: a login is an HTTP exchange of its own, whose state would
         // otherwise be part of every request's future.
@@ -95,10 +103,9 @@ impl Proxy {
         upstream: &Upstream,
         login: &Login,
     ) -> Result<Option<HeaderValue>, ProxyError> {
-        let fresh = |s: &Session| s.refresh_at > Instant::now();
         let _one_at_a_time = login.in_progress.lock().await;
-        if let Some(session) = login.current.load().as_deref().filter(|s| fresh(s)) {
-            return Ok(Some(session.authorization.clone()));
+        if let Some(authorization) = login.fresh_authorization() {
+            return Ok(Some(authorization));
         }
         let session = self.log_in(upstream, login.path).await.map_err(|why| {
             self.metrics.upstream_failed(&upstream.name);
@@ -112,10 +119,11 @@ impl Proxy {
     }
 
     async fn log_in(&self, upstream: &Upstream, path: &str) -> Result<Session, String> {
-        let uri: Uri = format!("{}{}{path}", upstream.origin(), upstream.base_path)
+        let uri: Uri = format!("{}{path}", upstream.base_path)
             .parse()
-            .map_err(|e| format!("bad login URL: {e}"))?;
+            .map_err(|e| format!("bad login path: {e}"))?;
         let mut request = Request::get(uri)
+            .header(header::HOST, upstream.host.clone())
             .body(Either::Right(Empty::<Bytes>::new()))
             .map_err(|e| e.to_string())?;
         if let Some(basic) = &upstream.authorization {

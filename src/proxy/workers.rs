@@ -9,9 +9,8 @@
 //! on the main runtime; a worker reaches it only on a cache miss.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
