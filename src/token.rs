@@ -360,6 +360,7 @@ impl Secret {
             .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
             .collect();
         let checksum = checksum(random.as_bytes());
+        let checksum = std::str::from_utf8(&checksum).expect("base62 is ascii");
         Secret(format!("{SECRET_PREFIX}{random}{checksum}"))
     }
 
@@ -378,14 +379,14 @@ impl fmt::Debug for Secret {
     }
 }
 
-fn checksum(random: &[u8]) -> String {
+fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(random) as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ascii")
+    out
 }
 
 /// Checks prefix, length, alphabet and checksum: malformed secrets never reach a lookup.
@@ -397,7 +398,7 @@ pub fn well_formed(secret: &str) -> bool {
         return false;
     }
     let (random, sum) = body.split_at(RANDOM_LEN);
-    checksum(random.as_bytes()) == sum
+    checksum(random.as_bytes()) == sum.as_bytes()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use base64::Engine;
-use http::header::{HeaderMap, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
 use super::CredentialSource;
 
@@ -44,8 +44,9 @@ impl fmt::Debug for Presented<'_> {
     }
 }
 
-const DEPLOY_TOKEN: &str = "deploy-token";
-const NUGET_API_KEY: &str = "x-nuget-apikey";
+// Names, not strings: a lookup by `&str` parses the name again each time.
+static DEPLOY_TOKEN: HeaderName = HeaderName::from_static("deploy-token");
+static NUGET_API_KEY: HeaderName = HeaderName::from_static("x-nuget-apikey");
 
 /// Extracts the single credential the request carries among `sources`.
 pub fn extract<'h>(
@@ -66,12 +67,12 @@ pub fn extract<'h>(
         }
         Some(_) => Err(CredentialError::Ambiguous),
     };
-    if let Some(value) = single(headers, AUTHORIZATION.as_str())? {
+    if let Some(value) = single(headers, &AUTHORIZATION)? {
         take(authorization(sources, value)?)?;
     }
     for (source, name) in [
-        (CredentialSource::DeployTokenHeader, DEPLOY_TOKEN),
-        (CredentialSource::NuGetApiKey, NUGET_API_KEY),
+        (CredentialSource::DeployTokenHeader, &DEPLOY_TOKEN),
+        (CredentialSource::NuGetApiKey, &NUGET_API_KEY),
     ] {
         if !sources.contains(&source) {
             continue;
@@ -87,7 +88,10 @@ pub fn extract<'h>(
 }
 
 /// The one value of a header, as text; repeated headers are ambiguous.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, CredentialError> {
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h str>, CredentialError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);

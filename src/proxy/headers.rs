@@ -7,56 +7,61 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::token::{Scope, ScopeSet, TokenRecord};
 
-// The name lists are statics, not consts: a const array is built (and
-// dropped) again at every use, here once per header per request.
+// The name lists are `match`es on the name's text: a header is looked up
+// in them twice per request for each header it carries, and a match
+// (length first, then the bytes) is cheaper than comparing names in turn.
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
 
 /// Credential headers of any format: never forwarded.
-static CREDENTIALS: [HeaderName; 5] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("deploy-token"),
-    HeaderName::from_static("x-nuget-apikey"),
-    HeaderName::from_static("job-token"),
-    HeaderName::from_static("private-token"),
-];
+fn is_credential(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "deploy-token" | "x-nuget-apikey" | "job-token" | "private-token"
+    )
+}
+
+/// Forwarding headers the proxy alone sets.
+fn is_forwarding(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "host"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-real-ip"
+    )
+}
+
+/// Headers a `Connection:` list may not remove: framing and content.
+fn is_protected(name: &str) -> bool {
+    matches!(name, "content-length" | "content-type" | "content-encoding")
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Forwarding headers the proxy alone sets.
-static FORWARDING: [HeaderName; 8] = [
-    header::FORWARDED,
-    header::HOST,
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-real-ip"),
-];
-
-/// Headers a `Connection:` list may not remove: framing and content.
-static PROTECTED: [HeaderName; 3] = [
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-];
 
 const IDENTITY_PREFIX: &str = "x-tokengate-";
 const TOKEN_ID: HeaderName = HeaderName::from_static("x-tokengate-token-id");
@@ -65,32 +70,48 @@ const TOKEN_SCOPES: HeaderName = HeaderName::from_static("x-tokengate-scopes");
 
 /// Removes hop-by-hop headers, the ones the `Connection` header names and
 /// those `also` picks. One pass over the headers present (a handful), rather
-/// than a lookup for each of the two dozen names that may not pass.
-fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !PROTECTED.contains(name))
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name) || also(name))
-        .cloned()
-        .collect();
-    for name in doomed {
+/// than a lookup for each of the two dozen names that may not pass; nothing
+/// is allocated unless more than eight headers go (a map cannot drop entries
+/// while it is walked, so the doomed names are gathered first).
+fn strip(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    for name in doomed(headers, also) {
         headers.remove(name);
     }
 }
 
+/// The headers `strip` removes.
+fn doomed(headers: &HeaderMap, also: impl Fn(&str) -> bool) -> SmallVec<[HeaderName; 8]> {
+    // The names `Connection` lists, beyond the hop-by-hop ones (most often none).
+    let named: SmallVec<[&[u8]; 4]> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case(b"close")
+                && !token.eq_ignore_ascii_case(b"keep-alive")
+        })
+        .collect();
+    headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            is_hop_by_hop(name)
+                || also(name)
+                || (named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+                    && !is_protected(name))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Client headers the proxy never forwards beyond the hop-by-hop ones:
 /// credentials, the forwarding headers it sets itself, identity headers.
-fn proxy_owned(name: &HeaderName) -> bool {
-    CREDENTIALS.contains(name)
-        || FORWARDING.contains(name)
-        || name.as_str().starts_with(IDENTITY_PREFIX)
+fn proxy_owned(name: &str) -> bool {
+    is_credential(name) || is_forwarding(name) || name.starts_with(IDENTITY_PREFIX)
 }
 
 /// What the proxy tells the upstream about the request.
@@ -272,6 +293,33 @@ mod tests {
         assert_eq!(h["content-length"], "5");
         assert_eq!(h["host"], "127.0.0.1:4873");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn response_loses_every_header_its_connection_header_names() {
+        let mut h = HeaderMap::new();
+        // More than the eight names gathered without allocating.
+        let named: Vec<String> = (0..12).map(|i| format!("x-hop-{i}")).collect();
+        for name in &named {
+            h.insert(
+                HeaderName::try_from(name.as_str()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        let list = named.join(" ,\t").to_uppercase();
+        h.append("connection", HeaderValue::try_from(list).unwrap());
+        h.append(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, Content-Type,,"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-hop-kept", HeaderValue::from_static("v"));
+        to_downstream(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-hop-kept"]);
     }
 
     #[test]

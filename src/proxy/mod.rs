@@ -30,6 +30,7 @@ use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use smallvec::SmallVec;
 use tokio::net::TcpListener;
 
 pub use error::{ErrorStyle, ProxyError, Side};
@@ -132,7 +133,8 @@ impl Proxy {
     /// errors become responses here, for both modes.
     async fn respond(&self, head: Parts, mode: Mode, client: IpAddr) -> Response<ResponseBody> {
         let method = head.method.clone();
-        let raw_path = head.uri.path().to_string();
+        // For the logs: a clone shares the request's bytes, a `String` would copy them.
+        let target = head.uri.clone();
         let mode_name = mode.name();
         let close = matches!(mode, Mode::Proxy(_)) && body_left_unread(&method);
         let mut outcome = Outcome::new();
@@ -155,7 +157,7 @@ impl Proxy {
                         %client,
                         mode = mode_name,
                         %method,
-                        path = %raw_path,
+                        path = %target.path(),
                         route = %outcome.route.as_deref().unwrap_or("-"),
                         token_id = outcome.token_id,
                         needed = %outcome.needed.map_or(String::from("-"), |s| s.to_string()),
@@ -177,7 +179,7 @@ impl Proxy {
             %client,
             mode = mode_name,
             %method,
-            path = %raw_path,
+            path = %target.path(),
             route = %outcome.route.as_deref().unwrap_or("-"),
             token_id = outcome.token_id,
             decision = %outcome.decision,
@@ -218,7 +220,7 @@ impl Proxy {
         let route = matched.route;
         outcome.route = Some(route.name.clone());
         outcome.format = route.format.name();
-        let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();
+        let rest: SmallVec<[&str; 8]> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(&head.method, &rest, query);
         if self.failures.is_blocked(client) {
             return Err(ProxyError::TooManyFailures);

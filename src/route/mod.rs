@@ -207,24 +207,27 @@ impl RouteTable {
             .iter()
             .find_map(|route| prefix_match(route, path).map(|ns| (route, ns)))
             .ok_or_else(|| {
-                if path.segments.iter().any(|s| s.had_encoded_slash) {
+                if path.any_encoded_slash() {
                     MatchError::Path(PathError::EncodedSlash)
                 } else {
                     MatchError::NoRoute
                 }
             })?;
         let prefix_len = route.path.len();
-        for (i, seg) in path.segments.iter().enumerate() {
+        for (i, seg) in path.decoded().enumerate() {
+            if !path.had_encoded_slash(i) {
+                continue;
+            }
             let allowed = Some(i) == namespace_at
-                || (i >= prefix_len && route.format.allows_encoded_slash(&seg.decoded));
-            if seg.had_encoded_slash && !allowed {
+                || (i >= prefix_len && route.format.allows_encoded_slash(seg));
+            if !allowed {
                 return Err(PathError::EncodedSlash.into());
             }
         }
         let namespace = match (&route.namespace, namespace_at) {
             (NamespaceSource::Fixed(ns), _) => Cow::Borrowed(ns.as_str()),
             (NamespaceSource::Placeholder, Some(i)) => {
-                let ns = path.segments[i].decoded.as_str();
+                let ns = path.segment(i);
                 validate_namespace(ns).map_err(|_| MatchError::InvalidNamespace)?;
                 Cow::Borrowed(ns)
             }
@@ -246,13 +249,13 @@ impl RouteTable {
 
 /// Whether `route` is a segment-wise prefix of `path`; returns where `{namespace}` sat.
 fn prefix_match(route: &Route, path: &NormalizedPath) -> Option<Option<usize>> {
-    if path.segments.len() < route.path.len() {
+    if path.len() < route.path.len() {
         return None;
     }
     let mut namespace_at = None;
-    for (i, (part, seg)) in route.path.iter().zip(&path.segments).enumerate() {
+    for (i, (part, seg)) in route.path.iter().zip(path.decoded()).enumerate() {
         match part {
-            PathPart::Literal(lit) if *lit == seg.decoded => {}
+            PathPart::Literal(lit) if lit == seg => {}
             PathPart::Namespace => namespace_at = Some(i),
             PathPart::Literal(_) => return None,
         }

@@ -8,6 +8,8 @@
 
 use std::fmt::Write;
 
+use smallvec::SmallVec;
+
 /// Why a request target was refused. Each maps to a 400 response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -36,19 +38,27 @@ pub enum PathError {
 const MAX_SEGMENTS: usize = 64;
 const MAX_PATH: usize = 8192;
 
-/// One decoded path segment, and whether it was written with an encoded `/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
-    pub decoded: String,
-    pub had_encoded_slash: bool,
-}
-
-/// A normalized path: decoded segments plus whether it ended in `/`.
+/// A normalized path: its decoded segments plus whether it ended in `/`.
+///
+/// The segments sit back to back in one string: every request's path is
+/// parsed, and one allocation beats one per segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath {
-    pub segments: Vec<Segment>,
+    decoded: String,
+    segments: SmallVec<[SegmentEnd; 12]>,
     pub trailing_slash: bool,
 }
+
+/// Where a segment ends in the decoded text, and whether it was written
+/// with an encoded `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegmentEnd {
+    end: u16,
+    had_encoded_slash: bool,
+}
+
+// A segment end is a `u16`.
+const _: () = assert!(MAX_PATH <= u16::MAX as usize);
 
 impl NormalizedPath {
     /// Parses and checks a raw origin-form path (without the query).
@@ -57,35 +67,65 @@ impl NormalizedPath {
             return Err(PathError::TooLong);
         }
         let body = raw.strip_prefix('/').ok_or(PathError::NotOriginForm)?;
-        let mut segments = Vec::new();
-        let mut trailing_slash = false;
+        let mut path = NormalizedPath {
+            decoded: String::with_capacity(body.len()),
+            segments: SmallVec::new(),
+            trailing_slash: false,
+        };
         if !body.is_empty() {
             let mut parts = body.split('/').peekable();
             while let Some(part) = parts.next() {
                 if part.is_empty() {
                     if parts.peek().is_none() {
-                        trailing_slash = true;
+                        path.trailing_slash = true;
                         break;
                     }
                     return Err(PathError::EmptySegment);
                 }
-                if segments.len() == MAX_SEGMENTS {
+                if path.segments.len() == MAX_SEGMENTS {
                     return Err(PathError::TooLong);
                 }
-                segments.push(decode_segment(part)?);
+                let had_encoded_slash = decode_segment(part, &mut path.decoded)?;
+                path.segments.push(SegmentEnd {
+                    end: path.decoded.len() as u16,
+                    had_encoded_slash,
+                });
             }
         }
-        Ok(NormalizedPath {
-            segments,
-            trailing_slash,
-        })
+        Ok(path)
+    }
+
+    /// How many segments the path has.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether the path is `/`.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The decoded segment `i`.
+    pub fn segment(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |p| self.segments[p].end);
+        &self.decoded[usize::from(start)..usize::from(self.segments[i].end)]
+    }
+
+    /// Whether segment `i` was written with an encoded `/` (`%2F`).
+    pub fn had_encoded_slash(&self, i: usize) -> bool {
+        self.segments[i].had_encoded_slash
+    }
+
+    /// Whether any segment was written with an encoded `/`.
+    pub fn any_encoded_slash(&self) -> bool {
+        self.segments.iter().any(|s| s.had_encoded_slash)
     }
 
     /// Writes `segments[from..]` re-encoded canonically, as forwarded upstream.
     pub fn encode_from(&self, from: usize, out: &mut String) {
-        for seg in &self.segments[from..] {
+        for seg in self.decoded().skip(from) {
             out.push('/');
-            encode_segment(&seg.decoded, out);
+            encode_segment(seg, out);
         }
         if self.trailing_slash {
             out.push('/');
@@ -94,14 +134,14 @@ impl NormalizedPath {
 
     /// Writes `segments[..to]` re-encoded: the matched route prefix.
     pub fn encode_prefix(&self, to: usize, out: &mut String) {
-        for seg in &self.segments[..to] {
+        for seg in self.decoded().take(to) {
             out.push('/');
-            encode_segment(&seg.decoded, out);
+            encode_segment(seg, out);
         }
     }
 
     pub fn decoded(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().map(|s| s.decoded.as_str())
+        (0..self.segments.len()).map(|i| self.segment(i))
     }
 }
 
@@ -134,38 +174,50 @@ fn check_byte(b: u8, encoded: bool) -> Result<(), PathError> {
     }
 }
 
-fn decode_segment(raw: &str) -> Result<Segment, PathError> {
+/// Decodes one raw segment onto the end of `out`; says whether it held an
+/// encoded `/`.
+fn decode_segment(raw: &str, out: &mut String) -> Result<bool, PathError> {
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut decoded = Vec::new();
     let mut had_encoded_slash = false;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_value);
-            let lo = bytes.get(i + 2).copied().and_then(hex_value);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err(PathError::BadEncoding);
-            };
-            let decoded = hi << 4 | lo;
-            check_byte(decoded, true)?;
-            had_encoded_slash |= decoded == b'/';
-            out.push(decoded);
-            i += 3;
-        } else {
-            check_byte(b, false)?;
-            out.push(b);
-            i += 1;
-        }
+    // Plain bytes are checked and copied as they are; only a segment with a
+    // `%` escape needs a decoding buffer.
+    while i < bytes.len() && bytes[i] != b'%' {
+        check_byte(bytes[i], false)?;
+        i += 1;
     }
-    let decoded = String::from_utf8(out).map_err(|_| PathError::BadEncoding)?;
-    if decoded == "." || decoded == ".." {
+    let text = if i == bytes.len() {
+        raw
+    } else {
+        decoded.reserve(bytes.len());
+        decoded.extend_from_slice(&bytes[..i]);
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value);
+                let lo = bytes.get(i + 2).copied().and_then(hex_value);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadEncoding);
+                };
+                let byte = hi << 4 | lo;
+                check_byte(byte, true)?;
+                had_encoded_slash |= byte == b'/';
+                decoded.push(byte);
+                i += 3;
+            } else {
+                check_byte(b, false)?;
+                decoded.push(b);
+                i += 1;
+            }
+        }
+        std::str::from_utf8(&decoded).map_err(|_| PathError::BadEncoding)?
+    };
+    if text == "." || text == ".." {
         return Err(PathError::DotSegment);
     }
-    Ok(Segment {
-        decoded,
-        had_encoded_slash,
-    })
+    out.push_str(text);
+    Ok(had_encoded_slash)
 }
 
 /// Bytes that stay literal in a forwarded segment: RFC 3986 `pchar` minus `;`.
@@ -252,9 +304,10 @@ mod tests {
     #[test]
     fn encoded_slash_is_recorded_not_split() {
         let p = NormalizedPath::parse("/@scope%2fname").unwrap();
-        assert_eq!(p.segments.len(), 1);
-        assert_eq!(p.segments[0].decoded, "@scope/name");
-        assert!(p.segments[0].had_encoded_slash);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.segment(0), "@scope/name");
+        assert!(p.had_encoded_slash(0));
+        assert!(p.any_encoded_slash());
     }
 
     #[test]
