@@ -6,9 +6,12 @@
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-# Stops the nginx and tokengate of the run and removes $WORK (trap cleanup EXIT).
+# Stops the nginx instances and tokengate of the run and removes $WORK (trap cleanup EXIT).
 cleanup() {
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  local pid
+  for pid in "$WORK"/*.pid; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  done
   [ -n "${TG_PID:-}" ] && kill "$TG_PID" 2>/dev/null || true
   # shellcheck disable=SC2086
   [ -n "${BASELINE_PIDS:-}" ] && kill $BASELINE_PIDS 2>/dev/null || true

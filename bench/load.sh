@@ -47,18 +47,16 @@ chmod 755 "$WORK"   # nginx workers run unprivileged
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
 cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
 
-# One nginx (a worker per core, as tokengate has a thread per core) for the upstream,
-# the proxy_pass and the auth_request servers.
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
+# One nginx (a worker per core, as tokengate has a thread per core) serves the
+# upstream and the proxy_pass and auth_request servers. NGINX_LAYOUT=separate
+# runs the proxies as a second nginx of their own instead: on a machine where
+# wrk and every server share the cores, nginx then has twice the processes
+# competing for them, which moved its proxy_pass figure by a sixth (BENCHMARKS.md).
+NGINX_LAYOUT=${NGINX_LAYOUT:-shared}
+upstream_server="server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }"
+cat > "$WORK/proxies.conf" <<EOF
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
   upstream decision { server 127.0.0.1:$DECISION; keepalive 64; }
-  server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }
   server {
     listen 127.0.0.1:$PROXY;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
@@ -79,9 +77,31 @@ http {
       proxy_http_version 1.1; proxy_set_header Connection "";
     }
   }
+EOF
+# nginx_conf NAME SERVERS...: starts an nginx whose http block holds SERVERS.
+nginx_conf() {
+  local name=$1
+  shift
+  cat > "$WORK/$name.conf" <<EOF
+worker_processes auto;
+pid $WORK/$name.pid;
+error_log $WORK/logs/$name.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $*
 }
 EOF
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
+  "$NGINX" -c "$WORK/$name.conf" -p "$WORK/"
+}
+case $NGINX_LAYOUT in
+  separate)
+    nginx_conf nginx "$upstream_server"
+    nginx_conf proxy-nginx "$(cat "$WORK/proxies.conf")"
+    ;;
+  shared) nginx_conf nginx "$upstream_server" "$(cat "$WORK/proxies.conf")" ;;
+  *) echo "NGINX_LAYOUT is separate or shared" >&2; exit 2 ;;
+esac
 
 start_tokengate /generic/acme/web false read_package_registry
 
@@ -102,7 +122,10 @@ for t in "${TARGETS[@]}"; do
 done
 sleep 0.5
 
-NGINX_PIDS=$(pgrep -f "nginx: worker process" -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+workers_of() { pgrep -f "nginx: worker process" -P "$(cat "$WORK/$1.pid")" | tr '\n' ' '; }
+NGINX_PIDS=$(workers_of nginx)
+PROXY_NGINX_PIDS=$NGINX_PIDS
+[ "$NGINX_LAYOUT" = shared ] || PROXY_NGINX_PIDS="$(workers_of proxy-nginx) $NGINX_PIDS"
 cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
   local total=0 p
   for p in "$@"; do
@@ -115,9 +138,9 @@ HZ=$(getconf CLK_TCK)
 
 for t in "${!PIDS[@]}"; do PIDS[$t]=${PIDS[$t]/NGINX_PIDS/$NGINX_PIDS}; done
 URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS"
-URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$NGINX_PIDS"
+URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$PROXY_NGINX_PIDS"
 URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
-URL[auth_request]="http://127.0.0.1:$AUTHREQ/generic/acme/web/file";    PIDS[auth_request]="$TG_PID $NGINX_PIDS"
+URL[auth_request]="http://127.0.0.1:$AUTHREQ/generic/acme/web/file";    PIDS[auth_request]="$TG_PID $PROXY_NGINX_PIDS"
 
 for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done
 log "warm-up"
@@ -179,4 +202,4 @@ echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(awk -v a="${PACED_P99[tokengate]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }') ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
-echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; $(nproc) cores; $(date -u +%F)"
+echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; $(nproc) cores; $(date -u +%F)"
