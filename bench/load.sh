@@ -54,7 +54,7 @@ cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
 # competing for them, which moved its proxy_pass figure by a sixth (BENCHMARKS.md).
 NGINX_LAYOUT=${NGINX_LAYOUT:-shared}
 upstream_server="server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }"
-cat > "$WORK/proxies.conf" <<EOF
+proxy_servers=$(cat <<EOF
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
   upstream decision { server 127.0.0.1:$DECISION; keepalive 64; }
   server {
@@ -78,6 +78,7 @@ cat > "$WORK/proxies.conf" <<EOF
     }
   }
 EOF
+)
 # nginx_conf NAME SERVERS...: starts an nginx whose http block holds SERVERS.
 nginx_conf() {
   local name=$1
@@ -97,9 +98,9 @@ EOF
 case $NGINX_LAYOUT in
   separate)
     nginx_conf nginx "$upstream_server"
-    nginx_conf proxy-nginx "$(cat "$WORK/proxies.conf")"
+    nginx_conf proxy-nginx "$proxy_servers"
     ;;
-  shared) nginx_conf nginx "$upstream_server" "$(cat "$WORK/proxies.conf")" ;;
+  shared) nginx_conf nginx "$upstream_server" "$proxy_servers" ;;
   *) echo "NGINX_LAYOUT is separate or shared" >&2; exit 2 ;;
 esac
 

@@ -67,32 +67,34 @@ impl NormalizedPath {
             return Err(PathError::TooLong);
         }
         let body = raw.strip_prefix('/').ok_or(PathError::NotOriginForm)?;
-        let mut path = NormalizedPath {
-            decoded: String::with_capacity(body.len()),
-            segments: SmallVec::new(),
-            trailing_slash: false,
-        };
+        let mut decoded = Vec::with_capacity(body.len());
+        let mut segments = SmallVec::new();
+        let mut trailing_slash = false;
         if !body.is_empty() {
             let mut parts = body.split('/').peekable();
             while let Some(part) = parts.next() {
                 if part.is_empty() {
                     if parts.peek().is_none() {
-                        path.trailing_slash = true;
+                        trailing_slash = true;
                         break;
                     }
                     return Err(PathError::EmptySegment);
                 }
-                if path.segments.len() == MAX_SEGMENTS {
+                if segments.len() == MAX_SEGMENTS {
                     return Err(PathError::TooLong);
                 }
-                let had_encoded_slash = decode_segment(part, &mut path.decoded)?;
-                path.segments.push(SegmentEnd {
-                    end: path.decoded.len() as u16,
+                let had_encoded_slash = decode_segment(part, &mut decoded)?;
+                segments.push(SegmentEnd {
+                    end: decoded.len() as u16,
                     had_encoded_slash,
                 });
             }
         }
-        Ok(path)
+        Ok(NormalizedPath {
+            decoded: String::from_utf8(decoded).expect("every segment is checked UTF-8"),
+            segments,
+            trailing_slash,
+        })
     }
 
     /// How many segments the path has.
@@ -176,47 +178,36 @@ fn check_byte(b: u8, encoded: bool) -> Result<(), PathError> {
 
 /// Decodes one raw segment onto the end of `out`; says whether it held an
 /// encoded `/`.
-fn decode_segment(raw: &str, out: &mut String) -> Result<bool, PathError> {
+fn decode_segment(raw: &str, out: &mut Vec<u8>) -> Result<bool, PathError> {
+    let start = out.len();
     let bytes = raw.as_bytes();
-    let mut decoded = Vec::new();
     let mut had_encoded_slash = false;
     let mut i = 0;
-    // Plain bytes are checked and copied as they are; only a segment with a
-    // `%` escape needs a decoding buffer.
-    while i < bytes.len() && bytes[i] != b'%' {
-        check_byte(bytes[i], false)?;
-        i += 1;
-    }
-    let text = if i == bytes.len() {
-        raw
-    } else {
-        decoded.reserve(bytes.len());
-        decoded.extend_from_slice(&bytes[..i]);
-        while i < bytes.len() {
-            let b = bytes[i];
-            if b == b'%' {
-                let hi = bytes.get(i + 1).copied().and_then(hex_value);
-                let lo = bytes.get(i + 2).copied().and_then(hex_value);
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err(PathError::BadEncoding);
-                };
-                let byte = hi << 4 | lo;
-                check_byte(byte, true)?;
-                had_encoded_slash |= byte == b'/';
-                decoded.push(byte);
-                i += 3;
-            } else {
-                check_byte(b, false)?;
-                decoded.push(b);
-                i += 1;
-            }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_value);
+            let lo = bytes.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEncoding);
+            };
+            let decoded = hi << 4 | lo;
+            check_byte(decoded, true)?;
+            had_encoded_slash |= decoded == b'/';
+            out.push(decoded);
+            i += 3;
+        } else {
+            check_byte(b, false)?;
+            out.push(b);
+            i += 1;
         }
-        std::str::from_utf8(&decoded).map_err(|_| PathError::BadEncoding)?
-    };
-    if text == "." || text == ".." {
+    }
+    // Checked per segment: two invalid halves on either side of a `/`
+    // could make valid UTF-8 together.
+    let decoded = std::str::from_utf8(&out[start..]).map_err(|_| PathError::BadEncoding)?;
+    if decoded == "." || decoded == ".." {
         return Err(PathError::DotSegment);
     }
-    out.push_str(text);
     Ok(had_encoded_slash)
 }
 
@@ -337,6 +328,8 @@ mod tests {
             ("/a%zz", PathError::BadEncoding),
             ("/a%2", PathError::BadEncoding),
             ("/a%ff", PathError::BadEncoding),
+            // Each half of `é` alone is not UTF-8, though the two together are.
+            ("/%c3/%a9", PathError::BadEncoding),
         ];
         for (raw, want) in cases {
             assert_eq!(NormalizedPath::parse(raw), Err(*want), "{raw}");
