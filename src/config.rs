@@ -380,8 +380,21 @@ pub struct Config {
 }
 
 /// The most connection workers a config may ask for: each is a thread with
-/// its own runtime and upstream connections, and more than the cores gains nothing.
+/// its own runtime and upstream connections.
 const MAX_WORKERS: usize = 256;
+
+/// Two connection workers per core the process may use. A worker's
+/// connections wait while its thread is off the CPU; with two per core each
+/// holds half as many, so when the cores are shared (a registry, a CI job, the
+/// load generator of `bench/load.sh`) a preempted worker stalls fewer requests
+/// and the other one keeps serving. On the 2-core bench machines that was 17
+/// to 38% more requests per second at 64 connections and a p99 at full load
+/// about a third of one worker per core's; on a core of its own the proxy
+/// spent about the same CPU per request either way (`BENCHMARKS.md`).
+fn default_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).min(MAX_WORKERS)
+}
 pub const DEFAULT_STORE_URL: &str = "sqlite://tokengate.db";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -897,12 +910,11 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
             Some((_, 0)) => None,
             Some((_, n)) if n <= MAX_WORKERS => Some(n),
             Some((w, _)) => {
-                let why = format!(
-                    "at most {MAX_WORKERS} (one per core is the point; 0: the shared runtime)"
-                );
+                let why =
+                    format!("at most {MAX_WORKERS} (default: two per core; 0: the shared runtime)");
                 return Err(src.at(w, "server.workers", why));
             }
-            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            None => Some(default_workers()),
         },
         log_level: match &raw.log_level {
             None => "info".to_string(),
@@ -1191,6 +1203,8 @@ access = "read"
         let c = Config::load(None).unwrap();
         assert!(c.routes.is_empty());
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.server.workers, Some(2 * cores));
     }
 
     #[test]

@@ -52,7 +52,7 @@ upstream = "rec"
     )
 }
 
-/// In every connection layout: workers per core (the default), a given
+/// In every connection layout: two workers per core (the default), a given
 /// number of them, the shared runtime (`workers = 0`).
 #[test]
 fn credentials_never_reach_the_upstream_and_identity_is_the_proxys() {

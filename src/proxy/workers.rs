@@ -1,4 +1,5 @@
-//! Connection workers: one single-threaded runtime per core. The accept loop
+//! Connection workers: single-threaded runtimes (two per core by default, see
+//! `config::default_workers`). The accept loop
 //! hands each connection to a worker, round robin; the connection, its
 //! requests and the pooled upstream connections they use then stay on that
 //! thread. On a work-stealing runtime a request and its upstream connection
