@@ -26,14 +26,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/www" "$WORK/logs"
 chmod 755 "$WORK"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:$UP; root $WORK/www; location / { } } }
-EOF
-"$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf" -p "$WORK/"
+nginx_conf nginx 1 "server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }"
 
 valgrind=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/out.%p")
 case $TARGET in

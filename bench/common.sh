@@ -27,6 +27,37 @@ need() {
   }
 }
 
+# nginx_conf NAME WORKERS SERVERS...: starts an nginx of WORKERS processes
+# (`auto`: one per core) whose http block holds SERVERS; its pid in $WORK/NAME.pid.
+nginx_conf() {
+  local name=$1 workers=$2
+  shift 2
+  cat > "$WORK/$name.conf" <<EOF
+worker_processes $workers;
+pid $WORK/$name.pid;
+error_log $WORK/logs/$name.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $*
+}
+EOF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/$name.conf" -p "$WORK/"
+}
+
+# nginx_workers NAME: the pids of the worker processes of the nginx NAME.
+nginx_workers() { pgrep -f "nginx: worker process" -P "$(cat "$WORK/$1.pid")" | tr '\n' ' '; }
+
+# cpu_ticks PID...: the processes' summed utime+stime (all threads), in clock ticks.
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES

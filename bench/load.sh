@@ -33,7 +33,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
 need wrk wrk
 need nginx nginx
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 
@@ -79,28 +78,12 @@ proxy_servers=$(cat <<EOF
   }
 EOF
 )
-# nginx_conf NAME SERVERS...: starts an nginx whose http block holds SERVERS.
-nginx_conf() {
-  local name=$1
-  shift
-  cat > "$WORK/$name.conf" <<EOF
-worker_processes auto;
-pid $WORK/$name.pid;
-error_log $WORK/logs/$name.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $*
-}
-EOF
-  "$NGINX" -c "$WORK/$name.conf" -p "$WORK/"
-}
 case $NGINX_LAYOUT in
   separate)
-    nginx_conf nginx "$upstream_server"
-    nginx_conf proxy-nginx "$proxy_servers"
+    nginx_conf nginx auto "$upstream_server"
+    nginx_conf proxy-nginx auto "$proxy_servers"
     ;;
-  shared) nginx_conf nginx "$upstream_server" "$proxy_servers" ;;
+  shared) nginx_conf nginx auto "$upstream_server" "$proxy_servers" ;;
   *) echo "NGINX_LAYOUT is separate or shared" >&2; exit 2 ;;
 esac
 
@@ -123,18 +106,9 @@ for t in "${TARGETS[@]}"; do
 done
 sleep 0.5
 
-workers_of() { pgrep -f "nginx: worker process" -P "$(cat "$WORK/$1.pid")" | tr '\n' ' '; }
-NGINX_PIDS=$(workers_of nginx)
+NGINX_PIDS=$(nginx_workers nginx)
 PROXY_NGINX_PIDS=$NGINX_PIDS
-[ "$NGINX_LAYOUT" = shared ] || PROXY_NGINX_PIDS="$(workers_of proxy-nginx) $NGINX_PIDS"
-cpu_ticks() { # summed utime+stime of the given pids, in clock ticks
-  local total=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
+[ "$NGINX_LAYOUT" = shared ] || PROXY_NGINX_PIDS="$(nginx_workers proxy-nginx) $NGINX_PIDS"
 HZ=$(getconf CLK_TCK)
 
 for t in "${!PIDS[@]}"; do PIDS[$t]=${PIDS[$t]/NGINX_PIDS/$NGINX_PIDS}; done

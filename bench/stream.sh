@@ -15,7 +15,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/tokengate-stream.XXXXXX)
 chmod 755 "$WORK"
 need nginx nginx
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
@@ -24,24 +23,14 @@ trap cleanup EXIT
 mkdir -p "$WORK/www/up" "$WORK/logs"
 chmod 777 "$WORK/www/up"
 truncate -s "${SIZE_MIB}M" "$WORK/www/big.bin"
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
+mkdir -p "$WORK/tmp"; chmod 777 "$WORK/tmp"
+nginx_conf nginx 1 "server {
     listen 127.0.0.1:$UP;
     root $WORK/www;
     client_max_body_size 0;
     client_body_buffer_size 1m;
     location /up/ { dav_methods PUT; create_full_put_path on; client_body_temp_path $WORK/tmp; }
-  }
-}
-EOF
-mkdir -p "$WORK/tmp"; chmod 777 "$WORK/tmp"
-"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/"
+  }"
 start_tokengate /files true read_package_registry,write_package_registry
 rss() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 RSS0=$(rss "$TG_PID" VmRSS)
