@@ -9,7 +9,7 @@
 #                                                     (default shared 10 64 2)
 #
 # shared: every process may run on every core (as bench/load.sh), the proxies
-#   with a worker per core (tokengate: its default).
+#   nginx with a worker per core, tokengate with its default (two per core).
 # dedicated: the proxy alone on CPU 0 (nginx: one worker), wrk (one thread)
 #   and the upstream on the other cores: a proxy with a core of its own.
 #   Throughput is then capped by the load side (compare the `direct` row);

@@ -23,6 +23,7 @@
 # run bench/hyper-baseline, a bare hyper proxy (no auth) in each layout, to
 # tell what hyper costs on this machine from what tokengate adds, e.g.
 #   TARGETS="nginx tokengate hyper-shared hyper-per-core hyper-own-pool" bench/load.sh
+# (HYPER_BASELINE_THREADS=4 on two cores: as many threads as tokengate's default).
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
@@ -46,7 +47,7 @@ chmod 755 "$WORK"   # nginx workers run unprivileged
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
 cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
 
-# One nginx (a worker per core, as tokengate has a thread per core) serves the
+# One nginx (a worker per core, as nginx advises; tokengate: its default) serves the
 # upstream and the proxy_pass and auth_request servers. NGINX_LAYOUT=separate
 # runs the proxies as a second nginx of their own instead: on a machine where
 # wrk and every server share the cores, nginx then has twice the processes

@@ -3,9 +3,13 @@
 //!
 //! LAYOUT:
 //! - `shared`: one multi-threaded runtime, hyper-util's pooled client (tokengate before 2026-11-26);
-//! - `per-core`: a current-thread runtime per core, each with its own pooled client (tokengate now);
+//! - `per-core`: a current-thread runtime per core, each with its own pooled client (tokengate on
+//!   2026-11-26);
 //! - `per-core-own-pool`: the same, with a minimal pool of hyper HTTP/1 connections instead of
-//!   hyper-util's client (no pool lock, no per-request key hashing).
+//!   hyper-util's client (no pool lock, no per-request key hashing; tokengate's layout).
+//!
+//! The per-core layouts start `HYPER_BASELINE_THREADS` runtimes (default: one per core; tokengate's
+//! default is two per core).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -111,8 +115,11 @@ fn main() {
         runtime.block_on(accept_loop(listener, layout, upstream));
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads: Vec<_> = (0..cores)
+    let count = std::env::var("HYPER_BASELINE_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads: Vec<_> = (0..count)
         .map(|_| {
             let listener = listener.try_clone().expect("listener");
             std::thread::spawn(move || {
