@@ -178,4 +178,4 @@ echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(awk -v a="${PACED_P99[tokengate]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }') ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
-echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; $(nproc) cores; $(date -u +%F)"
+echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
