@@ -8,7 +8,8 @@
 #   bench/callgrind.sh [tokengate|hyper-baseline]     (default tokengate)
 #
 # tokengate runs the `profiling` build (release code with line tables, built
-# here if missing); hyper-baseline the bare hyper proxy (per core, own pool).
+# here if missing; TOKENGATE_BIN names another build, e.g. target/release/tokengate);
+# hyper-baseline the bare hyper proxy (per core, own pool).
 # The callgrind file is kept as $OUT (default /tmp/tokengate.callgrind) for
 # `callgrind_annotate --inclusive=yes $OUT`.
 set -euo pipefail
@@ -31,7 +32,7 @@ nginx_conf nginx 1 "server { listen 127.0.0.1:$UP; root $WORK/www; location / { 
 valgrind=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/out.%p")
 case $TARGET in
   tokengate)
-    bin=$ROOT/target/profiling/tokengate
+    bin=${TOKENGATE_BIN:-$ROOT/target/profiling/tokengate}
     [ -x "$bin" ] || (cd "$ROOT" && cargo build --profile profiling --bin tokengate)
     # start_tokengate runs $TG for `token create` too: only `serve` runs under valgrind.
     TG=$WORK/tokengate
