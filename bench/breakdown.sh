@@ -38,9 +38,10 @@ chmod 755 "$WORK"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
 cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
 
+LOAD_CPUS=1-$(($(nproc) - 1))   # dedicated: wrk's and the upstream's
 case $LAYOUT in
   shared) PROXY_WORKERS=auto; WRK=(wrk -t2) ;;
-  dedicated) PROXY_WORKERS=1; WRK=(taskset -c 1-$(($(nproc) - 1)) wrk -t1) ;;
+  dedicated) PROXY_WORKERS=1; WRK=(taskset -c "$LOAD_CPUS" wrk -t1) ;;
   *) echo "usage: bench/breakdown.sh [shared|dedicated] [SECONDS] [CONNECTIONS] [ROUNDS]" >&2; exit 2 ;;
 esac
 nginx_conf upstream auto "server { listen 127.0.0.1:$UP; root $WORK/www; location / { } }"
@@ -54,10 +55,9 @@ sleep 0.5
 UPSTREAM_PIDS=$(nginx_workers upstream)
 PROXY_PIDS=$(nginx_workers proxy)
 if [ "$LAYOUT" = dedicated ]; then
-  others=1-$(($(nproc) - 1))
   # -a: every thread; threads started later inherit their creator's CPUs.
   for p in $(cat "$WORK/proxy.pid") $PROXY_PIDS $TG_PID; do taskset -a -c -p 0 "$p" >/dev/null; done
-  for p in $(cat "$WORK/upstream.pid") $UPSTREAM_PIDS; do taskset -a -c -p "$others" "$p" >/dev/null; done
+  for p in $(cat "$WORK/upstream.pid") $UPSTREAM_PIDS; do taskset -a -c -p "$LOAD_CPUS" "$p" >/dev/null; done
 fi
 
 # usage PID...: utime and stime ticks, voluntary and involuntary switches, over all their threads.

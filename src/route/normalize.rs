@@ -181,6 +181,7 @@ fn check_byte(b: u8, encoded: bool) -> Result<(), PathError> {
 fn decode_segment(raw: &str, out: &mut Vec<u8>) -> Result<bool, PathError> {
     let start = out.len();
     let bytes = raw.as_bytes();
+    let mut had_escape = false;
     let mut had_encoded_slash = false;
     let mut i = 0;
     while i < bytes.len() {
@@ -193,6 +194,7 @@ fn decode_segment(raw: &str, out: &mut Vec<u8>) -> Result<bool, PathError> {
             };
             let decoded = hi << 4 | lo;
             check_byte(decoded, true)?;
+            had_escape = true;
             had_encoded_slash |= decoded == b'/';
             out.push(decoded);
             i += 3;
@@ -202,10 +204,14 @@ fn decode_segment(raw: &str, out: &mut Vec<u8>) -> Result<bool, PathError> {
             i += 1;
         }
     }
-    // Checked per segment: two invalid halves on either side of a `/`
-    // could make valid UTF-8 together.
-    let decoded = std::str::from_utf8(&out[start..]).map_err(|_| PathError::BadEncoding)?;
-    if decoded == "." || decoded == ".." {
+    let decoded = &out[start..];
+    // Raw text is UTF-8 already; only decoded escapes can break it. Checked
+    // per segment: two invalid halves on either side of a `/` could make
+    // valid UTF-8 together.
+    if had_escape && std::str::from_utf8(decoded).is_err() {
+        return Err(PathError::BadEncoding);
+    }
+    if decoded == b"." || decoded == b".." {
         return Err(PathError::DotSegment);
     }
     Ok(had_encoded_slash)
