@@ -465,7 +465,11 @@ fn metrics_count_tokens_per_scope_and_requests_per_decision() {
         2.0
     );
 
-    // Requests per route, format, decision and reason.
+    // Requests per route, format, decision and reason; a route's allowed
+    // series is there from the start, so a rate over it has a first point.
+    let allowed =
+        r#"tokengate_requests_total{route="files",format="generic",decision="allowed",reason="-"}"#;
+    assert!(gate.metrics().contains(&format!("{allowed} 0\n")));
     let (_, reader) = create(&["read_package_registry"]);
     assert_eq!(fetch(&gate, "acme%2Fweb", &reader), 200);
     assert_eq!(fetch(&gate, "acme%2Fother", &reader), 403);

@@ -33,9 +33,9 @@ pub enum Lookup {
 
 /// Resolves digests to records through the layers, with single flight.
 pub struct TokenResolver {
-    local: moka::future::Cache<Digest, Lookup>,
+    local: local::LocalCache<Digest>,
     /// Records by token id, for credentials that name the token (registry JWTs).
-    by_id: moka::future::Cache<i64, Lookup>,
+    by_id: local::LocalCache<i64>,
     redis: Option<Arc<RedisCache>>,
     store: TokenStore,
     metrics: Arc<Metrics>,

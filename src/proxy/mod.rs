@@ -20,6 +20,7 @@ mod workers;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,7 +40,7 @@ use crate::auth::{self, Ask};
 use crate::cache::TokenResolver;
 use crate::config::Config;
 use crate::format::{self, Authentication};
-use crate::metrics::{Metrics, Name, RequestLabels};
+use crate::metrics::{Metrics, Name, RequestLabels, RouteMetrics};
 use crate::oci::RegistryAuth;
 use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
@@ -72,6 +73,8 @@ pub struct Proxy {
     public_host: HeaderValue,
     failures: FailureLimiter,
     metrics: Arc<Metrics>,
+    /// Per route, in the table's order (see [`Matched::index`]).
+    route_metrics: Box<[RouteMetrics]>,
 }
 
 impl Proxy {
@@ -95,6 +98,8 @@ impl Proxy {
             std::time::Duration::from_secs(60),
         );
         let upstream_logins = UpstreamLogins::for_routes(config.routes.routes());
+        let route_metrics = config.routes.routes().iter().map(|r| metrics.for_route(r));
+        let route_metrics = route_metrics.collect();
         let origin = &config.server.public_url.origin;
         let public_host = origin.split_once("://").map_or("", |(_, host)| host);
         let public_host =
@@ -109,6 +114,7 @@ impl Proxy {
             public_host,
             failures,
             metrics,
+            route_metrics,
         }
     }
 
@@ -167,13 +173,20 @@ impl Proxy {
                 e.into_response(close, &outcome.style)
             }
         };
-        let route = outcome.route.clone().unwrap_or_else(no_route_label);
-        self.metrics.request(&RequestLabels {
-            route: Name(route),
-            format: outcome.format,
-            decision: outcome.decision,
-            reason: outcome.reason,
-        });
+        match outcome
+            .route_index
+            .filter(|_| outcome.decision == "allowed")
+        {
+            Some(i) => {
+                self.route_metrics[i].allowed.inc();
+            }
+            None => self.metrics.request(&RequestLabels {
+                route: Name(outcome.route.clone().unwrap_or_else(no_route_label)),
+                format: outcome.format,
+                decision: outcome.decision,
+                reason: outcome.reason,
+            }),
+        }
         tracing::info!(
             target: "tokengate::access",
             %client,
@@ -219,6 +232,7 @@ impl Proxy {
         let matched = self.config.routes.find(&path)?;
         let route = matched.route;
         outcome.route = Some(route.name.clone());
+        outcome.route_index = Some(matched.index);
         outcome.format = route.format.name();
         let rest: SmallVec<[&str; 8]> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(&head.method, &rest, query);
@@ -383,8 +397,9 @@ impl Proxy {
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 ProxyError::UpstreamUnreachable(upstream.name.to_string())
             })?;
-        self.metrics
-            .upstream_answered(&upstream.name, asked.elapsed().as_secs_f64());
+        self.route_metrics[matched.index]
+            .upstream_seconds
+            .observe(asked.elapsed().as_secs_f64());
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::UNAUTHORIZED {
             self.upstream_logins.invalidate(&upstream.name);
@@ -544,6 +559,8 @@ struct Rewrite {
 struct Outcome {
     started: Instant,
     route: Option<Arc<str>>,
+    /// The matched route's position in the table (none for the proxy's own endpoints).
+    route_index: Option<usize>,
     format: &'static str,
     token_id: Option<i64>,
     /// The scopes of which the request needed one.
@@ -558,6 +575,7 @@ impl Outcome {
         Outcome {
             started: Instant::now(),
             route: None,
+            route_index: None,
             format: "-",
             token_id: None,
             needed: None,
@@ -700,13 +718,14 @@ async fn connection(
         let proxy = current.load_full();
         // Boxed: hyper keeps room for one request future in every
         // connection, idle or not. Boxed, that room is a pointer and
-        // a request's state exists only while it is in flight.
-        Box::pin(async move {
-            Ok::<_, Infallible>(match role {
-                Listener::Proxy => proxy.handle(req, peer).await,
-                Listener::Decision => proxy.check(req, peer).await,
-            })
-        })
+        // a request's state exists only while it is in flight. Boxed
+        // per listener, so a proxied request's state is not sized for
+        // the decision listener's larger one.
+        let answer: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = match role {
+            Listener::Proxy => Box::pin(async move { Ok(proxy.handle(req, peer).await) }),
+            Listener::Decision => Box::pin(async move { Ok(proxy.check(req, peer).await) }),
+        };
+        answer
     });
     let served = match tls {
         None => {

@@ -140,6 +140,9 @@ impl Route {
 /// A request matched to a route.
 pub struct Matched<'a> {
     pub route: &'a Route,
+    /// The route's position in the table: the key of per-route state kept
+    /// beside the config (its metrics).
+    pub index: usize,
     pub namespace: Cow<'a, str>,
     /// How many leading segments the route prefix took.
     pub prefix_len: usize,
@@ -202,10 +205,11 @@ impl RouteTable {
     /// Finds the route for a normalized path and checks the encoded slashes
     /// and namespace it carries.
     pub fn find<'a>(&'a self, path: &'a NormalizedPath) -> Result<Matched<'a>, MatchError> {
-        let (route, namespace_at) = self
+        let (index, route, namespace_at) = self
             .routes
             .iter()
-            .find_map(|route| prefix_match(route, path).map(|ns| (route, ns)))
+            .enumerate()
+            .find_map(|(i, route)| prefix_match(route, path).map(|ns| (i, route, ns)))
             .ok_or_else(|| {
                 if path.any_encoded_slash() {
                     MatchError::Path(PathError::EncodedSlash)
@@ -241,6 +245,7 @@ impl RouteTable {
         };
         Ok(Matched {
             route,
+            index,
             namespace,
             prefix_len,
         })

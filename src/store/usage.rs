@@ -9,10 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{StoreError, TokenStore};
 
-/// Pending last-use marks, token id → newest unix time seen.
+/// Pending last-use marks, token id → newest unix time seen. (foldhash:
+/// ids come from the store, not from clients, and every request marks one.)
 #[derive(Default)]
 pub struct LastUsed {
-    pending: Mutex<HashMap<i64, i64>>,
+    pending: Mutex<HashMap<i64, i64, foldhash::fast::RandomState>>,
 }
 
 impl LastUsed {
