@@ -12,7 +12,8 @@
 # For each: requests/s, p50/p99 latency and CPU time per request of the
 # serving processes (from /proc), then the ratios against the targets.
 #
-# Then the p99 latency tokengate adds at half its peak (paced load, bench/paced.lua).
+# Then the p99 latency tokengate adds at half its peak (paced load, bench/paced.lua,
+# alternating rounds as above; nginx proxy_pass's added p99 is printed for scale).
 #
 #   bench/load.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]     (default 10 3 64)
 #
@@ -161,21 +162,33 @@ if [ "${TARGETS[*]}" != "direct nginx tokengate auth_request" ]; then
   exit 0
 fi
 
-# Added latency at half of tokengate's peak: direct and tokengate under the same
-# paced load (bench/paced.lua), each connection pausing so that all together offer
-# about half the peak; the p99 difference is what tokengate adds.
+# Added latency at half of tokengate's peak: direct, nginx and tokengate under
+# the same paced load (bench/paced.lua), each connection pausing so that all
+# together offer about half the peak, alternating over the rounds as above; the
+# median p99 difference from direct is what a proxy adds (nginx's, for scale).
 HALF=$(awk -v r="${RPS[tokengate]}" 'BEGIN { printf "%d", r / 2 }')
 DELAY=$(awk -v c="$CONNS" -v r="$HALF" 'BEGIN { printf "%d", c * 1000 / r }')
-declare -A PACED_RPS PACED_P99
-for t in direct tokengate; do
-  out=$(WRK_DELAY_MS=$DELAY wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/paced.lua" \
-    -H "Deploy-Token: $TOKEN" "${URL[$t]}")
-  PACED_RPS[$t]=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
-  PACED_P99[$t]=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-  log "paced $t: ${PACED_RPS[$t]} req/s, p99 ${PACED_P99[$t]} ms"
+PACED=(direct nginx tokengate)
+for t in "${PACED[@]}"; do : > "$WORK/$t.paced"; done
+for round in $(seq "$ROUNDS"); do
+  for t in "${PACED[@]}"; do
+    out=$(WRK_DELAY_MS=$DELAY wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/paced.lua" \
+      -H "Deploy-Token: $TOKEN" "${URL[$t]}")
+    rps=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
+    p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+    echo "$rps $p99" >> "$WORK/$t.paced"
+    log "paced round $round $t: $rps req/s, p99 $p99 ms"
+  done
 done
+declare -A PACED_RPS PACED_P99
+for t in "${PACED[@]}"; do
+  PACED_RPS[$t]=$(awk '{print $1}' "$WORK/$t.paced" | median)
+  PACED_P99[$t]=$(awk '{print $2}' "$WORK/$t.paced" | median)
+done
+added() { awk -v a="${PACED_P99[$1]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }'; }
 echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
-echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(awk -v a="${PACED_P99[tokengate]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }') ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
+echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(added tokengate) ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
+echo "  for scale, nginx proxy_pass under the same pacing (${PACED_RPS[nginx]} req/s served): $(added nginx) ms (p99 ${PACED_P99[nginx]} ms)"
 echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
