@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Streaming and idle-connection benchmark on loopback, release build:
 #   1. 1 GiB download and 1 GiB upload (curl), direct to nginx vs through
-#      tokengate: throughput ratio, and tokengate's peak RSS growth (VmHWM).
+#      tokengate, each the median of ROUNDS runs alternating the targets:
+#      throughput ratio, and tokengate's peak RSS growth (VmHWM).
+#      For scale, the same through nginx proxy_pass (its own nginx, one
+#      worker, streaming both ways: proxy_buffering and request buffering off,
+#      a 256 KiB buffer as hyper's grows to).
 #   2. 10,000 idle keep-alive connections to tokengate, each after one
 #      request: tokengate's RSS.
 #
-#   bench/stream.sh [SIZE_MIB] [IDLE_CONNECTIONS]     (default 1024 10000)
+#   bench/stream.sh [SIZE_MIB] [IDLE_CONNECTIONS] [ROUNDS]     (default 1024 10000 5)
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
 SIZE_MIB=${1:-1024}
 IDLE=${2:-10000}
+ROUNDS=${3:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d /tmp/tokengate-stream.XXXXXX)
+# In memory where there is a tmpfs: the uploads are written out by nginx,
+# and a disk would measure itself (direct uploads to /tmp here: 324-801 MiB/s).
+SHM=/dev/shm; [ -w "$SHM" ] || SHM=/tmp
+WORK=$(mktemp -d "$SHM/tokengate-stream.XXXXXX")
 chmod 755 "$WORK"
 need nginx nginx
 TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
-UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port)
+UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port); PROXY=$(free_port)
 trap cleanup EXIT
 
 mkdir -p "$WORK/www/up" "$WORK/logs"
@@ -31,29 +39,67 @@ nginx_conf nginx 1 "server {
     client_body_buffer_size 1m;
     location /up/ { dav_methods PUT; create_full_put_path on; client_body_temp_path $WORK/tmp; }
   }"
+nginx_conf proxy 1 "upstream up { server 127.0.0.1:$UP; keepalive 8; }
+  server {
+    listen 127.0.0.1:$PROXY;
+    client_max_body_size 0;
+    client_body_buffer_size 256k;
+    location /files/ {
+      proxy_pass http://up/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+      proxy_buffer_size 256k;
+      proxy_buffers 4 256k;
+      proxy_busy_buffers_size 256k;
+      proxy_request_buffering off;
+    }
+  }"
 start_tokengate /files true read_package_registry,write_package_registry
 rss() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 RSS0=$(rss "$TG_PID" VmRSS)
 
-speed() { # curl ARGS... -> MiB/s, the best of 3 runs (the first warms caches)
-  local best=0 bytes_per_s
-  for _ in 1 2 3; do
-    bytes_per_s=$(curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "$@" | awk '{print ($1 > $2 ? $1 : $2)}')
-    best=$(awk -v a="$best" -v b="$bytes_per_s" 'BEGIN { print (b > a ? b : a) }')
-  done
-  awk -v b="$best" 'BEGIN { printf "%.0f", b / 1048576 }'
+# transfer KIND TARGET -> MiB/s of one 1 GiB download or upload (curl).
+transfer() {
+  local url args=(-H "Deploy-Token: $TOKEN")   # the header is ignored by nginx
+  case $2 in
+    direct) url=http://127.0.0.1:$UP ;;
+    tokengate) url=http://127.0.0.1:$GATE/files ;;
+    nginx) url=http://127.0.0.1:$PROXY/files ;;
+  esac
+  case $1 in
+    down) args+=("$url/big.bin") ;;
+    up) args+=(-T "$WORK/www/big.bin" "$url/up/$2.bin") ;;
+  esac
+  curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "${args[@]}" |
+    awk '{ printf "%.0f\n", ($1 > $2 ? $1 : $2) / 1048576 }'
 }
-DIRECT_DOWN=$(speed "http://127.0.0.1:$UP/big.bin")
-GATE_DOWN=$(speed -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/big.bin")
-DIRECT_UP=$(speed -T "$WORK/www/big.bin" "http://127.0.0.1:$UP/up/direct.bin")
-GATE_UP=$(speed -T "$WORK/www/big.bin" -H "Deploy-Token: $TOKEN" "http://127.0.0.1:$GATE/files/up/gate.bin")
+# ROUNDS rounds, the targets alternating in each (so drift hits all alike);
+# the median of each. One download first warms the page cache.
+transfer down direct > /dev/null
+declare -A SPEED
+for kind in down up; do
+  for t in direct tokengate nginx; do : > "$WORK/$kind.$t"; done
+  for round in $(seq "$ROUNDS"); do
+    for t in direct tokengate nginx; do
+      mib=$(transfer "$kind" "$t")
+      echo "$mib" >> "$WORK/$kind.$t"
+      log "$kind round $round $t: $mib MiB/s"
+    done
+  done
+  for t in direct tokengate nginx; do
+    SPEED[$kind.$t]=$(sort -n "$WORK/$kind.$t" | sed -n "$(((ROUNDS + 1) / 2))p")
+  done
+done
 HWM=$(rss "$TG_PID" VmHWM)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-echo "| transfer (${SIZE_MIB} MiB) | direct MiB/s | through tokengate MiB/s | ratio |"
-echo "|---|---|---|---|"
-echo "| download | $DIRECT_DOWN | $GATE_DOWN | $(ratio "$GATE_DOWN" "$DIRECT_DOWN") |"
-echo "| upload | $DIRECT_UP | $GATE_UP | $(ratio "$GATE_UP" "$DIRECT_UP") |"
+echo "| transfer (${SIZE_MIB} MiB, median of $ROUNDS) | direct MiB/s | through tokengate MiB/s | ratio | through nginx proxy_pass MiB/s | ratio |"
+echo "|---|---|---|---|---|---|"
+for kind in down up; do
+  direct=${SPEED[$kind.direct]} gate=${SPEED[$kind.tokengate]} nginx=${SPEED[$kind.nginx]}
+  echo "| ${kind}load | $direct | $gate | $(ratio "$gate" "$direct") | $nginx | $(ratio "$nginx" "$direct") |"
+done
 echo "tokengate RSS: $((RSS0 / 1024)) MiB at start, peak $((HWM / 1024)) MiB: growth $(((HWM - RSS0) / 1024)) MiB (target < 32)"
 
 # Idle keep-alive connections: each sends one request, reads the answer, stays open.
