@@ -22,6 +22,8 @@ pub enum ProxyError {
     BadPath(#[from] PathError),
     #[error("no route for this path")]
     NoRoute,
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
     #[error("invalid namespace in the path")]
     BadNamespace,
     #[error("deploy token required")]
@@ -111,6 +113,7 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) | ProxyError::BadNamespace => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoCredentials | ProxyError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(d) if d.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(_)
@@ -159,6 +162,7 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::NoRoute => "no_route",
+            ProxyError::HeadTooLarge(_) => "head_too_large",
             ProxyError::BadNamespace => "bad_namespace",
             ProxyError::NoCredentials => "no_credentials",
             ProxyError::BadCredentials(_) => "bad_credentials",
@@ -194,7 +198,7 @@ impl ProxyError {
             StatusCode::UNAUTHORIZED => "unauthenticated",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "no_route",
-            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "bad_request",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             _ => "error",
         }

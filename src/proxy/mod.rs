@@ -211,6 +211,9 @@ impl Proxy {
         client: IpAddr,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        if headers::head_size(&head) > MAX_HEAD_BYTES {
+            return Err(ProxyError::HeadTooLarge(MAX_HEAD_BYTES));
+        }
         let uri = head.uri.clone();
         let (raw_path, query) = origin_form(&uri, &self.config)?;
         let path = NormalizedPath::parse(raw_path)?;
@@ -624,17 +627,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let start = current.load_full();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let header_timeout = start.config.server.header_read_timeout;
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(start.config.server.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    auto.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
-    let builder = Arc::new(builder);
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let builder = Arc::new(Builders { auto, http1 });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let metrics = start.metrics.clone();
     drop(start);
@@ -683,11 +690,26 @@ pub async fn serve(
     }
 }
 
+/// The most a request head may take (HTTP/1 buffer, HTTP/2 header list).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a plain HTTP/2 connection opens with (prior knowledge, RFC 9113 §3.3).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How connections are served: HTTP/1 directly when its first bytes show
+/// it, else hyper-util's automatic choice. Why two: the automatic one's
+/// state has room for an HTTP/2 connection (1560 bytes against HTTP/1's
+/// 720), and every connection's task, idle or not, carries its state.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
 /// Serves one connection, on its worker.
 async fn connection(
     current: Arc<Current>,
     role: Listener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     watcher: hyper_util::server::graceful::Watcher,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -706,14 +728,15 @@ async fn connection(
         (tls, server.header_read_timeout)
     };
     // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
-    // a peer that sends nothing at all is dropped here.
-    let mut first = [0u8; 1];
-    if !matches!(
-        tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
-        Ok(Ok(1))
-    ) {
-        return;
-    }
+    // a peer that sends nothing at all is dropped here. What it sent
+    // first tells plain HTTP/1 (anything but the start of the HTTP/2
+    // preface) from the rest.
+    let mut opening = [0u8; H2_PREFACE.len()];
+    let opened = match tokio::time::timeout(header_timeout, stream.peek(&mut opening)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return,
+    };
+    let plain_http1 = tls.is_none() && !H2_PREFACE.starts_with(&opening[..opened]);
     let service = hyper::service::service_fn(move |req| {
         let proxy = current.load_full();
         // Boxed: hyper keeps room for one request future in every
@@ -728,12 +751,21 @@ async fn connection(
         answer
     });
     let served = match tls {
-        None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
+        None if plain_http1 => {
+            let conn = builder
+                .http1
+                .serve_connection(TokioIo::new(stream), service);
+            watcher.watch(conn).await.map_err(Into::into)
         }
-        // Boxed, so that plain connections do not carry room for
-        // the TLS state (every idle connection holds its task).
+        // Boxed, as the TLS branch below: few connections take them, and
+        // their state would otherwise be part of every connection's task.
+        None => {
+            Box::pin(async move {
+                let conn = builder.auto.serve_connection(TokioIo::new(stream), service);
+                watcher.watch(conn.into_owned()).await
+            })
+            .await
+        }
         Some(acceptor) => {
             Box::pin(async move {
                 let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
@@ -741,7 +773,7 @@ async fn connection(
                     tracing::debug!(client = %peer, "TLS handshake failed or timed out");
                     return Ok(());
                 };
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = builder.auto.serve_connection(TokioIo::new(stream), service);
                 watcher.watch(conn.into_owned()).await
             })
             .await
