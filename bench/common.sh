@@ -58,6 +58,9 @@ cpu_ticks() {
   echo "$total"
 }
 
+# median: the median of the numbers on stdin, one per line.
+median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES

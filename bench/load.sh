@@ -142,7 +142,6 @@ for round in $(seq "$ROUNDS"); do
 done
 
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms/,"",v) } else if (v ~ /s$/) { sub(/s/,"",v); v*=1000 } printf "%.3f", v }' <<<"$1"; }
-median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 declare -A RPS
 printf '\n| target | requests/s | p50 | p99 | CPU µs/request |\n|---|---|---|---|---|\n'
 for t in "${TARGETS[@]}"; do

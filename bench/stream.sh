@@ -88,7 +88,7 @@ for kind in down up; do
     done
   done
   for t in direct tokengate nginx; do
-    SPEED[$kind.$t]=$(sort -n "$WORK/$kind.$t" | sed -n "$(((ROUNDS + 1) / 2))p")
+    SPEED[$kind.$t]=$(median < "$WORK/$kind.$t")
   done
 done
 HWM=$(rss "$TG_PID" VmHWM)
