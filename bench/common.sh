@@ -61,6 +61,9 @@ cpu_ticks() {
 # median: the median of the numbers on stdin, one per line.
 median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 
+# ratio A B: A / B to two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_tokengate ROUTE_PATH STRIP_PREFIX SCOPES

@@ -151,7 +151,6 @@ for t in "${TARGETS[@]}"; do
   cpu=$(awk '{print $4}' "$WORK/$t.runs" | median)
   printf '| %s | %.0f | %s ms | %s ms | %s |\n' "$t" "${RPS[$t]}" "$p50" "$p99" "$cpu"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 if [ "${TARGETS[*]}" != "direct nginx tokengate auth_request" ]; then
   if [ -n "${RPS[nginx]:-}" ]; then
     for t in "${TARGETS[@]}"; do

@@ -93,7 +93,6 @@ for kind in down up; do
 done
 HWM=$(rss "$TG_PID" VmHWM)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo "| transfer (${SIZE_MIB} MiB, median of $ROUNDS) | direct MiB/s | through tokengate MiB/s | ratio | through nginx proxy_pass MiB/s | ratio |"
 echo "|---|---|---|---|---|---|"
 for kind in down up; do
