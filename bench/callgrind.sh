@@ -7,6 +7,9 @@
 #
 #   bench/callgrind.sh [tokengate|hyper-baseline]     (default tokengate)
 #
+# CONNS (default 4) sets wrk's connections: work that grows with the number
+# of connections in flight (idle pools, say) shows only with more.
+#
 # tokengate runs the `profiling` build (release code with line tables, built
 # here if missing; TOKENGATE_BIN names another build, e.g. target/release/tokengate);
 # hyper-baseline the bare hyper proxy (per core, own pool).
@@ -55,9 +58,10 @@ case $TARGET in
   *) echo "usage: bench/callgrind.sh [tokengate|hyper-baseline]" >&2; exit 2 ;;
 esac
 
-wrk -t1 -c4 -d3s -H "Deploy-Token: ${TOKEN:-}" "$URL" > /dev/null
+CONNS=${CONNS:-4}
+wrk -t1 -c"$CONNS" -d3s -H "Deploy-Token: ${TOKEN:-}" "$URL" > /dev/null
 callgrind_control -z "$PID" > /dev/null 2>&1
-out=$(wrk -t1 -c4 -d20s -H "Deploy-Token: ${TOKEN:-}" "$URL")
+out=$(wrk -t1 -c"$CONNS" -d20s -H "Deploy-Token: ${TOKEN:-}" "$URL")
 requests=$(awk '/requests in/ {print $1}' <<<"$out")
 callgrind_control -d "$PID" > /dev/null 2>&1
 sleep 1

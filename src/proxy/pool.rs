@@ -10,6 +10,7 @@
 //! sent again on another connection (nothing of it reached the upstream), and
 //! so is a GET or HEAD without a body that it cut off.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -64,8 +65,13 @@ struct Endpoint {
     /// For `https` upstreams: the TLS client and the name to verify.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// Shared with the response bodies that bring connections back.
-    idle: Arc<Mutex<Vec<Idle>>>,
+    idle: Arc<Mutex<IdleList>>,
 }
+
+/// Idle connections, oldest first (a connection comes back at the end).
+/// That order keeps a checkout's work independent of how many wait: the
+/// expired ones are all at the front, the one to reuse is at the back.
+type IdleList = VecDeque<Idle>;
 
 struct Idle {
     sender: SendRequest<UpstreamBody>,
@@ -180,12 +186,27 @@ fn replayable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> 
 
 impl Endpoint {
     /// The most recently used idle connection that can take a request now.
+    /// Expired connections are dropped from the front, closed ones as the
+    /// search from the back meets them.
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now - c.since < IDLE_TIMEOUT);
-        let ready = idle.iter().rposition(|c| c.sender.is_ready())?;
-        Some(idle.remove(ready).sender)
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            } else if idle[i].sender.is_ready() {
+                return idle.remove(i).map(|c| c.sender);
+            }
+        }
+        None
     }
 
     fn pooled(
@@ -256,7 +277,7 @@ pub struct PooledBody {
     /// Whether the body was read to its end (a chunked body says so only by ending).
     ended: bool,
     sender: Option<SendRequest<UpstreamBody>>,
-    idle: Arc<Mutex<Vec<Idle>>>,
+    idle: Arc<Mutex<IdleList>>,
 }
 
 impl Body for PooledBody {
@@ -293,9 +314,9 @@ impl Drop for PooledBody {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_IDLE {
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             sender,
             since: Instant::now(),
         });
