@@ -103,6 +103,7 @@ struct RawServer {
     failed_auth_per_minute: Option<u32>,
     log_level: Option<Spanned<String>>,
     workers: Option<Spanned<usize>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +121,7 @@ struct RawCache {
     negative_ttl_seconds: Option<u64>,
     max_entries: Option<u64>,
     redis_url: Option<Spanned<String>>,
+    redis_ca_file: Option<Spanned<String>>,
     redis_timeout_millis: Option<u64>,
     change_poll_millis: Option<u64>,
 }
@@ -258,6 +260,9 @@ pub struct ServerConfig {
     /// Connection workers, each a single-threaded runtime; `None`: connections
     /// on the shared multi-threaded runtime (`workers = 0`).
     pub workers: Option<usize>,
+    /// Load balancers and proxies in front whose `X-Forwarded-For` names the
+    /// client (none by default: the peer is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -296,6 +301,9 @@ pub struct RedisConfig {
     pub target: RedisTarget,
     /// Longest wait for one Redis command before the lookup goes to the store.
     pub timeout: Duration,
+    /// For `rediss://`: the PEM roots of `redis_ca_file`, trusted instead
+    /// of the system's.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// The registry token service (`[registry_auth]` and `[signing]`).
@@ -498,12 +506,29 @@ fn build_store(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigEr
 fn build_cache(src: &Source<'_>, raw: &RawCache) -> Result<CacheConfig, ConfigError> {
     let redis = match &raw.redis_url {
         None => None,
-        Some(url) => Some(RedisConfig {
-            target: RedisTarget::parse(url.get_ref())
-                .map_err(|m| src.at(url, "cache.redis_url", m))?,
-            timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
-        }),
+        Some(url) => {
+            let target =
+                RedisTarget::parse(url.get_ref()).map_err(|m| src.at(url, "cache.redis_url", m))?;
+            let ca_pem = match &raw.redis_ca_file {
+                Some(ca) if target.tls() => Some(
+                    crate::tls::ca_pem(Path::new(ca.get_ref()))
+                        .map_err(|m| src.at(ca, "cache.redis_ca_file", m))?,
+                ),
+                _ => None,
+            };
+            Some(RedisConfig {
+                target,
+                timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
+                ca_pem,
+            })
+        }
     };
+    if let Some(ca) = &raw.redis_ca_file {
+        if !redis.as_ref().is_some_and(|r| r.target.tls()) {
+            let why = "only a TLS Redis (redis_url = \"rediss://...\") takes a CA file";
+            return Err(src.at(ca, "cache.redis_ca_file", why));
+        }
+    }
     Ok(CacheConfig {
         ttl: Duration::from_secs(raw.ttl_seconds.unwrap_or(60)),
         negative_ttl: Duration::from_secs(raw.negative_ttl_seconds.unwrap_or(5)),
@@ -741,22 +766,7 @@ fn build_forward_auth(
             "not an address like 127.0.0.1:9091",
         )
     })?;
-    let trusted_peers = raw
-        .trusted_peers
-        .get_ref()
-        .iter()
-        .map(|peer| {
-            peer.parse::<ipnet::IpNet>()
-                .or_else(|_| peer.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
-                    src.at(
-                        &raw.trusted_peers,
-                        "forward_auth.trusted_peers",
-                        format!("{peer:?} is not an address or a network like 10.0.0.0/8"),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let trusted_peers = networks(src, &raw.trusted_peers, "forward_auth.trusted_peers")?;
     if trusted_peers.is_empty() {
         return Err(src.at(
             &raw.trusted_peers,
@@ -857,6 +867,26 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
     })
 }
 
+/// A list of addresses and networks (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`).
+fn networks(
+    src: &Source<'_>,
+    list: &Spanned<Vec<String>>,
+    key: &str,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.get_ref()
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    let why = format!("{entry:?} is not an address or a network like 10.0.0.0/8");
+                    src.at(list, key, why)
+                })
+        })
+        .collect()
+}
+
 fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
     let listen_text = raw
         .listen
@@ -906,6 +936,10 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
         metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
+        trusted_proxies: match &raw.trusted_proxies {
+            None => Vec::new(),
+            Some(list) => networks(src, list, "server.trusted_proxies")?,
+        },
         workers: match raw.workers.as_ref().map(|w| (w, *w.get_ref())) {
             Some((_, 0)) => None,
             Some((_, n)) if n <= MAX_WORKERS => Some(n),
@@ -1199,9 +1233,23 @@ access = "read"
     }
 
     #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let text = "[server]\ntrusted_proxies = [\"10.0.0.7\", \"192.168.0.0/16\", \"fd00::/8\"]\n";
+        let c = Config::parse("proxy.toml", text).unwrap();
+        let shown: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.7/32", "192.168.0.0/16", "fd00::/8"]);
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::load(None).unwrap();
         assert!(c.routes.is_empty());
+        assert!(c.server.trusted_proxies.is_empty());
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(c.server.workers, Some(2 * cores));
@@ -1217,6 +1265,11 @@ access = "read"
             ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),
             ("[registry_auth]\nservice = \"s\"\ntoken_ttl_seconds = 59\n", "registry_auth.token_ttl_seconds", 3, "at least 60"),
             ("[server]\nworkers = 100000\n", "server.workers", 2, "at most 256"),
+            ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n", "server.trusted_proxies", 2, "\"lb.internal\" is not an address"),
+            ("[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 3, "only a TLS Redis"),
+            ("[cache]\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 2, "only a TLS Redis"),
+            ("[cache]\nredis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n", "cache.redis_ca_file", 3, "cannot read /nonexistent/ca.pem"),
+            ("[cache]\nredis_url = \"rediss+cluster://a:1,b:2\"\n", "cache.redis_url", 2, "not yet to Sentinel or Cluster"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

@@ -21,8 +21,19 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Every certificate of a PEM file (a chain: leaf first).
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    certificates_in(&read(path)?, path)
+}
+
+/// A CA file's PEM text, for a client that takes PEM (the Redis client's),
+/// checked here to hold certificates so that a bad file fails the config.
+pub fn ca_pem(path: &Path) -> Result<Vec<u8>, String> {
     let pem = read(path)?;
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+    certificates_in(&pem, path)?;
+    Ok(pem)
+}
+
+fn certificates_in(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if chain.is_empty() {

@@ -822,24 +822,65 @@ fn wrong_credentials_are_limited_per_address_not_per_token() {
     assert_eq!(r.header("retry-after"), Some("60"));
     assert!(up.seen().is_empty());
     // ... but the token itself is not locked out: another address still gets through.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        socket
-            .connect(([127, 0, 0, 1], gate.port).into())
-            .await
-            .unwrap()
-            .into_std()
-            .unwrap()
-    });
-    stream.set_nonblocking(false).unwrap();
-    let mut stream = stream;
-    write!(stream, "GET /generic/acme/web/f HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nConnection: close\r\n\r\n", t.secret).unwrap();
-    let r = common::read_response(&mut BufReader::new(stream));
+    let r = common::send_from(
+        [127, 0, 0, 2],
+        gate.port,
+        "GET",
+        "/generic/acme/web/f",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(up.seen()[0].header("x-forwarded-for"), ["127.0.0.2"]);
+}
+
+#[test]
+fn behind_a_trusted_load_balancer_the_forwarded_client_is_limited_not_the_balancer() {
+    let up = Recorder::start();
+    // 127.0.0.1 plays the load balancer; 127.0.0.2 is a client reaching the proxy directly.
+    let server = "failed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]";
+    let gate = Gate::start_full(server, &config(&up), &[]);
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let get = |forwarded_for: &str, secret: &str| {
+        let headers = [("X-Forwarded-For", forwarded_for), ("Deploy-Token", secret)];
+        send(gate.port, "GET", "/generic/acme/web/f", &headers, b"")
+    };
+    // A client behind the balancer fails three times, a spoofed entry before
+    // the balancer's own changing nothing ...
+    for spoofed in ["", "6.6.6.1, ", "6.6.6.2, "] {
+        assert_eq!(
+            get(&format!("{spoofed}203.0.113.7"), "tgdt_guess").status,
+            401
+        );
+    }
+    // ... and is refused, even with the right secret; nothing is forwarded.
+    up.clear();
+    let r = get("9.9.9.9, 203.0.113.7", &t.secret);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(up.seen().is_empty());
+    // Another client behind the same balancer is not.
+    assert_eq!(get("203.0.113.8", &t.secret).status, 200);
+    // The upstream is told the client, not the balancer or a spoofed entry.
+    assert_eq!(up.seen()[0].header("x-forwarded-for"), ["203.0.113.8"]);
+    let logs = gate.logs();
+    assert!(logs.contains("203.0.113.7"), "{logs}");
+
+    // An untrusted peer's X-Forwarded-For is ignored: changing it evades nothing.
+    let direct = |forwarded_for: &str, secret: &str| {
+        let headers = [("X-Forwarded-For", forwarded_for), ("Deploy-Token", secret)];
+        common::send_from(
+            [127, 0, 0, 2],
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &headers,
+            b"",
+        )
+    };
+    for n in 1..=3 {
+        assert_eq!(direct(&format!("198.51.100.{n}"), "tgdt_guess").status, 401);
+    }
+    up.clear();
+    assert_eq!(direct("198.51.100.9", &t.secret).status, 429);
+    assert!(up.seen().is_empty());
 }

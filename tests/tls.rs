@@ -353,3 +353,72 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
     let (ok, _) = status_with(&ca1);
     assert!(!ok, "the old certificate is still served");
 }
+
+/// A Redis that speaks TLS only on the port the proxy is given (its plain
+/// port stays for the test's own inspection): entries reach it through TLS,
+/// verified against `redis_ca_file`; without that file the test CA is not
+/// trusted, Redis counts as down and requests are served from the store.
+#[test]
+fn redis_over_tls_is_verified_against_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let tls_port = common::free_port().to_string();
+    let path = |p: &Path| p.display().to_string();
+    let redis = common::services::Redis::start_with(
+        dir.path(),
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &path(&cert),
+            "--tls-key-file",
+            &path(&key),
+            "--tls-ca-cert-file",
+            &path(&ca),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let up = Recorder::start();
+    let body = routes(&up.url(), "");
+    let gate_with = |name: &str, ca_line: &str| {
+        let backends = format!(
+            "[store]\nurl = \"sqlite://{}/{name}.db\"\n\n[cache]\nredis_url = \"rediss://127.0.0.1:{tls_port}/0\"\n{ca_line}\n",
+            dir.path().display(),
+        );
+        Gate::launch(Setup {
+            backends: Some(backends),
+            body: &body,
+            ..Setup::default()
+        })
+    };
+    let get = |gate: &Gate, token: &common::Token| {
+        let auth = token.basic();
+        let headers = [("Authorization", auth.as_str())];
+        common::send(gate.port, "GET", "/generic/acme/web/f", &headers, b"").status
+    };
+    let cached = |token: &common::Token| {
+        let key = format!(
+            "tokengate:v1:token:{}",
+            tokengate::token::Digest::of(&token.secret).to_hex()
+        );
+        !redis.cli(&["GET", &key]).trim().is_empty()
+    };
+
+    let trusting = gate_with("trusting", &format!("redis_ca_file = \"{}\"", ca.display()));
+    assert_eq!(trusting.readyz().1["redis"], "up", "{}", trusting.logs());
+    let token = trusting.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(get(&trusting, &token), 200);
+    assert!(cached(&token), "the entry went to Redis over TLS");
+
+    let untrusting = gate_with("untrusting", "");
+    let token = untrusting.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(get(&untrusting, &token), 200, "served from the store");
+    assert_ne!(untrusting.readyz().1["redis"], "up");
+    assert!(
+        !cached(&token),
+        "nothing reached a server it could not verify"
+    );
+    let logs = untrusting.logs();
+    assert!(logs.contains("UnknownIssuer"), "{logs}");
+}

@@ -34,7 +34,7 @@ fn key(digest: &Digest) -> String {
 }
 
 /// Where Redis is, parsed from `cache.redis_url`:
-/// `redis://[user:pass@]host:port[/db]` for one server,
+/// `redis://[user:pass@]host:port[/db]` for one server (`rediss://` over TLS),
 /// `redis+sentinel://[user:pass@]host:port[,host:port…]/service[/db]`,
 /// `redis+cluster://[user:pass@]host:port[,host:port…]`.
 #[derive(Debug, Clone)]
@@ -65,8 +65,8 @@ impl RedisTarget {
         }
         let node = |host: &str| format!("redis://{userinfo}{host}");
         let target = match scheme {
-            "redis" if hosts.len() == 1 => RedisTarget::Single(url.to_string()),
-            "redis" => {
+            "redis" | "rediss" if hosts.len() == 1 => RedisTarget::Single(url.to_string()),
+            "redis" | "rediss" => {
                 return Err(
                     "one host only; use redis+cluster:// or redis+sentinel:// for several".into(),
                 )
@@ -88,7 +88,10 @@ impl RedisTarget {
                     master: format!("redis://{userinfo}localhost/{db}"),
                 }
             }
-            "rediss" => return Err("TLS to Redis is not supported yet".into()),
+            "rediss+sentinel" | "rediss+cluster" => return Err(
+                "TLS is supported to one Redis server (rediss://), not yet to Sentinel or Cluster"
+                    .into(),
+            ),
             _ => {
                 return Err(format!(
                     "unknown scheme {scheme:?}; expected redis, redis+sentinel or redis+cluster"
@@ -97,6 +100,11 @@ impl RedisTarget {
         };
         target.check()?;
         Ok(target)
+    }
+
+    /// Whether the connection is TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        matches!(self, RedisTarget::Single(url) if url.starts_with("rediss://"))
     }
 
     /// Lets the redis crate validate every URL it will be handed.
@@ -126,6 +134,8 @@ enum Connection {
 
 pub struct RedisCache {
     target: RedisTarget,
+    /// PEM roots for a TLS connection, instead of the system's.
+    ca_pem: Option<Vec<u8>>,
     timeout: Duration,
     ttl: Duration,
     negative_ttl: Duration,
@@ -152,6 +162,7 @@ impl RedisCache {
     pub fn new(redis: &RedisConfig, cache: &CacheConfig, metrics: &Metrics) -> Arc<RedisCache> {
         Arc::new(RedisCache {
             target: redis.target.clone(),
+            ca_pem: redis.ca_pem.clone(),
             timeout: redis.timeout,
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
@@ -175,7 +186,7 @@ impl RedisCache {
             ConnectionManager::new_lazy_with_config(client, config).map(Connection::Single)
         };
         match &self.target {
-            RedisTarget::Single(url) => manager(Client::open(url.as_str())?),
+            RedisTarget::Single(url) => manager(self.client(url)?),
             RedisTarget::Sentinel { .. } => manager(self.sentinel_master().await?),
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -185,6 +196,21 @@ impl RedisCache {
                     .build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
             }
+        }
+    }
+
+    /// A client of one server; over TLS (`rediss://`) it verifies the server
+    /// against `redis_ca_file` when given, else against the system roots.
+    fn client(&self, url: &str) -> Result<Client, RedisError> {
+        match &self.ca_pem {
+            Some(pem) => {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                };
+                Client::build_with_tls(url, certs)
+            }
+            None => Client::open(url),
         }
     }
 
@@ -215,7 +241,7 @@ impl RedisCache {
     /// A client for a plain (non-cluster) connection, for pub/sub.
     async fn subscriber_client(&self) -> Result<Client, RedisError> {
         match &self.target {
-            RedisTarget::Single(url) => Client::open(url.as_str()),
+            RedisTarget::Single(url) => self.client(url),
             RedisTarget::Sentinel { .. } => self.sentinel_master().await,
             // PUBLISH on any cluster node reaches subscribers on every node.
             RedisTarget::Cluster(nodes) => {
@@ -490,10 +516,10 @@ mod tests {
 
     #[test]
     fn urls_for_each_deployment() {
-        assert!(matches!(
-            RedisTarget::parse("redis://127.0.0.1:6379/0"),
-            Ok(RedisTarget::Single(_))
-        ));
+        let plain = RedisTarget::parse("redis://127.0.0.1:6379/0").unwrap();
+        assert!(matches!(plain, RedisTarget::Single(_)) && !plain.tls());
+        let tls = RedisTarget::parse("rediss://u:p@cache.internal:6380/0").unwrap();
+        assert!(matches!(tls, RedisTarget::Single(_)) && tls.tls());
         let Ok(RedisTarget::Cluster(nodes)) =
             RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7000")
         else {
@@ -521,7 +547,8 @@ mod tests {
             "redis+sentinel://s1:26379",
             "redis+cluster://a:1/3",
             "redis+cluster://a:1,,b:2",
-            "rediss://x",
+            "rediss+cluster://a:1,b:2",
+            "rediss+sentinel://s1:26379/mymaster",
         ] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
         }

@@ -7,7 +7,7 @@
 //! differs lives here: who may ask, where the original method and URI come
 //! from, and how a verdict is told.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::{headers, Mode, Proxy, ProxyError, ResponseBody};
+use super::{client, headers, Mode, Proxy, ProxyError, ResponseBody};
 use crate::config::ForwardAuthConfig;
 use crate::token::TokenRecord;
 
@@ -105,20 +105,6 @@ fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, Prox
     }
 }
 
-/// The client's address as the trusted edge proxy saw it: the last
-/// `X-Forwarded-For` entry, which the edge proxy appended; else the peer's.
-/// Failed attempts are limited by it, so one client cannot lock out an edge proxy.
-fn client_address(headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok())
-        .unwrap_or(peer)
-}
-
 /// The answer to an allowed request: 200, naming the token for the edge proxy
 /// to pass upstream (`X-Tokengate-Token-Id`, `-User`, `-Scopes`).
 pub fn allowed(token: &TokenRecord) -> Response<ResponseBody> {
@@ -162,7 +148,7 @@ impl Proxy {
         };
         let response = match head {
             Ok(head) => {
-                let client = client_address(&head.headers, peer.ip());
+                let client = client::seen_by_edge(peer.ip(), &head.headers);
                 self.respond(head, Mode::Decide, client).await
             }
             Err(e) => {
@@ -271,17 +257,6 @@ mod tests {
         for other in ["/", "/envoy", "/envoyx/v2", "/nginx/", "/traefik/x"] {
             assert_eq!(Protocol::of(other, &c), None, "{other}");
         }
-    }
-
-    #[test]
-    fn the_client_is_the_last_forwarded_address() {
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(client_address(&h, peer), peer);
-        h.append("x-forwarded-for", "6.6.6.6, 10.1.2.3".parse().unwrap());
-        assert_eq!(client_address(&h, peer).to_string(), "10.1.2.3");
-        h.append("x-forwarded-for", "not an address".parse().unwrap());
-        assert_eq!(client_address(&h, peer), peer);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! only metadata documents that need URL rewriting are read, up to a cap.
 
 mod body;
+mod client;
 mod error;
 mod forward_auth;
 mod headers;
@@ -132,7 +133,9 @@ impl Proxy {
         peer: SocketAddr,
     ) -> impl Future<Output = Response<ResponseBody>> + '_ {
         let (head, body) = req.into_parts();
-        self.respond(head, Mode::Proxy(body), peer.ip())
+        let trusted = &self.config.server.trusted_proxies;
+        let client = client::behind_proxies(peer.ip(), &head.headers, trusted);
+        self.respond(head, Mode::Proxy(body), client)
     }
 
     /// Runs a request through the phases and logs its outcome. Never fails:

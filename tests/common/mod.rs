@@ -440,6 +440,18 @@ pub fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> RawResponse {
+    send_from([127, 0, 0, 1], port, method, target, headers, body)
+}
+
+/// `send` from the loopback address `local` (127.0.0.2, ...: another client).
+pub fn send_from(
+    local: [u8; 4],
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let mut req =
         format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -451,12 +463,32 @@ pub fn send(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = connect_from(local, port);
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     stream.write_all(&bytes).unwrap();
     read_response_with(&mut BufReader::new(stream), method != "HEAD")
+}
+
+/// A connection to 127.0.0.1:`port` from the loopback address `local`.
+pub fn connect_from(local: [u8; 4], port: u16) -> TcpStream {
+    if local == [127, 0, 0, 1] {
+        return TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
+    // std cannot bind before connecting; tokio's socket can.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((local, 0).into()).unwrap();
+        let stream = socket.connect(([127, 0, 0, 1], port).into()).await;
+        stream.unwrap().into_std().unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    stream
 }
 
 /// Writes raw bytes and reads one response until the server closes.
