@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::pki::test_pki;
+use common::services::{self, RedisCluster, TlsFiles};
 use common::{Gate, Setup};
 use recorder::Recorder;
 
@@ -362,23 +363,15 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
 fn redis_over_tls_is_verified_against_its_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(dir.path());
-    let tls_port = common::free_port().to_string();
-    let path = |p: &Path| p.display().to_string();
-    let redis = common::services::Redis::start_with(
-        dir.path(),
-        &[
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &path(&cert),
-            "--tls-key-file",
-            &path(&key),
-            "--tls-ca-cert-file",
-            &path(&ca),
-            "--tls-auth-clients",
-            "no",
-        ],
-    );
+    let tls_port = common::free_port();
+    let files = TlsFiles {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    };
+    let args = services::tls_args(&files, tls_port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let redis = services::Redis::start_with(dir.path(), &args);
     let up = Recorder::start();
     let body = routes(&up.url(), "");
     let gate_with = |name: &str, ca_line: &str| {
@@ -421,4 +414,39 @@ fn redis_over_tls_is_verified_against_its_ca_file() {
     );
     let logs = untrusting.logs();
     assert!(logs.contains("UnknownIssuer"), "{logs}");
+}
+
+/// A Redis Cluster whose nodes speak TLS to clients and to each other: two
+/// proxies share entries through it over TLS (the second reads what the
+/// first wrote), spread over the masters the cluster named by TLS port.
+#[test]
+fn redis_cluster_over_tls_carries_the_shared_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(dir.path());
+    let files = TlsFiles {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    };
+    let cluster = RedisCluster::start_with(dir.path(), Some(&files));
+    let up = Recorder::start();
+    let body = routes(&up.url(), "");
+    let backends = format!(
+        "[store]\nurl = \"sqlite://{}/tokens.db\"\n\n[cache]\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\n",
+        dir.path().display(),
+        cluster.url(),
+        ca.display()
+    );
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+    let gates: Vec<Gate> = (0..2)
+        .map(|_| {
+            Gate::launch(Setup {
+                backends: Some(backends.clone()),
+                body: &body,
+                ..Setup::default()
+            })
+        })
+        .collect();
+    assert_eq!(gates[0].readyz().1["redis"], "up", "{}", gates[0].logs());
+    cluster.share_entries(&gates[0], &gates[1]);
 }

@@ -36,7 +36,7 @@ fn key(digest: &Digest) -> String {
 /// Where Redis is, parsed from `cache.redis_url`:
 /// `redis://[user:pass@]host:port[/db]` for one server (`rediss://` over TLS),
 /// `redis+sentinel://[user:pass@]host:port[,host:port…]/service[/db]`,
-/// `redis+cluster://[user:pass@]host:port[,host:port…]`.
+/// `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss+cluster://` over TLS).
 #[derive(Debug, Clone)]
 pub enum RedisTarget {
     Single(String),
@@ -63,7 +63,11 @@ impl RedisTarget {
         if hosts.iter().any(|h| h.is_empty()) {
             return Err(format!("{url:?} names an empty host"));
         }
-        let node = |host: &str| format!("redis://{userinfo}{host}");
+        let tls = scheme.starts_with("rediss");
+        let node = |host: &str| {
+            let scheme = if tls { "rediss" } else { "redis" };
+            format!("{scheme}://{userinfo}{host}")
+        };
         let target = match scheme {
             "redis" | "rediss" if hosts.len() == 1 => RedisTarget::Single(url.to_string()),
             "redis" | "rediss" => {
@@ -71,10 +75,10 @@ impl RedisTarget {
                     "one host only; use redis+cluster:// or redis+sentinel:// for several".into(),
                 )
             }
-            "redis+cluster" if path.is_empty() => {
+            "redis+cluster" | "rediss+cluster" if path.is_empty() => {
                 RedisTarget::Cluster(hosts.iter().map(|h| node(h)).collect())
             }
-            "redis+cluster" => {
+            "redis+cluster" | "rediss+cluster" => {
                 return Err("a cluster URL takes no path (Redis Cluster has only db 0)".into())
             }
             "redis+sentinel" => {
@@ -88,10 +92,9 @@ impl RedisTarget {
                     master: format!("redis://{userinfo}localhost/{db}"),
                 }
             }
-            "rediss+sentinel" | "rediss+cluster" => return Err(
-                "TLS is supported to one Redis server (rediss://), not yet to Sentinel or Cluster"
-                    .into(),
-            ),
+            "rediss+sentinel" => {
+                return Err("TLS is supported to one server (rediss://) and to Cluster (rediss+cluster://), not yet to Sentinel".into())
+            }
             _ => {
                 return Err(format!(
                     "unknown scheme {scheme:?}; expected redis, redis+sentinel or redis+cluster"
@@ -102,9 +105,14 @@ impl RedisTarget {
         Ok(target)
     }
 
-    /// Whether the connection is TLS (`rediss://`).
+    /// Whether the connections are TLS (`rediss://`, `rediss+cluster://`).
     pub fn tls(&self) -> bool {
-        matches!(self, RedisTarget::Single(url) if url.starts_with("rediss://"))
+        let url = match self {
+            RedisTarget::Single(url) => url,
+            RedisTarget::Cluster(nodes) => &nodes[0],
+            RedisTarget::Sentinel { .. } => return false,
+        };
+        url.starts_with("rediss://")
     }
 
     /// Lets the redis crate validate every URL it will be handed.
@@ -189,11 +197,14 @@ impl RedisCache {
             RedisTarget::Single(url) => manager(self.client(url)?),
             RedisTarget::Sentinel { .. } => manager(self.sentinel_master().await?),
             RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
                     .connection_timeout(self.timeout)
                     .response_timeout(self.timeout)
-                    .retries(1)
-                    .build()?;
+                    .retries(1);
+                if let Some(certs) = self.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
             }
         }
@@ -202,16 +213,18 @@ impl RedisCache {
     /// A client of one server; over TLS (`rediss://`) it verifies the server
     /// against `redis_ca_file` when given, else against the system roots.
     fn client(&self, url: &str) -> Result<Client, RedisError> {
-        match &self.ca_pem {
-            Some(pem) => {
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                };
-                Client::build_with_tls(url, certs)
-            }
+        match self.certificates() {
+            Some(certs) => Client::build_with_tls(url, certs),
             None => Client::open(url),
         }
+    }
+
+    /// The roots of `redis_ca_file`, for TLS connections.
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca_pem.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
     }
 
     /// Asks the sentinels which server is the master now.
@@ -247,7 +260,7 @@ impl RedisCache {
             RedisTarget::Cluster(nodes) => {
                 let mut last = None;
                 for node in nodes {
-                    let client = Client::open(node.as_str())?;
+                    let client = self.client(node)?;
                     match tokio::time::timeout(
                         self.timeout,
                         client.get_multiplexed_async_connection(),
@@ -520,6 +533,15 @@ mod tests {
         assert!(matches!(plain, RedisTarget::Single(_)) && !plain.tls());
         let tls = RedisTarget::parse("rediss://u:p@cache.internal:6380/0").unwrap();
         assert!(matches!(tls, RedisTarget::Single(_)) && tls.tls());
+        let Ok(tls @ RedisTarget::Cluster(_)) = RedisTarget::parse("rediss+cluster://a:1,b:2")
+        else {
+            panic!()
+        };
+        assert!(tls.tls());
+        let RedisTarget::Cluster(nodes) = &tls else {
+            unreachable!()
+        };
+        assert_eq!(nodes, &["rediss://a:1", "rediss://b:2"]);
         let Ok(RedisTarget::Cluster(nodes)) =
             RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7000")
         else {
@@ -547,7 +569,7 @@ mod tests {
             "redis+sentinel://s1:26379",
             "redis+cluster://a:1/3",
             "redis+cluster://a:1,,b:2",
-            "rediss+cluster://a:1,b:2",
+            "rediss+cluster://a:1/3",
             "rediss+sentinel://s1:26379/mymaster",
         ] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, wait_for_port};
+use super::{free_port, send, wait_for_port, Gate, Token};
 
 /// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
 pub struct Redis {
@@ -144,40 +144,77 @@ impl Drop for Sentinel {
 
 /// A Redis Cluster of three masters on loopback, created with `redis-cli --cluster create`.
 pub struct RedisCluster {
+    /// The plain ports (for the tests' own inspection in the TLS cluster too).
     pub ports: Vec<u16>,
+    /// The TLS ports of a TLS cluster, where clients are told of TLS ports.
+    pub tls_ports: Vec<u16>,
     children: Vec<Child>,
+}
+
+/// PEM files for a TLS server: the CA, the certificate chain and its key.
+pub struct TlsFiles<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
+        RedisCluster::start_with(dir, None)
+    }
+
+    /// With `tls`, the nodes also listen on TLS ports, talk to each other
+    /// over TLS, and tell TLS clients of their TLS ports.
+    pub fn start_with(dir: &Path, tls: Option<&TlsFiles<'_>>) -> RedisCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let tls_ports: Vec<u16> = ports
+            .iter()
+            .filter(|_| tls.is_some())
+            .map(|_| free_port())
+            .collect();
         let children = ports
             .iter()
-            .map(|port| {
+            .enumerate()
+            .map(|(i, port)| {
                 let conf = dir.join(format!("nodes-{port}.conf"));
                 // The bus port is named: its default (port + 10000) does not
                 // exist for the ephemeral ports above 55535.
                 let bus_port = free_port().to_string();
-                let child = redis_server(
-                    *port,
-                    dir,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-port",
-                        &bus_port,
-                        "--cluster-config-file",
-                        conf.to_str().unwrap(),
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                );
+                let mut args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_port,
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-node-timeout",
+                    "5000",
+                ]
+                .map(String::from)
+                .into();
+                if let Some(tls) = tls {
+                    args.extend(tls_args(tls, tls_ports[i]));
+                    args.extend(["--tls-cluster", "yes"].map(String::from));
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let child = redis_server(*port, dir, &args);
                 wait_for_port(*port, Duration::from_secs(10));
                 child
             })
             .collect();
-        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let (create_ports, create_tls) = match tls {
+            Some(tls) => (
+                &tls_ports,
+                vec!["--tls", "--cacert", tls.ca.to_str().unwrap()],
+            ),
+            None => (&ports, vec![]),
+        };
+        let nodes: Vec<String> = create_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let out = Command::new("redis-cli")
+            .args(create_tls)
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -188,7 +225,11 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = RedisCluster { ports, children };
+        let cluster = RedisCluster {
+            ports,
+            tls_ports,
+            children,
+        };
         let start = Instant::now();
         while !cluster
             .ports
@@ -204,14 +245,63 @@ impl RedisCluster {
         cluster
     }
 
-    pub fn url(&self) -> String {
-        let nodes: Vec<String> = self
+    /// Six tokens served through `first` are read by `second` from the
+    /// cluster (six keys hash to slots on different masters), and the entries
+    /// lie on at least two masters. Both proxies route `/generic/acme/web`.
+    pub fn share_entries(&self, first: &Gate, second: &Gate) -> Vec<Token> {
+        let get = |gate: &Gate, token: &Token| {
+            let auth = token.basic();
+            let headers = [("Authorization", auth.as_str())];
+            send(gate.port, "GET", "/generic/acme/web/f", &headers, b"").status
+        };
+        let tokens: Vec<Token> = (0..6)
+            .map(|_| first.token("project:acme/web", "read_package_registry", &[]))
+            .collect();
+        for token in &tokens {
+            assert_eq!(get(first, token), 200);
+        }
+        for token in &tokens {
+            assert_eq!(get(second, token), 200);
+        }
+        assert_eq!(
+            second.metric(r#"tokengate_cache_lookups_total{layer="redis",result="hit"}"#),
+            6.0
+        );
+        let holders = self
             .ports
             .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        format!("redis+cluster://{}", nodes.join(","))
+            .filter(|p| redis_cli(**p, &["dbsize"]).trim() != "0")
+            .count();
+        assert!(holders >= 2, "entries spread over the masters ({holders})");
+        tokens
     }
+
+    /// `redis+cluster://` on the plain ports, or `rediss+cluster://` on the TLS ones.
+    pub fn url(&self) -> String {
+        let (scheme, ports) = match self.tls_ports.is_empty() {
+            true => ("redis", &self.ports),
+            false => ("rediss", &self.tls_ports),
+        };
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("{scheme}+cluster://{}", nodes.join(","))
+    }
+}
+
+/// `redis-server` arguments for a TLS port beside the plain one; clients need no certificate.
+pub fn tls_args(tls: &TlsFiles<'_>, port: u16) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path(tls.cert),
+        "--tls-key-file".into(),
+        path(tls.key),
+        "--tls-ca-cert-file".into(),
+        path(tls.ca),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }
 
 impl Drop for RedisCluster {
