@@ -1269,7 +1269,7 @@ access = "read"
             ("[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 3, "only a TLS Redis"),
             ("[cache]\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 2, "only a TLS Redis"),
             ("[cache]\nredis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n", "cache.redis_ca_file", 3, "cannot read /nonexistent/ca.pem"),
-            ("[cache]\nredis_url = \"rediss+sentinel://s:1/m\"\n", "cache.redis_url", 2, "not yet to Sentinel"),
+            ("[cache]\nredis_url = \"rediss+sentinel://s:1\"\n", "cache.redis_url", 2, "name the master"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

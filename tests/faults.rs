@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::services::{Link, PgDatabase, Redis};
+use common::services::{self, Link, PgDatabase, Redis};
 use common::{send, Gate, Setup, Token};
 use recorder::Recorder;
 
@@ -181,10 +181,7 @@ fn redis_and_store_faults_under_traffic() {
     std::thread::sleep(Duration::from_millis(1500));
 
     // 3: Redis partitioned (it keeps its entries); token B revoked meanwhile.
-    let b_key = format!(
-        "tokengate:v1:token:{}",
-        tokengate::token::Digest::of(&revoked_b.secret).to_hex()
-    );
+    let b_key = services::cache_key(&revoked_b);
     assert!(
         !redis.cli(&["GET", &b_key]).trim().is_empty(),
         "B is cached in Redis"

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::pki::test_pki;
-use common::services::{self, RedisCluster, TlsFiles};
+use common::services::{self, RedisCluster, Sentinel, TlsFiles};
 use common::{Gate, Setup};
 use recorder::Recorder;
 
@@ -362,16 +362,9 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
 #[test]
 fn redis_over_tls_is_verified_against_its_ca_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_pki(dir.path());
-    let tls_port = common::free_port();
-    let files = TlsFiles {
-        ca: &ca,
-        cert: &cert,
-        key: &key,
-    };
-    let args = services::tls_args(&files, tls_port);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let redis = services::Redis::start_with(dir.path(), &args);
+    let files = TlsFiles::made_in(dir.path());
+    let redis = services::Redis::start_tls(dir.path(), &files);
+    let tls_port = redis.tls_port.unwrap();
     let up = Recorder::start();
     let body = routes(&up.url(), "");
     let gate_with = |name: &str, ca_line: &str| {
@@ -390,26 +383,19 @@ fn redis_over_tls_is_verified_against_its_ca_file() {
         let headers = [("Authorization", auth.as_str())];
         common::send(gate.port, "GET", "/generic/acme/web/f", &headers, b"").status
     };
-    let cached = |token: &common::Token| {
-        let key = format!(
-            "tokengate:v1:token:{}",
-            tokengate::token::Digest::of(&token.secret).to_hex()
-        );
-        !redis.cli(&["GET", &key]).trim().is_empty()
-    };
-
-    let trusting = gate_with("trusting", &format!("redis_ca_file = \"{}\"", ca.display()));
+    let ca_line = format!("redis_ca_file = \"{}\"", files.ca.display());
+    let trusting = gate_with("trusting", &ca_line);
     assert_eq!(trusting.readyz().1["redis"], "up", "{}", trusting.logs());
     let token = trusting.token("project:acme/web", "read_package_registry", &[]);
     assert_eq!(get(&trusting, &token), 200);
-    assert!(cached(&token), "the entry went to Redis over TLS");
+    assert!(redis.holds(&token), "the entry went to Redis over TLS");
 
     let untrusting = gate_with("untrusting", "");
     let token = untrusting.token("project:acme/web", "read_package_registry", &[]);
     assert_eq!(get(&untrusting, &token), 200, "served from the store");
     assert_ne!(untrusting.readyz().1["redis"], "up");
     assert!(
-        !cached(&token),
+        !redis.holds(&token),
         "nothing reached a server it could not verify"
     );
     let logs = untrusting.logs();
@@ -422,12 +408,7 @@ fn redis_over_tls_is_verified_against_its_ca_file() {
 #[test]
 fn redis_cluster_over_tls_carries_the_shared_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_pki(dir.path());
-    let files = TlsFiles {
-        ca: &ca,
-        cert: &cert,
-        key: &key,
-    };
+    let files = TlsFiles::made_in(dir.path());
     let cluster = RedisCluster::start_with(dir.path(), Some(&files));
     let up = Recorder::start();
     let body = routes(&up.url(), "");
@@ -435,7 +416,7 @@ fn redis_cluster_over_tls_carries_the_shared_cache() {
         "[store]\nurl = \"sqlite://{}/tokens.db\"\n\n[cache]\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\n",
         dir.path().display(),
         cluster.url(),
-        ca.display()
+        files.ca.display()
     );
     assert!(cluster.url().starts_with("rediss+cluster://"));
     let gates: Vec<Gate> = (0..2)
@@ -449,4 +430,35 @@ fn redis_cluster_over_tls_carries_the_shared_cache() {
         .collect();
     assert_eq!(gates[0].readyz().1["redis"], "up", "{}", gates[0].logs());
     cluster.share_entries(&gates[0], &gates[1]);
+}
+
+/// Sentinel and the master it names, both over TLS: the proxy asks the
+/// sentinel over TLS and caches on the master over TLS, both verified
+/// against `redis_ca_file`.
+#[test]
+fn redis_sentinel_over_tls_names_the_master_reached_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TlsFiles::made_in(dir.path());
+    let master = services::Redis::start_tls(dir.path(), &files);
+    let sentinel = Sentinel::start_with(dir.path(), master.tls_port.unwrap(), Some(&files));
+    assert!(sentinel.url().starts_with("rediss+sentinel://"));
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"sqlite://{}/tokens.db\"\n\n[cache]\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\n",
+        dir.path().display(),
+        sentinel.url(),
+        files.ca.display()
+    );
+    let gate = Gate::launch(Setup {
+        backends: Some(backends),
+        body: &routes(&up.url(), ""),
+        ..Setup::default()
+    });
+    assert_eq!(gate.readyz().1["redis"], "up", "{}", gate.logs());
+    let token = gate.token("project:acme/web", "read_package_registry", &[]);
+    let auth = token.basic();
+    let headers = [("Authorization", auth.as_str())];
+    let r = common::send(gate.port, "GET", "/generic/acme/web/f", &headers, b"");
+    assert_eq!(r.status, 200);
+    assert!(master.holds(&token), "cached on the master");
 }

@@ -16,8 +16,8 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisError, TlsMode};
 use serde::{Deserialize, Serialize};
 
 use super::{Lookup, TokenResolver};
@@ -35,7 +35,8 @@ fn key(digest: &Digest) -> String {
 
 /// Where Redis is, parsed from `cache.redis_url`:
 /// `redis://[user:pass@]host:port[/db]` for one server (`rediss://` over TLS),
-/// `redis+sentinel://[user:pass@]host:port[,host:port…]/service[/db]`,
+/// `redis+sentinel://[user:pass@]host:port[,host:port…]/service[/db]`
+/// (`rediss+sentinel://`: TLS to the sentinels and to the master),
 /// `redis+cluster://[user:pass@]host:port[,host:port…]` (`rediss+cluster://` over TLS).
 #[derive(Debug, Clone)]
 pub enum RedisTarget {
@@ -63,11 +64,12 @@ impl RedisTarget {
         if hosts.iter().any(|h| h.is_empty()) {
             return Err(format!("{url:?} names an empty host"));
         }
-        let tls = scheme.starts_with("rediss");
-        let node = |host: &str| {
-            let scheme = if tls { "rediss" } else { "redis" };
-            format!("{scheme}://{userinfo}{host}")
+        let node_scheme = if scheme.starts_with("rediss") {
+            "rediss"
+        } else {
+            "redis"
         };
+        let node = |host: &str| format!("{node_scheme}://{userinfo}{host}");
         let target = match scheme {
             "redis" | "rediss" if hosts.len() == 1 => RedisTarget::Single(url.to_string()),
             "redis" | "rediss" => {
@@ -81,19 +83,19 @@ impl RedisTarget {
             "redis+cluster" | "rediss+cluster" => {
                 return Err("a cluster URL takes no path (Redis Cluster has only db 0)".into())
             }
-            "redis+sentinel" => {
+            "redis+sentinel" | "rediss+sentinel" => {
                 let (service, db) = path.split_once('/').unwrap_or((path, "0"));
                 if service.is_empty() {
                     return Err("name the master: redis+sentinel://host:port/mymaster".into());
                 }
                 RedisTarget::Sentinel {
-                    sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
+                    sentinels: hosts
+                        .iter()
+                        .map(|h| format!("{node_scheme}://{h}"))
+                        .collect(),
                     service: service.to_string(),
-                    master: format!("redis://{userinfo}localhost/{db}"),
+                    master: node("localhost") + "/" + db,
                 }
-            }
-            "rediss+sentinel" => {
-                return Err("TLS is supported to one server (rediss://) and to Cluster (rediss+cluster://), not yet to Sentinel".into())
             }
             _ => {
                 return Err(format!(
@@ -105,12 +107,12 @@ impl RedisTarget {
         Ok(target)
     }
 
-    /// Whether the connections are TLS (`rediss://`, `rediss+cluster://`).
+    /// Whether the connections are TLS (`rediss://`, `rediss+…://`).
     pub fn tls(&self) -> bool {
         let url = match self {
             RedisTarget::Single(url) => url,
             RedisTarget::Cluster(nodes) => &nodes[0],
-            RedisTarget::Sentinel { .. } => return false,
+            RedisTarget::Sentinel { master, .. } => master,
         };
         url.starts_with("rediss://")
     }
@@ -237,18 +239,32 @@ impl RedisCache {
         else {
             unreachable!("only called for Sentinel targets")
         };
-        let settings = master
-            .as_str()
-            .into_connection_info()?
-            .redis_settings()
-            .clone();
-        let mut client = SentinelClient::build(
-            sentinels.clone(),
-            service.clone(),
-            Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(settings)),
-            SentinelServerType::Master,
-        )?;
-        client.async_get_client().await
+        let master = master.as_str().into_connection_info()?;
+        let settings = master.redis_settings();
+        let sentinels = sentinels
+            .iter()
+            .map(|s| Ok(s.as_str().into_connection_info()?.addr().clone()))
+            .collect::<Result<Vec<_>, RedisError>>()?;
+        let mut builder =
+            SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)?
+                .set_client_to_redis_db(settings.db());
+        if let Some(username) = settings.username() {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if self.target.tls() {
+            builder = builder
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_tls_mode(TlsMode::Secure);
+            if let Some(certs) = self.certificates() {
+                builder = builder
+                    .set_client_to_sentinel_certificates(certs.clone())
+                    .set_client_to_redis_certificates(certs);
+            }
+        }
+        builder.build()?.async_get_client().await
     }
 
     /// A client for a plain (non-cluster) connection, for pub/sub.
@@ -542,6 +558,16 @@ mod tests {
             unreachable!()
         };
         assert_eq!(nodes, &["rediss://a:1", "rediss://b:2"]);
+        let tls = RedisTarget::parse("rediss+sentinel://u:p@s1:26379/mymaster/2").unwrap();
+        let RedisTarget::Sentinel {
+            sentinels, master, ..
+        } = &tls
+        else {
+            panic!()
+        };
+        assert_eq!(sentinels, &["rediss://s1:26379"]);
+        assert_eq!(master, "rediss://u:p@localhost/2");
+        assert!(tls.tls());
         let Ok(RedisTarget::Cluster(nodes)) =
             RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7000")
         else {
@@ -570,7 +596,7 @@ mod tests {
             "redis+cluster://a:1/3",
             "redis+cluster://a:1,,b:2",
             "rediss+cluster://a:1/3",
-            "rediss+sentinel://s1:26379/mymaster",
+            "rediss+sentinel://s1:26379",
         ] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
         }

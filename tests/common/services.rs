@@ -16,6 +16,8 @@ use super::{free_port, send, wait_for_port, Gate, Token};
 /// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
 pub struct Redis {
     pub port: u16,
+    /// The TLS port beside the plain one, when started with TLS.
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -30,6 +32,7 @@ impl Redis {
     pub fn start_with(dir: &Path, extra: &[&str]) -> Redis {
         let mut redis = Redis {
             port: free_port(),
+            tls_port: None,
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
@@ -38,8 +41,23 @@ impl Redis {
         redis
     }
 
+    /// Also listening for TLS on a port of its own (`tls_port`).
+    pub fn start_tls(dir: &Path, tls: &TlsFiles) -> Redis {
+        let tls_port = free_port();
+        let args = tls_args(tls, tls_port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut redis = Redis::start_with(dir, &args);
+        redis.tls_port = Some(tls_port);
+        redis
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether this server holds the token's cache entry.
+    pub fn holds(&self, token: &Token) -> bool {
+        !self.cli(&["GET", &cache_key(token)]).trim().is_empty()
     }
 
     /// Kills the server (as a crash would: no clean shutdown).
@@ -95,12 +113,21 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
 /// one-second failure detection.
 pub struct Sentinel {
     pub port: u16,
+    /// With TLS: the port clients reach it on over TLS.
+    pub tls_port: Option<u16>,
     child: Child,
 }
 
 impl Sentinel {
     pub fn start(dir: &Path, master: u16) -> Sentinel {
+        Sentinel::start_with(dir, master, None)
+    }
+
+    /// With `tls`, Sentinel also listens on a TLS port and talks TLS to the
+    /// servers it watches (`master` is then the master's TLS port).
+    pub fn start_with(dir: &Path, master: u16, tls: Option<&TlsFiles>) -> Sentinel {
         let port = free_port();
+        let tls_port = tls.map(|_| free_port());
         let conf = dir.join(format!("sentinel-{port}.conf"));
         std::fs::write(
             &conf,
@@ -110,19 +137,35 @@ impl Sentinel {
             ),
         )
         .unwrap();
+        let tls_args = match (tls, tls_port) {
+            (Some(tls), Some(tls_port)) => {
+                let mut args = tls_args(tls, tls_port);
+                args.extend(["--tls-replication", "yes"].map(String::from));
+                args
+            }
+            _ => Vec::new(),
+        };
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         wait_for_port(port, Duration::from_secs(10));
-        Sentinel { port, child }
+        Sentinel {
+            port,
+            tls_port,
+            child,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("redis+sentinel://127.0.0.1:{}/mymaster/0", self.port)
+        match self.tls_port {
+            Some(tls_port) => format!("rediss+sentinel://127.0.0.1:{tls_port}/mymaster/0"),
+            None => format!("redis+sentinel://127.0.0.1:{}/mymaster/0", self.port),
+        }
     }
 
     /// The port of the server Sentinel currently calls master.
@@ -152,10 +195,24 @@ pub struct RedisCluster {
 }
 
 /// PEM files for a TLS server: the CA, the certificate chain and its key.
-pub struct TlsFiles<'a> {
-    pub ca: &'a Path,
-    pub cert: &'a Path,
-    pub key: &'a Path,
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A test PKI of its own, written into `dir`.
+    pub fn made_in(dir: &Path) -> TlsFiles {
+        let (ca, cert, key) = super::pki::test_pki(dir);
+        TlsFiles { ca, cert, key }
+    }
+}
+
+/// The key of a token's entry in the shared cache.
+pub fn cache_key(token: &Token) -> String {
+    let digest = tokengate::token::Digest::of(&token.secret);
+    format!("tokengate:v1:token:{}", digest.to_hex())
 }
 
 impl RedisCluster {
@@ -165,7 +222,7 @@ impl RedisCluster {
 
     /// With `tls`, the nodes also listen on TLS ports, talk to each other
     /// over TLS, and tell TLS clients of their TLS ports.
-    pub fn start_with(dir: &Path, tls: Option<&TlsFiles<'_>>) -> RedisCluster {
+    pub fn start_with(dir: &Path, tls: Option<&TlsFiles>) -> RedisCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let tls_ports: Vec<u16> = ports
             .iter()
@@ -288,17 +345,17 @@ impl RedisCluster {
 }
 
 /// `redis-server` arguments for a TLS port beside the plain one; clients need no certificate.
-pub fn tls_args(tls: &TlsFiles<'_>, port: u16) -> Vec<String> {
+fn tls_args(tls: &TlsFiles, port: u16) -> Vec<String> {
     let path = |p: &Path| p.to_str().unwrap().to_string();
     vec![
         "--tls-port".into(),
         port.to_string(),
         "--tls-cert-file".into(),
-        path(tls.cert),
+        path(&tls.cert),
         "--tls-key-file".into(),
-        path(tls.key),
+        path(&tls.key),
         "--tls-ca-cert-file".into(),
-        path(tls.ca),
+        path(&tls.ca),
         "--tls-auth-clients".into(),
         "no".into(),
     ]
