@@ -838,49 +838,38 @@ fn wrong_credentials_are_limited_per_address_not_per_token() {
 fn behind_a_trusted_load_balancer_the_forwarded_client_is_limited_not_the_balancer() {
     let up = Recorder::start();
     // 127.0.0.1 plays the load balancer; 127.0.0.2 is a client reaching the proxy directly.
+    let (balancer, direct) = ([127, 0, 0, 1], [127, 0, 0, 2]);
     let server = "failed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]";
     let gate = Gate::start_full(server, &config(&up), &[]);
     let t = gate.token("project:acme/web", "read_package_registry", &[]);
-    let get = |forwarded_for: &str, secret: &str| {
+    let get = |from: [u8; 4], forwarded_for: &str, secret: &str| {
         let headers = [("X-Forwarded-For", forwarded_for), ("Deploy-Token", secret)];
-        send(gate.port, "GET", "/generic/acme/web/f", &headers, b"")
+        common::send_from(from, gate.port, "GET", "/generic/acme/web/f", &headers, b"")
     };
     // A client behind the balancer fails three times, a spoofed entry before
     // the balancer's own changing nothing ...
     for spoofed in ["", "6.6.6.1, ", "6.6.6.2, "] {
-        assert_eq!(
-            get(&format!("{spoofed}203.0.113.7"), "tgdt_guess").status,
-            401
-        );
+        let forwarded_for = format!("{spoofed}203.0.113.7");
+        assert_eq!(get(balancer, &forwarded_for, "tgdt_guess").status, 401);
     }
     // ... and is refused, even with the right secret; nothing is forwarded.
     up.clear();
-    let r = get("9.9.9.9, 203.0.113.7", &t.secret);
+    let r = get(balancer, "9.9.9.9, 203.0.113.7", &t.secret);
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(up.seen().is_empty());
     // Another client behind the same balancer is not.
-    assert_eq!(get("203.0.113.8", &t.secret).status, 200);
+    assert_eq!(get(balancer, "203.0.113.8", &t.secret).status, 200);
     // The upstream is told the client, not the balancer or a spoofed entry.
     assert_eq!(up.seen()[0].header("x-forwarded-for"), ["203.0.113.8"]);
     let logs = gate.logs();
     assert!(logs.contains("203.0.113.7"), "{logs}");
 
     // An untrusted peer's X-Forwarded-For is ignored: changing it evades nothing.
-    let direct = |forwarded_for: &str, secret: &str| {
-        let headers = [("X-Forwarded-For", forwarded_for), ("Deploy-Token", secret)];
-        common::send_from(
-            [127, 0, 0, 2],
-            gate.port,
-            "GET",
-            "/generic/acme/web/f",
-            &headers,
-            b"",
-        )
-    };
     for n in 1..=3 {
-        assert_eq!(direct(&format!("198.51.100.{n}"), "tgdt_guess").status, 401);
+        let forwarded_for = format!("198.51.100.{n}");
+        assert_eq!(get(direct, &forwarded_for, "tgdt_guess").status, 401);
     }
     up.clear();
-    assert_eq!(direct("198.51.100.9", &t.secret).status, 429);
+    assert_eq!(get(direct, "198.51.100.9", &t.secret).status, 429);
     assert!(up.seen().is_empty());
 }

@@ -99,7 +99,7 @@ impl RedisTarget {
             }
             _ => {
                 return Err(format!(
-                    "unknown scheme {scheme:?}; expected redis, redis+sentinel or redis+cluster"
+                    "unknown scheme {scheme:?}; expected redis, redis+sentinel or redis+cluster (rediss… for TLS)"
                 ))
             }
         };
@@ -549,13 +549,10 @@ mod tests {
         assert!(matches!(plain, RedisTarget::Single(_)) && !plain.tls());
         let tls = RedisTarget::parse("rediss://u:p@cache.internal:6380/0").unwrap();
         assert!(matches!(tls, RedisTarget::Single(_)) && tls.tls());
-        let Ok(tls @ RedisTarget::Cluster(_)) = RedisTarget::parse("rediss+cluster://a:1,b:2")
-        else {
-            panic!()
-        };
+        let tls = RedisTarget::parse("rediss+cluster://a:1,b:2").unwrap();
         assert!(tls.tls());
         let RedisTarget::Cluster(nodes) = &tls else {
-            unreachable!()
+            panic!()
         };
         assert_eq!(nodes, &["rediss://a:1", "rediss://b:2"]);
         let tls = RedisTarget::parse("rediss+sentinel://u:p@s1:26379/mymaster/2").unwrap();

@@ -13,6 +13,27 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, send, wait_for_port, Gate, Token};
 
+/// PEM files for a TLS server: the CA, the certificate chain and its key.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A test PKI of its own, written into `dir`.
+    pub fn made_in(dir: &Path) -> TlsFiles {
+        let (ca, cert, key) = super::pki::test_pki(dir);
+        TlsFiles { ca, cert, key }
+    }
+}
+
+/// The key of a token's entry in the shared cache.
+pub fn cache_key(token: &Token) -> String {
+    let digest = tokengate::token::Digest::of(&token.secret);
+    format!("tokengate:v1:token:{}", digest.to_hex())
+}
+
 /// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
 pub struct Redis {
     pub port: u16,
@@ -137,18 +158,15 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let tls_args = match (tls, tls_port) {
-            (Some(tls), Some(tls_port)) => {
-                let mut args = tls_args(tls, tls_port);
-                args.extend(["--tls-replication", "yes"].map(String::from));
-                args
-            }
-            _ => Vec::new(),
-        };
+        let mut extra = Vec::new();
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            extra = tls_args(tls, tls_port);
+            extra.extend(["--tls-replication", "yes"].map(String::from));
+        }
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
-            .args(&tls_args)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -194,27 +212,6 @@ pub struct RedisCluster {
     children: Vec<Child>,
 }
 
-/// PEM files for a TLS server: the CA, the certificate chain and its key.
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    /// A test PKI of its own, written into `dir`.
-    pub fn made_in(dir: &Path) -> TlsFiles {
-        let (ca, cert, key) = super::pki::test_pki(dir);
-        TlsFiles { ca, cert, key }
-    }
-}
-
-/// The key of a token's entry in the shared cache.
-pub fn cache_key(token: &Token) -> String {
-    let digest = tokengate::token::Digest::of(&token.secret);
-    format!("tokengate:v1:token:{}", digest.to_hex())
-}
-
 impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
         RedisCluster::start_with(dir, None)
@@ -224,11 +221,10 @@ impl RedisCluster {
     /// over TLS, and tell TLS clients of their TLS ports.
     pub fn start_with(dir: &Path, tls: Option<&TlsFiles>) -> RedisCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let tls_ports: Vec<u16> = ports
-            .iter()
-            .filter(|_| tls.is_some())
-            .map(|_| free_port())
-            .collect();
+        let tls_ports: Vec<u16> = match tls {
+            Some(_) => (0..3).map(|_| free_port()).collect(),
+            None => Vec::new(),
+        };
         let children = ports
             .iter()
             .enumerate()
@@ -335,9 +331,10 @@ impl RedisCluster {
 
     /// `redis+cluster://` on the plain ports, or `rediss+cluster://` on the TLS ones.
     pub fn url(&self) -> String {
-        let (scheme, ports) = match self.tls_ports.is_empty() {
-            true => ("redis", &self.ports),
-            false => ("rediss", &self.tls_ports),
+        let (scheme, ports) = if self.tls_ports.is_empty() {
+            ("redis", &self.ports)
+        } else {
+            ("rediss", &self.tls_ports)
         };
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         format!("{scheme}+cluster://{}", nodes.join(","))
