@@ -38,4 +38,6 @@ python3 bench/soak.py --seconds 30 --bin target/debug/tokengate
 
 step "fuzz targets, briefly (long runs: BENCHMARKS.md)"
 cargo fmt --manifest-path fuzz/Cargo.toml --check
-bash fuzz/run.sh 10
+# Unoptimized: the instrumented build is most of this step (11 min optimized, under 5
+# unoptimized on a slow 2-core VM); 10 s per target still replays the corpus and mutates.
+FUZZ_PROFILE=--dev bash fuzz/run.sh 10
