@@ -504,31 +504,27 @@ fn build_store(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigEr
 }
 
 fn build_cache(src: &Source<'_>, raw: &RawCache) -> Result<CacheConfig, ConfigError> {
-    let redis = match &raw.redis_url {
+    let target = raw
+        .redis_url
+        .as_ref()
+        .map(|url| RedisTarget::parse(url.get_ref()).map_err(|m| src.at(url, "cache.redis_url", m)))
+        .transpose()?;
+    let ca_pem = match &raw.redis_ca_file {
         None => None,
-        Some(url) => {
-            let target =
-                RedisTarget::parse(url.get_ref()).map_err(|m| src.at(url, "cache.redis_url", m))?;
-            let ca_pem = match &raw.redis_ca_file {
-                Some(ca) if target.tls() => Some(
-                    crate::tls::ca_pem(Path::new(ca.get_ref()))
-                        .map_err(|m| src.at(ca, "cache.redis_ca_file", m))?,
-                ),
-                _ => None,
-            };
-            Some(RedisConfig {
-                target,
-                timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
-                ca_pem,
-            })
-        }
-    };
-    if let Some(ca) = &raw.redis_ca_file {
-        if !redis.as_ref().is_some_and(|r| r.target.tls()) {
+        Some(ca) if !target.as_ref().is_some_and(RedisTarget::tls) => {
             let why = "only a TLS Redis (redis_url = \"rediss://...\") takes a CA file";
             return Err(src.at(ca, "cache.redis_ca_file", why));
         }
-    }
+        Some(ca) => Some(
+            crate::tls::ca_pem(Path::new(ca.get_ref()))
+                .map_err(|m| src.at(ca, "cache.redis_ca_file", m))?,
+        ),
+    };
+    let redis = target.map(|target| RedisConfig {
+        target,
+        timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
+        ca_pem,
+    });
     Ok(CacheConfig {
         ttl: Duration::from_secs(raw.ttl_seconds.unwrap_or(60)),
         negative_ttl: Duration::from_secs(raw.negative_ttl_seconds.unwrap_or(5)),
