@@ -481,6 +481,57 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
     );
 }
 
+/// The head limit (64 KiB) holds however the head arrives: in one piece
+/// or a kilobyte at a time, each read small but the head not. Bodies are
+/// not heads: an upload many times the limit passes.
+#[test]
+fn a_head_over_the_limit_is_refused_however_it_arrives() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token(
+        "project:acme/web",
+        "read_package_registry,write_package_registry",
+        &[],
+    );
+    let token = ("Deploy-Token", t.secret.as_str());
+    let fits = "x".repeat(60_000);
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/fits",
+        &[token, ("X-Big", &fits)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut stream = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /generic/acme/web/dribbled HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\n",
+        t.secret
+    )
+    .unwrap();
+    let line = format!("X-Pad: {}\r\n", "p".repeat(1000));
+    // 66 lines of 1 KiB: past the limit, and the head never ends.
+    for _ in 0..66 {
+        stream.write_all(line.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = common::read_response(&mut BufReader::new(stream));
+    assert_eq!(r.status, 431, "{}", r.text());
+
+    let body = vec![b'b'; 1 << 20];
+    let r = send(gate.port, "PUT", "/generic/acme/web/big", &[token], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(targets, ["/base/fits", "/base/big"]);
+    assert_eq!(seen[1].body_len, 1 << 20);
+}
+
 fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)

@@ -635,6 +635,8 @@ pub async fn serve(
     let start = current.load_full();
     let header_timeout = start.config.server.header_read_timeout;
     let mut auto = auto::Builder::new(TokioExecutor::new());
+    // hyper-util's automatic builder (TLS, h2c) has no head limit of its
+    // own for HTTP/1: its read buffer's cap is the head limit there.
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -643,10 +645,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let mut http1 = hyper::server::conn::http1::Builder::new();
+    // The head is capped by itself, not by capping the read buffer: that
+    // would also cap every read of an upload's body at the head's limit
+    // (a sixth of what hyper reads at once by default: six times the
+    // reads, twice the CPU per uploaded GiB).
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     let builder = Arc::new(Builders { auto, http1 });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let metrics = start.metrics.clone();
