@@ -63,6 +63,43 @@ fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
         assert!(ok, "{out}");
         assert_eq!(out, format!("200 {version}"), "{flag}");
     }
+    // The head limit holds over TLS too, and uploads pass.
+    let big = format!("X-Big: {}", "x".repeat(70_000));
+    let (_, out) = curl(&[
+        "--cacert",
+        ca,
+        "--http1.1",
+        "-H",
+        &header,
+        "-H",
+        &big,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(out, "431");
+    let writer = gate.token("project:acme/web", "write_package_registry", &[]);
+    let writer = format!("Deploy-Token: {}", writer.secret);
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![b'u'; 3 << 20]).unwrap();
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca,
+        "--http1.1",
+        "-H",
+        &writer,
+        "-T",
+        upload.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert!(ok && out == "200", "{out}");
+    assert_eq!(up.seen().last().unwrap().body_len, 3 << 20);
     // No credentials over TLS: the same 401.
     let (_, out) = curl(&[
         "--cacert",

@@ -635,8 +635,8 @@ pub async fn serve(
     let start = current.load_full();
     let header_timeout = start.config.server.header_read_timeout;
     let mut auto = auto::Builder::new(TokioExecutor::new());
-    // hyper-util's automatic builder (TLS, h2c) has no head limit of its
-    // own for HTTP/1: its read buffer's cap is the head limit there.
+    // hyper-util's automatic builder (h2c, TLS without ALPN) has no head
+    // limit of its own for HTTP/1: its read buffer's cap is the limit there.
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -785,6 +785,14 @@ async fn connection(
                     tracing::debug!(client = %peer, "TLS handshake failed or timed out");
                     return Ok(());
                 };
+                // What ALPN settled needs no guessing: HTTP/1.1 gets the
+                // HTTP/1 builder (its head limit, its larger body reads).
+                if stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") {
+                    let conn = builder
+                        .http1
+                        .serve_connection(TokioIo::new(stream), service);
+                    return watcher.watch(conn).await.map_err(Into::into);
+                }
                 let conn = builder.auto.serve_connection(TokioIo::new(stream), service);
                 watcher.watch(conn.into_owned()).await
             })
