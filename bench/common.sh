@@ -45,6 +45,20 @@ EOF
   "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/$name.conf" -p "$WORK/"
 }
 
+# file_upstream: one nginx worker on $UP serving $WORK/www and taking PUTs
+# under /up/ (WebDAV), bodies of any size: the streaming benchmarks' upstream.
+file_upstream() {
+  mkdir -p "$WORK/www/up" "$WORK/tmp"
+  chmod 777 "$WORK/www/up" "$WORK/tmp"
+  nginx_conf nginx 1 "server {
+    listen 127.0.0.1:$UP;
+    root $WORK/www;
+    client_max_body_size 0;
+    client_body_buffer_size 1m;
+    location /up/ { dav_methods PUT; create_full_put_path on; client_body_temp_path $WORK/tmp; }
+  }"
+}
+
 # nginx_workers NAME: the pids of the worker processes of the nginx NAME.
 nginx_workers() { pgrep -f "nginx: worker process" -P "$(cat "$WORK/$1.pid")" | tr '\n' ' '; }
 

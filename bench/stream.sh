@@ -28,17 +28,9 @@ TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port); PROXY=$(free_port)
 trap cleanup EXIT
 
-mkdir -p "$WORK/www/up" "$WORK/logs"
-chmod 777 "$WORK/www/up"
+mkdir -p "$WORK/www" "$WORK/logs"
 truncate -s "${SIZE_MIB}M" "$WORK/www/big.bin"
-mkdir -p "$WORK/tmp"; chmod 777 "$WORK/tmp"
-nginx_conf nginx 1 "server {
-    listen 127.0.0.1:$UP;
-    root $WORK/www;
-    client_max_body_size 0;
-    client_body_buffer_size 1m;
-    location /up/ { dav_methods PUT; create_full_put_path on; client_body_temp_path $WORK/tmp; }
-  }"
+file_upstream
 nginx_conf proxy 1 "upstream up { server 127.0.0.1:$UP; keepalive 8; }
   server {
     listen 127.0.0.1:$PROXY;

@@ -33,6 +33,13 @@ fn curl(args: &[&str]) -> (bool, String) {
     common::outcome(&out)
 }
 
+/// `curl` printing only the response's status code.
+fn curl_status(args: &[&str]) -> (bool, String) {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
 #[test]
 fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,26 +72,13 @@ fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
     }
     // The head limit holds over TLS too, and uploads pass.
     let big = format!("X-Big: {}", "x".repeat(70_000));
-    let (_, out) = curl(&[
-        "--cacert",
-        ca,
-        "--http1.1",
-        "-H",
-        &header,
-        "-H",
-        &big,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &url,
-    ]);
+    let (_, out) = curl_status(&["--cacert", ca, "--http1.1", "-H", &header, "-H", &big, &url]);
     assert_eq!(out, "431");
     let writer = gate.token("project:acme/web", "write_package_registry", &[]);
     let writer = format!("Deploy-Token: {}", writer.secret);
     let upload = dir.path().join("upload.bin");
     std::fs::write(&upload, vec![b'u'; 3 << 20]).unwrap();
-    let (ok, out) = curl(&[
+    let (ok, out) = curl_status(&[
         "--cacert",
         ca,
         "--http1.1",
@@ -92,24 +86,12 @@ fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
         &writer,
         "-T",
         upload.to_str().unwrap(),
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
         &url,
     ]);
     assert!(ok && out == "200", "{out}");
     assert_eq!(up.seen().last().unwrap().body_len, 3 << 20);
     // No credentials over TLS: the same 401.
-    let (_, out) = curl(&[
-        "--cacert",
-        ca,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &url,
-    ]);
+    let (_, out) = curl_status(&["--cacert", ca, &url]);
     assert_eq!(out, "401");
     // The upstream is told the client came over https.
     assert_eq!(up.seen()[0].header("x-forwarded-proto"), ["https"]);
@@ -147,17 +129,7 @@ fn tls_listener_negotiates_h2_and_http1_and_refuses_the_rest() {
         );
     }
     assert_eq!(up.seen().len(), before);
-    let (ok, out) = curl(&[
-        "--cacert",
-        ca,
-        "-H",
-        &header,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &url,
-    ]);
+    let (ok, out) = curl_status(&["--cacert", ca, "-H", &header, &url]);
     assert!(ok && out == "200", "{out}");
 }
 
@@ -343,19 +315,8 @@ fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_is_bad() {
     let t = gate.token("project:acme/web", "read_package_registry", &[]);
     let url = format!("https://127.0.0.1:{}/generic/acme/web/f", gate.port);
     let header = format!("Deploy-Token: {}", t.secret);
-    let status_with = |ca: &Path| {
-        curl(&[
-            "--cacert",
-            ca.to_str().unwrap(),
-            "-H",
-            &header,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ])
-    };
+    let status_with =
+        |ca: &Path| curl_status(&["--cacert", ca.to_str().unwrap(), "-H", &header, &url]);
     let hup = || {
         let ok = Command::new("kill")
             .args(["-HUP", &gate.pid().to_string()])
