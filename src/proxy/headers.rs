@@ -136,7 +136,8 @@ fn proxy_owned(name: &str) -> bool {
 
 /// What the proxy tells the upstream about the request.
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, as `X-Forwarded-For`.
+    pub forwarded_for: &'a HeaderValue,
     pub public_https: bool,
     /// The proxy's public authority, as `X-Forwarded-Host`.
     pub public_host: &'a HeaderValue,
@@ -164,7 +165,7 @@ pub fn head_size(head: &http::request::Parts) -> usize {
 pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     strip(headers, proxy_owned);
     headers.insert(header::HOST, fwd.upstream_host.clone());
-    headers.insert(X_FORWARDED_FOR, address(fwd.client_ip));
+    headers.insert(X_FORWARDED_FOR, fwd.forwarded_for.clone());
     let proto = HeaderValue::from_static(if fwd.public_https { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO, proto);
     headers.insert(X_FORWARDED_HOST, fwd.public_host.clone());
@@ -190,7 +191,7 @@ pub fn identify(headers: &mut HeaderMap, token: &TokenRecord) {
 
 /// An address as a header value. IPv4 is written by hand: `Display` goes
 /// through the formatting machinery, a noticeable share of a request's work.
-fn address(ip: IpAddr) -> HeaderValue {
+pub fn address(ip: IpAddr) -> HeaderValue {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::try_from(ip.to_string()).expect("an address is a header value");
     };
@@ -306,7 +307,7 @@ mod tests {
         to_upstream(
             &mut h,
             &Forwarding {
-                client_ip: "10.1.2.3".parse().unwrap(),
+                forwarded_for: &address("10.1.2.3".parse().unwrap()),
                 public_https: false,
                 public_host: &HeaderValue::from_static("proxy.test"),
                 upstream_host: &HeaderValue::from_static("127.0.0.1:4873"),

@@ -124,18 +124,29 @@ impl Proxy {
         &self.config
     }
 
-    /// Handles one request on the proxy listener.
+    /// Handles one request on the proxy listener; `peer_value` is the
+    /// peer's address as a header value, made once per connection.
     /// (Not an `async fn`: each level of futures is one more copy of the
     /// request's state.)
     pub fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        peer_value: HeaderValue,
     ) -> impl Future<Output = Response<ResponseBody>> + '_ {
         let (head, body) = req.into_parts();
         let trusted = &self.config.server.trusted_proxies;
         let client = client::behind_proxies(peer.ip(), &head.headers, trusted);
-        self.respond(head, Mode::Proxy(body), client)
+        let forwarded_for = if client == peer.ip() {
+            peer_value
+        } else {
+            headers::address(client)
+        };
+        let mode = Mode::Proxy {
+            body,
+            forwarded_for,
+        };
+        self.respond(head, mode, client)
     }
 
     /// Runs a request through the phases and logs its outcome. Never fails:
@@ -145,7 +156,7 @@ impl Proxy {
         // For the logs: a clone shares the request's bytes, a `String` would copy them.
         let target = head.uri.clone();
         let mode_name = mode.name();
-        let close = matches!(mode, Mode::Proxy(_)) && body_left_unread(&method);
+        let close = matches!(mode, Mode::Proxy { .. }) && body_left_unread(&method);
         let mut outcome = Outcome::new();
         let response = match self.process(head, mode, client, &mut outcome).await {
             Ok(response) => response,
@@ -269,7 +280,7 @@ impl Proxy {
                     token: &token,
                     rewrite: Rewrite::default(),
                 };
-                return self.allowed(head, mode, client, allowed).await;
+                return self.allowed(head, mode, allowed).await;
             }
             Authentication::SessionJwt => {
                 let registry = self
@@ -329,7 +340,7 @@ impl Proxy {
             token: &token,
             rewrite,
         };
-        self.allowed(head, mode, client, allowed).await
+        self.allowed(head, mode, allowed).await
     }
 
     /// The one step where the modes part: the proxy forwards an allowed
@@ -338,14 +349,16 @@ impl Proxy {
         &self,
         head: Parts,
         mode: Mode,
-        client: IpAddr,
         allowed: Allowed<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         match mode {
             // Boxed: forwarding's state is most of a request's, and every
             // future around this one would otherwise carry it and be copied
             // with it (callgrind: memcpy was a tenth of a request's work).
-            Mode::Proxy(body) => Box::pin(self.forward(head, body, client, allowed)).await,
+            Mode::Proxy {
+                body,
+                forwarded_for,
+            } => Box::pin(self.forward(head, body, forwarded_for, allowed)).await,
             Mode::Decide => match allowed.changed {
                 Some(change) => Err(ProxyError::NeedsProxyMode(change)),
                 None => Ok(forward_auth::allowed(allowed.token)),
@@ -357,7 +370,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Incoming,
-        client: IpAddr,
+        forwarded_for: HeaderValue,
         allowed: Allowed<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let Allowed {
@@ -381,7 +394,7 @@ impl Proxy {
         headers::to_upstream(
             &mut parts.headers,
             &headers::Forwarding {
-                client_ip: client,
+                forwarded_for: &forwarded_for,
                 public_https: public.https,
                 public_host: &self.public_host,
                 upstream_host: &upstream.host,
@@ -531,14 +544,18 @@ fn origin_form<'u>(
 /// What becomes of a request the decision allows: the proxy listener
 /// forwards it with its body; the decision listener answers the edge proxy.
 enum Mode {
-    Proxy(Incoming),
+    /// Forward the request: its body, and the client as `X-Forwarded-For`.
+    Proxy {
+        body: Incoming,
+        forwarded_for: HeaderValue,
+    },
     Decide,
 }
 
 impl Mode {
     fn name(&self) -> &'static str {
         match self {
-            Mode::Proxy(_) => "proxy",
+            Mode::Proxy { .. } => "proxy",
             Mode::Decide => "forward_auth",
         }
     }
@@ -751,15 +768,20 @@ async fn connection(
         _ => return,
     };
     let plain_http1 = tls.is_none() && !H2_PREFACE.starts_with(&opening[..opened]);
+    // Made once: every request on the connection names its peer upstream.
+    let peer_value = headers::address(peer.ip());
     let service = hyper::service::service_fn(move |req| {
         let proxy = current.load_full();
+        let peer_value = peer_value.clone();
         // Boxed: hyper keeps room for one request future in every
         // connection, idle or not. Boxed, that room is a pointer and
         // a request's state exists only while it is in flight. Boxed
         // per listener, so a proxied request's state is not sized for
         // the decision listener's larger one.
         let answer: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = match role {
-            Listener::Proxy => Box::pin(async move { Ok(proxy.handle(req, peer).await) }),
+            Listener::Proxy => {
+                Box::pin(async move { Ok(proxy.handle(req, peer, peer_value).await) })
+            }
             Listener::Decision => Box::pin(async move { Ok(proxy.check(req, peer).await) }),
         };
         answer
