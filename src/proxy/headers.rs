@@ -33,10 +33,23 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// Credential headers of any format: never forwarded.
 fn is_credential(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization" | "deploy-token" | "x-nuget-apikey" | "job-token" | "private-token"
-    )
+    credential(name).is_some()
+}
+
+/// A credential header's name as a constant (see [`constant_twin`]).
+fn credential(name: &str) -> Option<HeaderName> {
+    const DEPLOY_TOKEN: HeaderName = HeaderName::from_static("deploy-token");
+    const X_NUGET_APIKEY: HeaderName = HeaderName::from_static("x-nuget-apikey");
+    const JOB_TOKEN: HeaderName = HeaderName::from_static("job-token");
+    const PRIVATE_TOKEN: HeaderName = HeaderName::from_static("private-token");
+    match name {
+        "authorization" => Some(header::AUTHORIZATION),
+        "deploy-token" => Some(DEPLOY_TOKEN),
+        "x-nuget-apikey" => Some(X_NUGET_APIKEY),
+        "job-token" => Some(JOB_TOKEN),
+        "private-token" => Some(PRIVATE_TOKEN),
+        _ => None,
+    }
 }
 
 /// Forwarding headers the proxy alone sets.
@@ -108,24 +121,12 @@ fn doomed(headers: &HeaderMap, also: impl Fn(&str) -> bool) -> SmallVec<[HeaderN
         .collect()
 }
 
-/// The credential headers that are not standard names, as constants.
-const DEPLOY_TOKEN: HeaderName = HeaderName::from_static("deploy-token");
-const X_NUGET_APIKEY: HeaderName = HeaderName::from_static("x-nuget-apikey");
-const JOB_TOKEN: HeaderName = HeaderName::from_static("job-token");
-const PRIVATE_TOKEN: HeaderName = HeaderName::from_static("private-token");
-
 /// A name to remove by: the constant for a credential header, else a
 /// clone. A name read off the wire that is not a standard one holds bytes
 /// of its own, and its first clone allocates to share them; a credential
 /// header is removed from nearly every request.
 fn constant_twin(name: &HeaderName) -> HeaderName {
-    match name.as_str() {
-        "deploy-token" => DEPLOY_TOKEN,
-        "x-nuget-apikey" => X_NUGET_APIKEY,
-        "job-token" => JOB_TOKEN,
-        "private-token" => PRIVATE_TOKEN,
-        _ => name.clone(),
-    }
+    credential(name.as_str()).unwrap_or_else(|| name.clone())
 }
 
 /// Client headers the proxy never forwards beyond the hop-by-hop ones:

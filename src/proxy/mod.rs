@@ -772,7 +772,6 @@ async fn connection(
     let peer_value = headers::address(peer.ip());
     let service = hyper::service::service_fn(move |req| {
         let proxy = current.load_full();
-        let peer_value = peer_value.clone();
         // Boxed: hyper keeps room for one request future in every
         // connection, idle or not. Boxed, that room is a pointer and
         // a request's state exists only while it is in flight. Boxed
@@ -780,6 +779,7 @@ async fn connection(
         // the decision listener's larger one.
         let answer: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = match role {
             Listener::Proxy => {
+                let peer_value = peer_value.clone();
                 Box::pin(async move { Ok(proxy.handle(req, peer, peer_value).await) })
             }
             Listener::Decision => Box::pin(async move { Ok(proxy.check(req, peer).await) }),
