@@ -472,12 +472,47 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 fn parse_raw(src: &Source<'_>) -> Result<RawConfig, ConfigError> {
     toml::from_str(src.text).map_err(|e| {
         let message = e.message().to_string();
-        let key = message
-            .split('`')
-            .nth(1)
-            .map_or_else(|| "-".to_string(), str::to_string);
-        src.error(e.span().unwrap_or(0..0), key, message)
+        let span = e.span().unwrap_or(0..0);
+        // The parser's message names a missing or unknown field but not the
+        // key of a value of the wrong type; the text around the span does.
+        let named = message.split('`').nth(1).filter(|_| {
+            message.starts_with("missing field") || message.starts_with("unknown field")
+        });
+        let key = match (key_at(src.text, span.start), named) {
+            (Some(table), Some(field)) if message.starts_with("missing field") => {
+                format!("{table}.{field}")
+            }
+            (Some(key), _) => key,
+            (None, named) => named.unwrap_or("-").to_string(),
+        };
+        src.error(span, key, message)
     })
+}
+
+/// The dotted key a byte offset of a TOML text falls under: the table header
+/// above it and, inside the table, the `key =` of the line it is on (or of the
+/// line a multi-line value started on). `None` before any key or header.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let mut key = None;
+    for line in text[..line_end].rsplit('\n').map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            let table = header.trim_start_matches('[').split(']').next()?.trim();
+            return Some(match key {
+                Some(key) => format!("{table}.{key}"),
+                None => table.to_string(),
+            });
+        }
+        if key.is_none() {
+            key = line
+                .split_once('=')
+                .map(|(lhs, _)| lhs.trim())
+                .filter(|lhs| !lhs.is_empty() && !lhs.contains(['"', '\'', '{', ' ']))
+                .map(str::to_string);
+        }
+    }
+    key
 }
 
 fn build_store(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
@@ -1254,7 +1289,13 @@ access = "read"
     #[test]
     fn errors_name_file_line_and_key() {
         let cases: &[(&str, &str, usize, &str)] = &[
-            ("[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 3\n", "listen_port", 3, "unknown field"),
+            ("[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 3\n", "server.listen_port", 3, "unknown field"),
+            ("[serverr]\nlisten = \"127.0.0.1:8080\"\n", "serverr", 1, "unknown field"),
+            ("[cache]\nttl_seconds = \"60\"\n", "cache.ttl_seconds", 2, "invalid type"),
+            ("[server]\nlog_level = \"info\"\nworkers = -1\n", "server.workers", 3, "invalid value"),
+            ("[[route]]\nname = \"a\"\nformat = \"npm\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\nstrip_prefix = 1\n", "route.strip_prefix", 7, "invalid type"),
+            ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route.path", 1, "missing field"),
+            ("[server]\ntrusted_proxies = [\n  \"10.0.0.1\",\n  7,\n]\n", "server.trusted_proxies", 4, "invalid type"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
             ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
