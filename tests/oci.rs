@@ -412,6 +412,72 @@ fn blob_mounts_need_pull_on_the_source() {
 }
 
 #[test]
+fn a_mount_hidden_from_the_proxy_is_refused_and_not_forwarded() {
+    let up = Recorder::start();
+    let gate = start(&up, "");
+    let web = gate.token("project:acme/web", "read_registry,write_registry", &[]);
+    let push = jwt(&gate, &web, &["repository:acme/web/app:pull,push"]);
+    let upload = "/v2/acme/web/app/blobs/uploads/";
+    // A registry's form parser decodes names (`fr%6Fm` is `from`) and reads
+    // POST form bodies: either would mount acme/secret's blob past the check.
+    for query in [
+        "?mount=sha256%3Aab&fr%6Fm=acme%2Fsecret%2Fapp",
+        "?mount=sha256%3Aab&from=acme%2Fweb%2Fapp&from=acme%2Fsecret%2Fapp",
+    ] {
+        let r = bearer(&gate, "POST", &format!("{upload}{query}"), &push);
+        assert_eq!(r.status, 403, "{query}: {}", r.text());
+    }
+    let auth = format!("Bearer {push}");
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=b",
+    ] {
+        let body = b"from=acme/secret/app&mount=sha256:ab";
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", content_type),
+        ];
+        let r = send(
+            gate.port,
+            "POST",
+            &format!("{upload}?mount=sha256%3Aab"),
+            &headers,
+            body,
+        );
+        assert_eq!(r.status, 403, "{content_type}: {}", r.text());
+    }
+    assert!(
+        up.seen().is_empty(),
+        "nothing was forwarded: {:?}",
+        up.seen()
+    );
+    // The plain upload and a literal mount still work.
+    assert_eq!(bearer(&gate, "POST", upload, &push).status, 200);
+    let literal = format!("{upload}?mount=sha256%3Aab&from=acme%2Fweb%2Fapp");
+    assert_eq!(bearer(&gate, "POST", &literal, &push).status, 200);
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[test]
+fn the_version_check_answers_reads_only() {
+    let up = Recorder::start();
+    let gate = start(&up, "");
+    let web = gate.token("project:acme/web", "read_registry,write_registry", &[]);
+    let push = jwt(&gate, &web, &["repository:acme/web/app:pull,push"]);
+    for method in ["TRACE", "DELETE", "POST", "PUT", "OPTIONS", "PROPFIND"] {
+        let r = bearer(&gate, method, "/v2/", &push);
+        assert_eq!(r.status, 403, "{method} /v2/: {}", r.text());
+    }
+    assert!(
+        up.seen().is_empty(),
+        "nothing was forwarded: {:?}",
+        up.seen()
+    );
+    assert_eq!(bearer(&gate, "GET", "/v2/", &push).status, 200);
+    assert_eq!(bearer(&gate, "HEAD", "/v2/", &push).status, 200);
+}
+
+#[test]
 fn anonymous_tokens_grant_nothing() {
     let up = Recorder::start();
     let dir = tempfile::tempdir().unwrap();

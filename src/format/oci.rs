@@ -74,13 +74,21 @@ pub fn classify(method: &Method, rest: &[&str], query: Option<&str>) -> Endpoint
         if !valid_repository(&name) {
             return Endpoint::Invalid;
         }
-        let mount_from = (rest[at..] == ["blobs", "uploads"])
-            .then(|| query_param(query?, "from"))
-            .flatten();
-        return Endpoint::Repository {
-            name,
-            action,
-            mount_from,
+        let mount = match (rest[at..] == ["blobs", "uploads"], query) {
+            (true, Some(query)) => mount_source(query),
+            _ => Ok(None),
+        };
+        return match mount {
+            Ok(mount_from) => Endpoint::Repository {
+                name,
+                action,
+                mount_from,
+            },
+            Err(Ambiguous) => Endpoint::Repository {
+                name,
+                action: Action::Refused,
+                mount_from: None,
+            },
         };
     }
     Endpoint::Invalid
@@ -112,12 +120,45 @@ fn action(method: &Method, tail: &[&str]) -> Option<Action> {
     })
 }
 
-/// One query parameter, percent-decoded; an undecodable value reads as
-/// empty (which no check accepts).
-pub fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| form_decode(v).unwrap_or_default())
+/// A blob-mount query that a registry could read differently from the proxy.
+#[derive(Debug)]
+struct Ambiguous;
+
+/// The repository a blob upload asks to mount from (`from=`), percent-decoded
+/// (an undecodable value reads as empty, which no check accepts). A registry
+/// reads the query with a form parser that decodes names too (Go's
+/// `FormValue`: `fr%6Fm` is `from`) and takes the first of repeated keys, so a
+/// `from` or `mount` spelled with escapes or `from` given twice is
+/// [`Ambiguous`] and refused rather than guessed at.
+fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
+    let mut from = None;
+    for pair in query.split('&') {
+        let (raw, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(key) = form_decode(raw) else {
+            continue; // a name the registry cannot decode either
+        };
+        if !matches!(key.as_str(), "from" | "mount") {
+            continue;
+        }
+        if key != raw || (key == "from" && from.is_some()) {
+            return Err(Ambiguous);
+        }
+        if key == "from" {
+            from = Some(form_decode(value).unwrap_or_default());
+        }
+    }
+    Ok(from)
+}
+
+/// Whether a request carries a form body. The registry API takes none, and a
+/// registry reading parameters with a form parser would let the body's
+/// `from=` override the query the proxy checked.
+pub fn has_form_body(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+        let essence = v.to_str().unwrap_or("").split(';').next().unwrap_or("");
+        let essence = essence.trim();
+        essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            || essence.eq_ignore_ascii_case("multipart/form-data")
     })
 }
 
@@ -147,7 +188,7 @@ impl Format for Oci {
 
     fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access {
         match classify(method, rest, query) {
-            Endpoint::Base => Access::Read,
+            Endpoint::Base if method == Method::GET || method == Method::HEAD => Access::Read,
             Endpoint::Repository {
                 action: Action::Pull,
                 ..
@@ -291,6 +332,53 @@ mod tests {
                 mount_from: Some("acme/other".into())
             }
         );
+    }
+
+    #[test]
+    fn a_mount_the_registry_could_read_differently_is_refused() {
+        let upload = |query| {
+            classify(
+                &Method::POST,
+                &["acme", "web", "blobs", "uploads"],
+                Some(query),
+            )
+        };
+        for query in [
+            "mount=sha256:ab&fr%6Fm=acme%2Fsecret",
+            "mount=sha256:ab&%66rom=acme/secret",
+            "m%6Funt=sha256:ab&from=acme/web",
+            "mount=sha256:ab&from=acme/web&from=acme/secret",
+        ] {
+            assert_eq!(upload(query), repo("acme/web", Action::Refused), "{query}");
+        }
+        // Other names may be escaped; an undecodable name is no `from`.
+        let plain = upload("fr%zzom=acme/secret&x%20y=1");
+        assert_eq!(plain, repo("acme/web", Action::Push));
+    }
+
+    #[test]
+    fn form_bodies_are_recognised_by_their_media_type() {
+        let with = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(value),
+            );
+            has_form_body(&headers)
+        };
+        assert!(with("application/x-www-form-urlencoded"));
+        assert!(with("Multipart/Form-Data; boundary=x"));
+        assert!(!with("application/octet-stream"));
+        assert!(!has_form_body(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_version_check_is_a_read_only() {
+        assert_eq!(Oci.access(&Method::GET, &[], None), Access::Read);
+        assert_eq!(Oci.access(&Method::HEAD, &[], None), Access::Read);
+        for method in [Method::TRACE, Method::DELETE, Method::POST, Method::OPTIONS] {
+            assert_eq!(Oci.access(&method, &[], None), Access::Refused, "{method}");
+        }
     }
 
     #[test]

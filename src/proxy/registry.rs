@@ -13,7 +13,7 @@ use http_body_util::{Either, Full};
 
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
-use crate::format::oci::{classify, Endpoint};
+use crate::format::oci::{classify, has_form_body, Endpoint};
 use crate::format::{self, Access};
 use crate::oci::RegistryAuth;
 use crate::route::{Matched, NormalizedPath};
@@ -113,6 +113,9 @@ impl Proxy {
         if endpoint == Endpoint::Invalid {
             return Err(ProxyError::NoRoute);
         }
+        if has_form_body(&head.headers) {
+            return Err(ProxyError::Refused("the registry API takes no form bodies"));
+        }
         let format = &*matched.route.format;
         let presented =
             format::credentials(format, &head.headers)?.ok_or(ProxyError::NoCredentials)?;
@@ -131,6 +134,9 @@ impl Proxy {
             Endpoint::Invalid => unreachable!("answered above"),
             Endpoint::Base => {
                 auth::authenticate(record.as_deref(), username, now)?;
+                if access == Access::Refused {
+                    return Err(Denial::AccessRefused.into());
+                }
             }
             Endpoint::Catalog => {
                 auth::authenticate(record.as_deref(), username, now)?;
