@@ -498,10 +498,21 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let mut key = None;
     for line in text[..line_end].rsplit('\n').map(str::trim) {
         if let Some(header) = line.strip_prefix('[') {
-            let table = header.trim_start_matches('[').split(']').next()?.trim();
+            let name = header.trim_start_matches('[').split(']').next()?.trim();
+            // An array of tables (`[[route]]`) is named by its index, as the
+            // checks after parsing name it.
+            let table = if header.starts_with('[') {
+                let index = text[..line_end]
+                    .lines()
+                    .filter(|l| l.trim() == line)
+                    .count();
+                format!("{name}[{}]", index.saturating_sub(1))
+            } else {
+                name.to_string()
+            };
             return Some(match key {
                 Some(key) => format!("{table}.{key}"),
-                None => table.to_string(),
+                None => table,
             });
         }
         if key.is_none() {
@@ -1293,8 +1304,8 @@ access = "read"
             ("[serverr]\nlisten = \"127.0.0.1:8080\"\n", "serverr", 1, "unknown field"),
             ("[cache]\nttl_seconds = \"60\"\n", "cache.ttl_seconds", 2, "invalid type"),
             ("[server]\nlog_level = \"info\"\nworkers = -1\n", "server.workers", 3, "invalid value"),
-            ("[[route]]\nname = \"a\"\nformat = \"npm\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\nstrip_prefix = 1\n", "route.strip_prefix", 7, "invalid type"),
-            ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route.path", 1, "missing field"),
+            ("[[route]]\nname = \"a\"\nformat = \"npm\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\nstrip_prefix = 1\n", "route[0].strip_prefix", 7, "invalid type"),
+            ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route[0].path", 1, "missing field"),
             ("[server]\ntrusted_proxies = [\n  \"10.0.0.1\",\n  7,\n]\n", "server.trusted_proxies", 4, "invalid type"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
@@ -1353,7 +1364,7 @@ access = "read"
         assert_eq!(err(&t).key, "route[1].access[0]");
 
         let t = with("strip_prefix = true", "strip_prefix = true\nstrip = 1");
-        assert_eq!(err(&t).key, "strip");
+        assert_eq!(err(&t).key, "route[0].strip");
         assert_eq!(err(&t).line, line_of(&t, "strip = 1"));
     }
 }

@@ -9,7 +9,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{basic, send, Gate};
+use common::{basic, send, send_raw, Gate};
 use recorder::Recorder;
 
 fn config(up: &Recorder) -> String {
@@ -403,14 +403,42 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
         "/generic/acme/web/%252e%252e/f",
         "/generic/acme/web/a%zz",
         "/generic/acme/web/f?x=%00",
+        "/generic/acme/web/f?private_token=glpat-x",
+        "/generic/acme/web/f?a=1&job%5Ftoken=x",
         "/api/v4/projects/acme%2F..%2Fother/packages/generic/f",
         "http://evil.test/generic/acme/web/f",
         "*",
     ];
-    for target in paths {
+    // Absolute-form naming another host whose name ends like the proxy's.
+    let suffix = format!("http://0.1:{}/generic/acme/web/f", gate.port);
+    for target in paths.iter().copied().chain([suffix.as_str()]) {
         let r = send(gate.port, "GET", target, &[("Authorization", &good)], b"");
         assert_eq!(r.status, 400, "{target}: {}", r.text());
     }
+    // Headers some upstreams take as the real method or URL.
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "PUT"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+    ] {
+        let headers = [("Authorization", good.as_str()), (name, value)];
+        let r = send(gate.port, "GET", "/generic/acme/web/f", &headers, b"");
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+    }
+    // A GET or HEAD with a body, however it is framed.
+    for method in ["GET", "HEAD"] {
+        let headers = [("Authorization", good.as_str())];
+        let r = send(gate.port, method, "/generic/acme/web/f", &headers, b"GET /");
+        assert_eq!(r.status, 400, "{method} with Content-Length: {}", r.text());
+    }
+    let chunked = format!(
+        "GET /generic/acme/web/f HTTP/1.1\r\nHost: x\r\nAuthorization: {good}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\n"
+    );
+    let r = send_raw(gate.port, chunked.as_bytes());
+    assert_eq!(r.status, 400, "GET with a chunked body: {}", r.text());
     let authorizations = [
         "Basic !!!notbase64".to_string(),
         "Basic".to_string(),

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use super::{json, message, Admin, AdminRequest, AdminResponse, Params};
-use crate::oci::form_decode;
+use crate::route::normalize::form_decode;
 use crate::store::ListFilter;
 use crate::token::{OwnerKind, TokenRecord};
 use crate::tokens::{CreateRequest, ManageError};

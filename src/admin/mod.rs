@@ -210,9 +210,9 @@ impl Params {
                 .filter(|p| !p.is_empty())
                 .filter_map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    let k = crate::oci::form_decode(k)?;
+                    let k = crate::route::normalize::form_decode(k)?;
                     let k = k.strip_suffix("[]").map(str::to_string).unwrap_or(k);
-                    Some((k, crate::oci::form_decode(v)?))
+                    Some((k, crate::route::normalize::form_decode(v)?))
                 })
                 .collect(),
         )

@@ -7,6 +7,7 @@
 use http::Method;
 
 use super::{Access, CredentialSource, Format};
+use crate::route::normalize::form_decode;
 use crate::token::{validate_namespace, Scope, ScopeSet};
 
 pub struct Git;
@@ -40,10 +41,8 @@ impl Format for Git {
         let Some(end) = repository_end(rest) else {
             return Access::Refused;
         };
-        let upload_pack_query =
-            query.is_some_and(|q| q.split('&').any(|p| p == "service=git-upload-pack"));
         match (method, &rest[end + 1..]) {
-            (&Method::GET, ["info", "refs"]) if upload_pack_query => Access::Read,
+            (&Method::GET, ["info", "refs"]) if query.is_some_and(asks_upload_pack) => Access::Read,
             (&Method::POST, ["git-upload-pack"]) => Access::Read,
             _ => Access::Refused,
         }
@@ -60,6 +59,19 @@ impl Format for Git {
     fn refusal(&self) -> &'static str {
         "deploy tokens may only clone and fetch over smart HTTP (git-upload-pack); git push and the dumb protocol are refused"
     }
+}
+
+/// Whether a ref advertisement asks for the fetch service and nothing a
+/// server could read otherwise: exactly one `service` parameter, its name
+/// decoded as git-http-backend decodes it, with the literal value
+/// `git-upload-pack` (`service=git-upload-pack&service=git-receive-pack`
+/// would be the push service to a server taking the last).
+fn asks_upload_pack(query: &str) -> bool {
+    let mut services = query.split('&').filter(|pair| {
+        let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+        form_decode(name).as_deref() == Some("service")
+    });
+    services.next() == Some("service=git-upload-pack") && services.next().is_none()
 }
 
 #[cfg(test)]
@@ -95,6 +107,25 @@ mod tests {
                 Access::Refused,
             ),
             (Method::GET, with(&["info", "refs"]), None, Access::Refused),
+            // Read twice, or spelled so a server decodes another service.
+            (
+                Method::GET,
+                with(&["info", "refs"]),
+                Some("service=git-upload-pack&service=git-receive-pack"),
+                Access::Refused,
+            ),
+            (
+                Method::GET,
+                with(&["info", "refs"]),
+                Some("service=git-upload-pack&s%65rvice=git-receive-pack"),
+                Access::Refused,
+            ),
+            (
+                Method::GET,
+                with(&["info", "refs"]),
+                Some("x=1&service=git-upload-pack"),
+                Access::Read,
+            ),
             (Method::GET, with(&["HEAD"]), None, Access::Refused),
             (
                 Method::GET,

@@ -6,8 +6,8 @@
 use http::Method;
 
 use super::{Access, Authentication, CredentialSource, Format};
-use crate::oci::form_decode;
 use crate::oci::scope::valid_repository;
+use crate::route::normalize::form_decode;
 use crate::token::{Scope, ScopeSet};
 
 pub struct Oci;

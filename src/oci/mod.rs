@@ -13,6 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http::HeaderValue;
 
 use crate::config::{PublicUrl, RegistryAuthConfig};
+use crate::route::normalize::form_decode;
 use crate::token::TokenRecord;
 pub use keys::{Claims, JwtError, KeyRing};
 use scope::{Grant, ScopeError};
@@ -199,24 +200,6 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
             Some((form_decode(k)?, form_decode(v)?))
         })
         .collect()
-}
-
-/// Decodes one `application/x-www-form-urlencoded` value; `None` when it is
-/// not valid percent-encoded UTF-8.
-pub fn form_decode(text: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'+' => b' ',
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
-            }
-            b => b,
-        });
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

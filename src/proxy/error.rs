@@ -53,6 +53,9 @@ pub enum ProxyError {
     BadRegistryToken(#[from] JwtError),
     #[error("the registry token does not grant this; ask the token endpoint for it")]
     InsufficientScope,
+    /// A request the proxy will not pass in any form, and why.
+    #[error("{0}")]
+    BadRequest(&'static str),
     /// Forward auth: a check request that does not describe a request.
     #[error("{0}")]
     BadCheck(&'static str),
@@ -121,7 +124,7 @@ impl ProxyError {
             | ProxyError::UntrustedPeer
             | ProxyError::OwnEndpoint
             | ProxyError::NeedsProxyMode(_) => StatusCode::FORBIDDEN,
-            ProxyError::BadCheck(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadCheck(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_)
@@ -185,6 +188,7 @@ impl ProxyError {
             ProxyError::TokenRequest(_) => "bad_token_request",
             ProxyError::BadRegistryToken(_) => "bad_registry_token",
             ProxyError::InsufficientScope => "insufficient_scope",
+            ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BadCheck(_) => "bad_check_request",
             ProxyError::UntrustedPeer => "untrusted_peer",
             ProxyError::OwnEndpoint => "own_endpoint",

@@ -67,6 +67,23 @@ fn is_forwarding(name: &str) -> bool {
     )
 }
 
+/// Whether a request carries a header that some servers take as its real
+/// method or URL (Symfony, IIS, Express, Rack middleware). The decision is made
+/// on the request line; an upstream that read one of these would serve what
+/// was never authorized.
+pub fn overrides_request_line(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        matches!(
+            name.as_str(),
+            "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override"
+                | "x-original-url"
+                | "x-rewrite-url"
+        )
+    })
+}
+
 /// Headers a `Connection:` list may not remove: framing and content.
 fn is_protected(name: &str) -> bool {
     matches!(name, "content-length" | "content-type" | "content-encoding")

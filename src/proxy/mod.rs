@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use smallvec::SmallVec;
@@ -227,6 +227,19 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if headers::head_size(&head) > MAX_HEAD_BYTES {
             return Err(ProxyError::HeadTooLarge(MAX_HEAD_BYTES));
+        }
+        if headers::overrides_request_line(&head.headers) {
+            return Err(ProxyError::BadRequest(
+                "headers that override the method or URL (X-HTTP-Method-Override, X-Original-URL, \
+                 X-Rewrite-URL) are not accepted: the request line is what is authorized",
+            ));
+        }
+        if mode.has_body() && (head.method == Method::GET || head.method == Method::HEAD) {
+            // An upstream that ignored its framing would read the body as
+            // a second request on a shared connection, one never authorized.
+            return Err(ProxyError::BadRequest(
+                "a GET or HEAD request carries no body",
+            ));
         }
         let uri = head.uri.clone();
         let (raw_path, query) = origin_form(&uri, &self.config)?;
@@ -527,9 +540,16 @@ fn origin_form<'u>(
     config: &Config,
 ) -> Result<(&'u str, Option<&'u str>), ProxyError> {
     if let Some(authority) = uri.authority() {
-        let public = &config.server.public_url.origin;
-        let same = public.ends_with(authority.as_str())
-            && uri.scheme_str().is_some_and(|s| public.starts_with(s));
+        let (scheme, public) = config
+            .server
+            .public_url
+            .origin
+            .split_once("://")
+            .expect("an origin is scheme://authority");
+        let same = public.eq_ignore_ascii_case(authority.as_str())
+            && uri
+                .scheme_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme));
         if !same {
             return Err(PathError::NotOriginForm.into());
         }
@@ -553,6 +573,12 @@ enum Mode {
 }
 
 impl Mode {
+    /// Whether a request to forward has a body (by its framing; an empty
+    /// `Content-Length: 0` body counts as none).
+    fn has_body(&self) -> bool {
+        matches!(self, Mode::Proxy { body, .. } if !body.is_end_stream())
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Mode::Proxy { .. } => "proxy",

@@ -33,6 +33,8 @@ pub enum PathError {
     EncodedSlash,
     #[error("the path is too long or has too many segments")]
     TooLong,
+    #[error("credentials in the query string are not accepted: send the deploy token in a header")]
+    CredentialInQuery,
 }
 
 const MAX_SEGMENTS: usize = 64;
@@ -251,9 +253,53 @@ pub fn encode_segment(decoded: &str, out: &mut String) {
     }
 }
 
+/// Decodes one `application/x-www-form-urlencoded` value; `None` when it is
+/// not valid percent-encoded UTF-8.
+pub fn form_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Query parameters GitLab and its kin take as credentials. The proxy reads
+/// credentials from headers only and forwards the query as it is, so a
+/// request carrying one is refused: an upstream could authenticate it as
+/// someone other than the deploy token that was checked.
+const CREDENTIAL_PARAMS: [&str; 4] = ["private_token", "job_token", "access_token", "deploy_token"];
+
 /// Checks a raw query string: forwarded verbatim, so it must hold nothing
-/// that an upstream could read as a fragment or a control character.
+/// that an upstream could read as a fragment, a control character or a
+/// credential.
 pub fn check_query(query: &str) -> Result<(), PathError> {
+    check_query_bytes(query)?;
+    let credential = query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        // Escapes only lengthen a name: shorter ones are none of these.
+        name.len() >= "job_token".len()
+            && form_decode(name).is_some_and(|name| {
+                CREDENTIAL_PARAMS
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&name))
+            })
+    });
+    if credential {
+        return Err(PathError::CredentialInQuery);
+    }
+    Ok(())
+}
+
+/// The byte rules of [`check_query`]: valid escapes, no control characters, no `#`.
+fn check_query_bytes(query: &str) -> Result<(), PathError> {
     let bytes = query.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -359,6 +405,20 @@ mod tests {
     #[test]
     fn queries_are_checked() {
         assert!(check_query("a=1&b=%2F").is_ok());
+        for query in [
+            "private_token=x",
+            "a=1&job_token=x",
+            "ACCESS_TOKEN=x",
+            "deploy%5Ftoken=x",
+            "private_token",
+        ] {
+            assert_eq!(
+                check_query(query),
+                Err(PathError::CredentialInQuery),
+                "{query}"
+            );
+        }
+        assert!(check_query("token=x&private_tokens=y").is_ok());
         assert_eq!(check_query("a=%00"), Err(PathError::ControlCharacter));
         assert_eq!(check_query("a=%zz"), Err(PathError::BadEncoding));
         assert_eq!(check_query("a#b"), Err(PathError::ReservedCharacter));
