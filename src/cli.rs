@@ -302,10 +302,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
             .clone()
             .refresh_active_every(std::time::Duration::from_secs(60)),
     ));
+    let mut admin_state = None;
     if let Some(admin) = &config.admin {
         let listener = bind(admin.listen).await?;
         tracing::info!(listen = %admin.listen, tls = admin.tls.is_some(), admin_tokens = admin.tokens.len(), "admin listener serving the API (/api/v4), the web page (/ui), /healthz, /readyz and /metrics");
         let state = Arc::new(crate::admin::Admin::new(admin, metrics.clone(), tokens));
+        admin_state = Some(state.clone());
         tasks.push(tokio::spawn(crate::admin::serve(
             state,
             listener,
@@ -332,6 +334,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
         last_used: last_used.clone(),
         metrics: metrics.clone(),
         pools: workers.count(),
+        admin: admin_state,
     };
     let version = config.version.clone();
     let proxy = build_proxy(config, &shared).map_err(CliError::Failed)?;
@@ -388,6 +391,8 @@ struct Shared {
     last_used: Arc<LastUsed>,
     metrics: Arc<Metrics>,
     pools: usize,
+    /// The admin listener's state, whose tokens a reload replaces.
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 /// A proxy for `config`, with its registry token service (signing keys read now).
@@ -462,6 +467,9 @@ async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current
         match loaded {
             Ok(proxy) => {
                 apply_log_level(proxy.config());
+                if let (Some(admin), Some(config)) = (&shared.admin, &proxy.config().admin) {
+                    admin.reload(config);
+                }
                 let version = proxy.config().version.clone();
                 current.store(Arc::new(proxy));
                 shared.metrics.config_loaded(&version, true);
@@ -475,21 +483,28 @@ async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current
     }
 }
 
-/// Settings a reload cannot change (listeners, store, cache, admin): told,
+/// Settings a reload cannot change (listeners, store, cache, admin TLS): told,
 /// not applied, until a restart.
 fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
-        ("store.url", old.store.url != new.store.url),
         ("server.workers", old.server.workers != new.server.workers),
         (
+            "store",
+            format!("{:?}", old.store) != format!("{:?}", new.store),
+        ),
+        (
             "cache",
-            format!("{:?}", old.cache.redis.as_ref().map(|r| &r.target))
-                != format!("{:?}", new.cache.redis.as_ref().map(|r| &r.target)),
+            format!("{:?}", old.cache) != format!("{:?}", new.cache),
         ),
         (
             "admin.listen",
             old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen),
+        ),
+        (
+            "admin.tls",
+            old.admin.as_ref().map(|a| a.tls.is_some())
+                != new.admin.as_ref().map(|a| a.tls.is_some()),
         ),
         (
             "forward_auth.listen",

@@ -298,3 +298,44 @@ fn the_log_level_follows_the_config_unless_tokengate_log_is_set() {
             .is_some_and(|r| r.contains("server.log_level"))
     });
 }
+
+/// An admin token dropped from the config stops working at the reload, and
+/// the others keep working: a leaked admin token is revoked without a restart.
+#[test]
+fn a_reload_replaces_the_admin_tokens() {
+    const OLD: &str = "tg-test-old-admin-token-0123456789";
+    let gate = Gate::launch(Setup {
+        admin_extra: "tokens = [{ name = \"old\", token_env = \"TG_TEST_OLD_ADMIN\" }]",
+        env: &[("TG_TEST_OLD_ADMIN", OLD)],
+        ..Setup::default()
+    });
+    let list = |token: &str| {
+        let headers = [("PRIVATE-TOKEN", token)];
+        send(
+            gate.admin_port,
+            "GET",
+            "/api/v4/deploy_tokens",
+            &headers,
+            b"",
+        )
+        .status
+    };
+    assert_eq!(list(OLD), 200);
+    assert_eq!(list(common::ADMIN_TOKEN), 200);
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    let without_old = text.replace(
+        "tokens = [{ name = \"old\", token_env = \"TG_TEST_OLD_ADMIN\" }]",
+        "",
+    );
+    assert_ne!(text, without_old);
+    let next = gate.config.with_extension("next");
+    std::fs::write(&next, without_old).unwrap();
+    std::fs::rename(&next, &gate.config).unwrap();
+    wait_until(
+        "the old admin token refused",
+        Duration::from_secs(5),
+        || list(OLD) == 401,
+    );
+    assert_eq!(list(common::ADMIN_TOKEN), 200);
+    assert!(gate.logs().contains("admin tokens reloaded"));
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{header, HeaderMap};
 
 use crate::config::AdminToken;
@@ -16,8 +17,10 @@ use crate::token::Digest;
 /// How long a web-page sign-in lasts.
 const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
+/// The configured admin tokens; a config reload replaces them, so an admin
+/// token is rotated without a restart.
 pub struct AdminCredentials {
-    tokens: Vec<AdminToken>,
+    tokens: ArcSwap<Vec<AdminToken>>,
 }
 
 /// Why a request is not an admin's.
@@ -30,7 +33,21 @@ pub enum Refusal {
 
 impl AdminCredentials {
     pub fn new(tokens: Vec<AdminToken>) -> AdminCredentials {
-        AdminCredentials { tokens }
+        AdminCredentials {
+            tokens: ArcSwap::from_pointee(tokens),
+        }
+    }
+
+    /// Takes a reloaded config's tokens; whether they differ from the ones held.
+    pub fn replace(&self, tokens: &[AdminToken]) -> bool {
+        let same = |a: &AdminToken, b: &AdminToken| a.name == b.name && a.digest == b.digest;
+        let held = self.tokens.load();
+        let changed =
+            held.len() != tokens.len() || held.iter().zip(tokens).any(|(a, b)| !same(a, b));
+        if changed {
+            self.tokens.store(std::sync::Arc::new(tokens.to_vec()));
+        }
+        changed
     }
 
     /// The name of the admin token in `PRIVATE-TOKEN` or a Bearer header.
@@ -53,7 +70,7 @@ impl AdminCredentials {
     pub fn check(&self, secret: &str) -> Option<String> {
         let presented = Digest::of(secret);
         let mut found = None;
-        for token in &self.tokens {
+        for token in self.tokens.load().iter() {
             if constant_time_eq(&token.digest.0, &presented.0) {
                 found = Some(token.name.clone());
             }
@@ -96,6 +113,11 @@ impl Sessions {
         sessions.retain(|_, s| s.expires > now);
         sessions.insert(id.clone(), session.clone());
         (id, session)
+    }
+
+    /// Ends every session (the admin tokens they were started with changed).
+    pub fn clear(&self) {
+        self.by_id.lock().expect("sessions lock").clear();
     }
 
     /// The live session named by the request's cookie.

@@ -58,6 +58,20 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Applies a reloaded config's admin tokens. When they changed, web-page
+    /// sessions end too: one started with a rotated-out token must not outlive it.
+    pub fn reload(&self, config: &AdminConfig) {
+        if self.credentials.replace(&config.tokens) {
+            self.sessions.clear();
+            tracing::info!(
+                admin_tokens = config.tokens.len(),
+                "admin tokens reloaded; web-page sessions ended"
+            );
+        }
+    }
+}
+
 /// A request as the admin handlers see it: body read, path and query split.
 pub(crate) struct AdminRequest {
     pub method: Method,
