@@ -158,9 +158,9 @@ struct RawAdminToken {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSigning {
-    key_file: Option<String>,
+    key_file: Option<Spanned<String>>,
     #[serde(default)]
-    verify_key_files: Vec<String>,
+    verify_key_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -787,14 +787,33 @@ fn build_registry_auth(
         )?,
         anonymous: raw.anonymous,
         allow_delete: raw.allow_delete,
-        key_file: PathBuf::from(
-            signing
-                .key_file
-                .as_deref()
-                .unwrap_or("tokengate-signing.pem"),
-        ),
-        verify_key_files: signing.verify_key_files.iter().map(PathBuf::from).collect(),
+        key_file: match &signing.key_file {
+            // Absent, it is generated at start; present, it must be a key.
+            Some(file) => key_file(src, file, "signing.key_file", false)?,
+            None => PathBuf::from("tokengate-signing.pem"),
+        },
+        verify_key_files: signing
+            .verify_key_files
+            .iter()
+            .map(|file| key_file(src, file, "signing.verify_key_files", true))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+/// A key file named by the config, read and parsed now so that a config
+/// `check-config` passes is one `serve` starts with. A signing key that does
+/// not exist yet is allowed (`serve` generates it); a verify-only key is not.
+fn key_file(
+    src: &Source<'_>,
+    file: &Spanned<String>,
+    key: &str,
+    must_exist: bool,
+) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(file.get_ref());
+    if must_exist || path.exists() {
+        crate::oci::keys::check_key_file(&path).map_err(|e| src.at(file, key, e.to_string()))?;
+    }
+    Ok(path)
 }
 
 fn build_forward_auth(
@@ -1318,6 +1337,8 @@ access = "read"
             ("[cache]\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 2, "only a TLS Redis"),
             ("[cache]\nredis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n", "cache.redis_ca_file", 3, "cannot read /nonexistent/ca.pem"),
             ("[cache]\nredis_url = \"rediss+sentinel://s:1\"\n", "cache.redis_url", 2, "name the master"),
+            ("[signing]\nkey_file = \"Cargo.toml\"\n", "signing.key_file", 2, "not a PKCS#8"),
+            ("[signing]\nverify_key_files = [\n  \"/nonexistent/old.pem\",\n]\n", "signing.verify_key_files", 3, "cannot read"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

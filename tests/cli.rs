@@ -275,7 +275,21 @@ fn config_errors_name_file_line_and_key() {
     );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains(":2: lisen: unknown field `lisen`"), "{err}");
+    assert!(
+        err.contains(":2: server.lisen: unknown field `lisen`"),
+        "{err}"
+    );
+    // Key files are read at check time: what check-config passes, serve starts with.
+    std::fs::write(&path, "[signing]\nverify_key_files = [\"old.pem\"]\n").unwrap();
+    for cmd in ["check-config", "serve"] {
+        let out = run(dir.path(), &[cmd, "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(":2: signing.verify_key_files: old.pem: cannot read"),
+            "{err}"
+        );
+    }
     let ok = run(
         dir.path(),
         &[

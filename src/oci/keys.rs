@@ -151,6 +151,12 @@ fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
         .map_err(|e| file_error(path, format!("cannot write: {e}")))
 }
 
+/// Whether a key file reads and parses as a signing or verify key (config
+/// validation: `check-config` refuses what `serve` would).
+pub fn check_key_file(path: &Path) -> Result<(), KeyError> {
+    load_key(path, false).map(drop)
+}
+
 fn load_key(path: &Path, with_cert_file: bool) -> Result<Key, KeyError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
