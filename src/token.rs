@@ -257,20 +257,47 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, TokenError> {
         .ok_or_else(|| TokenError::InvalidDuration(text.to_string()))
 }
 
+/// An expiry as GitLab takes it: an ISO 8601 date (midnight UTC) or date and
+/// time, with an offset or `Z`, or without one (taken as UTC), seconds and
+/// fractions optional.
 pub fn parse_expiry(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TokenError> {
-    let at = if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        date.and_hms_opt(0, 0, 0)
-            .expect("midnight exists")
-            .and_utc()
-    } else {
-        DateTime::parse_from_rfc3339(text)
-            .map_err(|_| TokenError::InvalidExpiry(text.to_string()))?
-            .with_timezone(&Utc)
-    };
+    let at =
+        expiry_instant(text.trim()).ok_or_else(|| TokenError::InvalidExpiry(text.to_string()))?;
     if at <= now {
         return Err(TokenError::ExpiryInPast(text.to_string()));
     }
     Ok(at)
+}
+
+fn expiry_instant(text: &str) -> Option<DateTime<Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Some(date.and_hms_opt(0, 0, 0)?.and_utc());
+    }
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    // An offset without a colon or without seconds: `12:00:00+0200`, `12:00+02:00`.
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M%z",
+    ] {
+        if let Ok(at) = DateTime::parse_from_str(text, format) {
+            return Some(at.with_timezone(&Utc));
+        }
+    }
+    // UTC, by `Z` or by default.
+    let naive = text.strip_suffix(['Z', 'z']).unwrap_or(text);
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(naive, format).ok())
+    .map(|at| at.and_utc())
 }
 
 /// A stored deploy token. Never holds the secret.
@@ -506,6 +533,29 @@ mod tests {
         let at = parse_expiry("2027-01-31", now).unwrap();
         assert_eq!(at.to_rfc3339(), "2027-01-31T00:00:00+00:00");
         assert!(parse_expiry("2027-01-31T12:00:00Z", now).is_ok());
+        let utc = |text: &str| parse_expiry(text, now).map(|at| at.to_rfc3339());
+        for (text, want) in [
+            ("2027-01-31T12:00:00", "2027-01-31T12:00:00+00:00"),
+            ("2027-01-31T12:00:00.250Z", "2027-01-31T12:00:00.250+00:00"),
+            ("2027-01-31T12:00Z", "2027-01-31T12:00:00+00:00"),
+            ("2027-01-31T12:00", "2027-01-31T12:00:00+00:00"),
+            ("2027-01-31 12:00:00", "2027-01-31T12:00:00+00:00"),
+            ("2027-01-31T12:00+02:00", "2027-01-31T10:00:00+00:00"),
+            ("2027-01-31T12:00:00-0130", "2027-01-31T13:30:00+00:00"),
+        ] {
+            assert_eq!(utc(text).as_deref(), Ok(want), "{text}");
+        }
+        for bad in [
+            "2027-01-31T25:00",
+            "2027-13-01",
+            "2027-01-31T12",
+            "31/01/2027",
+        ] {
+            assert!(
+                matches!(parse_expiry(bad, now), Err(TokenError::InvalidExpiry(_))),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             parse_expiry("2025-01-01", now),
             Err(TokenError::ExpiryInPast(_))
