@@ -141,6 +141,9 @@ impl TokenAdmin {
             owner = %format_args!("{}:{}", record.owner_kind.as_str(), record.owner_path),
             scopes = %record.scopes,
         );
+        if let Some(metrics) = &self.metrics {
+            metrics.token_created(&record.scopes);
+        }
         self.refresh_active().await;
         Ok(Some((record, secret)))
     }

@@ -484,6 +484,16 @@ fn metrics_count_tokens_per_scope_and_requests_per_decision() {
     }
     assert!(gate.metric("tokengate_auth_decision_seconds_count") >= 3.0);
     assert!(gate.metric("tokengate_upstream_response_seconds_count{upstream=\"files\"}") >= 1.0);
+
+    // A rotation makes a new token, counted as created.
+    let (id, _) = create(&["write_package_registry"]);
+    let before = sample("deploy_tokens_created_total", "write_package_registry");
+    let rotated = gate.admin("POST", &format!("{project}/{id}/rotate"), &[], b"");
+    assert_eq!(rotated.status, 201, "{}", rotated.text());
+    assert_eq!(
+        sample("deploy_tokens_created_total", "write_package_registry") - before,
+        1.0
+    );
 }
 
 #[test]
