@@ -544,6 +544,15 @@ fn explain(
     if let Some(q) = query {
         crate::route::normalize::check_query(q).map_err(|e| fail(&e))?;
     }
+    let own = |r: &&crate::config::RegistryAuthConfig| crate::proxy::own_endpoint(r, &path);
+    if let Some(registry) = config.registry_auth.as_ref().filter(own) {
+        println!(
+            "answered by tokengate itself: the registry token service (token endpoint {}, JWKS {}); \
+             Basic credentials of a deploy token",
+            registry.path, registry.jwks_path
+        );
+        return Ok(());
+    }
     let matched = config.routes.find(&path).map_err(|e| fail(&e))?;
     let route = matched.route;
     let rest: Vec<&str> = path.decoded().skip(matched.prefix_len).collect();

@@ -358,6 +358,12 @@ fn explain_shows_route_scope_and_upstream() {
         &["explain", "GET", "/nowhere", "--config", example],
     );
     assert!(stderr(&none).contains("no route"));
+    let own = run(
+        dir.path(),
+        &["explain", "GET", "/jwt/auth?service=x", "--config", example],
+    );
+    assert!(own.status.success(), "{}", stderr(&own));
+    assert!(stdout(&own).contains("answered by tokengate itself"));
 }
 
 #[test]

@@ -50,6 +50,7 @@ use crate::token::TokenRecord;
 use body::IdleTimeout;
 pub use limit::FailureLimiter;
 use pool::{PooledBody, UpstreamPool};
+pub use registry::own_endpoint;
 use rewrite::UrlMap;
 use upstream_login::UpstreamLogins;
 pub use workers::Workers;
@@ -247,7 +248,7 @@ impl Proxy {
         if let Some(q) = query {
             check_query(q)?;
         }
-        let own_endpoint = |r: &&Arc<RegistryAuth>| registry::own_endpoint(r, &path);
+        let own_endpoint = |r: &&Arc<RegistryAuth>| registry::own_endpoint(r.config(), &path);
         if let Some(registry) = self.registry.as_ref().filter(own_endpoint) {
             if matches!(mode, Mode::Decide) {
                 return Err(ProxyError::OwnEndpoint);

@@ -13,6 +13,7 @@ use http_body_util::{Either, Full};
 
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
+use crate::config::RegistryAuthConfig;
 use crate::format::oci::{classify, has_form_body, Endpoint};
 use crate::format::{self, Access};
 use crate::oci::RegistryAuth;
@@ -182,8 +183,7 @@ impl Proxy {
 }
 
 /// Whether tokengate answers the path itself (token endpoint, JWKS document).
-pub(super) fn own_endpoint(registry: &RegistryAuth, path: &NormalizedPath) -> bool {
-    let config = registry.config();
+pub fn own_endpoint(config: &RegistryAuthConfig, path: &NormalizedPath) -> bool {
     path_is(path, &config.path) || path_is(path, &config.jwks_path)
 }
 
