@@ -229,3 +229,69 @@ async fn an_unreachable_store_fails_within_its_timeout() {
         started.elapsed()
     );
 }
+
+/// On PostgreSQL a change's feed position is taken when it is written and
+/// seen when it commits, in any order: a revocation still in its transaction
+/// while a later change commits must not be skipped by the cache's follower.
+#[tokio::test]
+async fn a_revocation_committed_after_a_later_change_still_reaches_the_cache() {
+    use sqlx::Connection;
+    use tokengate::cache::{Lookup, TokenResolver};
+    use tokengate::config::CacheConfig;
+
+    let db = PgDatabase::create();
+    let store = TokenStore::connect(&StoreConfig::at(db.url()))
+        .await
+        .unwrap();
+    let (secret, new) = new_token("acme/web", None);
+    let record = store.create(new).await.unwrap();
+    let cache = CacheConfig {
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(5),
+        max_entries: 100,
+        redis: None,
+        change_poll: Duration::from_millis(50),
+    };
+    let metrics = Arc::new(tokengate::metrics::Metrics::new(false));
+    let resolver = Arc::new(TokenResolver::new(&cache, store.clone(), None, metrics));
+    let follower = tokio::spawn(resolver.clone().follow_changes(cache.change_poll));
+    let resolve = || async {
+        match resolver.resolve(secret.digest()).await.unwrap() {
+            Lookup::Found(record) => record,
+            Lookup::Absent => panic!("the token is in the store"),
+        }
+    };
+    assert!(!resolve().await.revoked, "cached while live");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The revocation takes its feed position first and commits last.
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let mut revocation = conn.begin().await.unwrap();
+    sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
+        .bind(record.id)
+        .execute(&mut *revocation)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO token_changes (token_id, token_digest, changed_at) VALUES ($1, $2, 0)",
+    )
+    .bind(record.id)
+    .bind(secret.digest().to_hex())
+    .execute(&mut *revocation)
+    .await
+    .unwrap();
+    let (_, later) = new_token("acme/other", None);
+    store.create(later).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // polls that see only the later change
+    revocation.commit().await.unwrap();
+
+    let started = std::time::Instant::now();
+    while !resolve().await.revoked {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the revocation never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    follower.abort();
+}

@@ -7,10 +7,13 @@
 //! flight). Stale entries are dropped two ways: Redis pub/sub, which every
 //! instance hears within milliseconds of a revocation, and the store's change
 //! feed, polled about twice a second, which also covers lost messages and
-//! instances without Redis. (A lookup that read the store just before a
-//! revocation may write the old record to Redis just after the revocation's
-//! delete; every instance's change-feed delete, one poll later, removes it.)
+//! instances without Redis. A lookup that read the store just before a
+//! revocation may write the old record back just after the revocation's
+//! delete, and on PostgreSQL changes become visible out of order: the feed
+//! follower ([`feed`]) reads on from the oldest position it has not seen and
+//! applies each change again on every poll until it has settled.
 
+mod feed;
 mod local;
 mod redis;
 
@@ -161,26 +164,29 @@ impl TokenResolver {
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seq = loop {
+        let start = loop {
             tick.tick().await;
             match self.store.latest_change().await {
                 Ok(seq) => break seq,
                 Err(e) => self.metrics.store.failed(&e),
             }
         };
+        // A write commits, and a lookup finishes, within the store's timeout
+        // (each is bounded by it); twice that, and a margin, has settled.
+        let settle = self.store.timeout() * 2 + Duration::from_secs(1);
+        let mut cursor = feed::FeedCursor::new(start, settle);
         loop {
             tick.tick().await;
-            match self.store.changes_since(seq).await {
+            match self.store.changes_since(cursor.position()).await {
                 Ok(changes) => {
                     self.metrics.store.succeeded();
-                    for change in changes {
+                    for change in cursor.advance(changes, std::time::Instant::now()) {
                         self.invalidate(&change.digest, change.token_id).await;
-                        tracing::debug!(
+                        tracing::trace!(
                             token_id = change.token_id,
                             seq = change.seq,
-                            "token changed; cache entry dropped"
+                            "token changed; cache entries dropped"
                         );
-                        seq = change.seq;
                     }
                 }
                 Err(e) => self.metrics.store.failed(&e),

@@ -142,6 +142,11 @@ impl TokenStore {
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
+    /// The bound on every store operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A cheap round trip, for health probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(async {
