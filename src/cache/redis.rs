@@ -50,11 +50,22 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+/// A Redis URL fit for an error message: its user and password hidden.
+fn redacted(url: &str) -> String {
+    let Some((before, hosts)) = url.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match before.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://***@{hosts}"),
+        None => format!("***@{hosts}"),
+    }
+}
+
 impl RedisTarget {
     pub fn parse(url: &str) -> Result<RedisTarget, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("{url:?} is not a redis:// URL"))?;
+            .ok_or_else(|| format!("{:?} is not a redis:// URL", redacted(url)))?;
         let (userinfo, rest) = match rest.rsplit_once('@') {
             Some((user, rest)) => (format!("{user}@"), rest),
             None => (String::new(), rest),
@@ -62,7 +73,7 @@ impl RedisTarget {
         let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
         let hosts: Vec<&str> = hosts.split(',').collect();
         if hosts.iter().any(|h| h.is_empty()) {
-            return Err(format!("{url:?} names an empty host"));
+            return Err(format!("{:?} names an empty host", redacted(url)));
         }
         let node_scheme = if scheme.starts_with("rediss") {
             "rediss"
@@ -596,6 +607,11 @@ mod tests {
             "rediss+sentinel://s1:26379",
         ] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
+        // A password never reaches the error message (it is shown at start and on reload).
+        for bad in ["u:hunter2@127.0.0.1:6379", "redis+cluster://u:hunter2@a:1,"] {
+            let e = RedisTarget::parse(bad).unwrap_err();
+            assert!(!e.contains("hunter2") && e.contains("***@"), "{e}");
         }
     }
 
