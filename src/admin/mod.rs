@@ -29,6 +29,10 @@ use credentials::Sessions;
 
 /// Largest request body the admin endpoints read (forms and JSON).
 const MAX_BODY: usize = 64 * 1024;
+/// How long a request body may take to arrive: bodies are read before the
+/// admin credential is checked, and a client trickling one must not hold a
+/// connection (and a file descriptor) for as long as it likes.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the admin endpoints need.
 pub struct Admin {
@@ -128,13 +132,22 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::
 
 async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return message(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "413 Request Entity Too Large",
             )
+        }
+        Err(_) => {
+            let mut response = message(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout");
+            // The rest of the body may still come: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let request = AdminRequest {
