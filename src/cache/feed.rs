@@ -55,8 +55,10 @@ impl FeedCursor {
     }
 
     /// Takes one poll's changes (oldest first) and returns the changes to
-    /// apply now: the new ones and those applied within `settle`.
+    /// apply now: the new ones first, then those applied within `settle`.
     pub fn advance(&mut self, changes: Vec<Change>, now: Instant) -> Vec<Change> {
+        self.recent.retain(|(_, until)| *until > now);
+        let earlier = self.recent.len();
         for change in changes {
             if change.seq > self.done && self.seen.insert(change.seq) {
                 self.holes.remove(&change.seq);
@@ -89,11 +91,17 @@ impl FeedCursor {
             self.holes.remove(&next);
             self.done = next;
         }
-        self.recent.retain(|(_, until)| *until > now);
-        self.recent
+        let (again, fresh) = self.recent.split_at(earlier);
+        fresh
             .iter()
+            .chain(again)
             .map(|(change, _)| change.clone())
             .collect()
+    }
+
+    /// The newest position seen, to read on from when a poll filled a page.
+    pub fn newest(&self) -> i64 {
+        self.seen.last().copied().unwrap_or(self.done)
     }
 }
 
@@ -124,7 +132,7 @@ mod tests {
         assert_eq!(seqs(&applied), [5, 6]);
         assert_eq!(cursor.position(), 6);
         let later = start + Duration::from_secs(1);
-        assert_eq!(seqs(&cursor.advance(vec![change(7)], later)), [5, 6, 7]);
+        assert_eq!(seqs(&cursor.advance(vec![change(7)], later)), [7, 5, 6]);
         assert_eq!(seqs(&cursor.advance(vec![], start + SETTLE)), [7]);
         assert!(cursor.advance(vec![], later + SETTLE).is_empty());
         assert_eq!(cursor.position(), 7);
@@ -140,7 +148,7 @@ mod tests {
         let then = start + Duration::from_millis(500);
         // The same rows again: 6 is not new, 5 is.
         let applied = cursor.advance(vec![change(5), change(6)], then);
-        assert_eq!(seqs(&applied), [6, 5]);
+        assert_eq!(seqs(&applied), [5, 6]);
         assert_eq!(cursor.position(), 6);
     }
 

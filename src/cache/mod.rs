@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::store::{StoreError, TokenStore};
+use crate::store::{StoreError, TokenStore, CHANGES_PAGE};
 use crate::token::{Digest, TokenRecord};
 
 /// A cached lookup result: a record, or the knowledge that none exists.
@@ -177,19 +177,31 @@ impl TokenResolver {
         let mut cursor = feed::FeedCursor::new(start, settle);
         loop {
             tick.tick().await;
-            match self.store.changes_since(cursor.position()).await {
-                Ok(changes) => {
-                    self.metrics.store.succeeded();
-                    for change in cursor.advance(changes, std::time::Instant::now()) {
-                        self.invalidate(&change.digest, change.token_id).await;
-                        tracing::trace!(
-                            token_id = change.token_id,
-                            seq = change.seq,
-                            "token changed; cache entries dropped"
-                        );
+            // From the oldest unseen position; page on while pages are full
+            // (a hole waiting to fill must not hide what came after it).
+            let mut from = cursor.position();
+            loop {
+                let changes = match self.store.changes_since(from).await {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        self.metrics.store.failed(&e);
+                        break;
                     }
+                };
+                self.metrics.store.succeeded();
+                let full = changes.len() == CHANGES_PAGE;
+                for change in cursor.advance(changes, std::time::Instant::now()) {
+                    self.invalidate(&change.digest, change.token_id).await;
+                    tracing::trace!(
+                        token_id = change.token_id,
+                        seq = change.seq,
+                        "token changed; cache entries dropped"
+                    );
                 }
-                Err(e) => self.metrics.store.failed(&e),
+                if !full {
+                    break;
+                }
+                from = cursor.newest();
             }
         }
     }

@@ -373,13 +373,18 @@ impl RedisCache {
 
     /// Deletes the shared entry; remembered and retried if Redis is unreachable.
     pub(super) async fn invalidate(&self, digest: &Digest) {
-        if let Err(e) = self.run::<()>(redis::cmd("DEL").arg(key(digest))).await {
-            self.health.failed(&e);
-            self.unapplied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(*digest);
+        // Down: no wait for a timeout per change (the feed's follower applies
+        // each change many times); the reconnect replays what was missed.
+        if self.health.is_up() {
+            match self.run::<()>(redis::cmd("DEL").arg(key(digest))).await {
+                Ok(()) => return,
+                Err(e) => self.health.failed(&e),
+            }
         }
+        self.unapplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*digest);
     }
 
     /// Deletes the shared entry and tells every instance to drop its own

@@ -55,6 +55,9 @@ pub struct ListFilter<'a> {
     pub active_only: bool,
 }
 
+/// The most changes one read of the feed returns.
+pub const CHANGES_PAGE: usize = 1000;
+
 /// One entry of the change feed.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -382,11 +385,12 @@ impl TokenStore {
         .await
     }
 
-    /// Changes after `seq`, oldest first.
+    /// Changes after `seq`, oldest first, at most [`CHANGES_PAGE`].
     pub async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, StoreError> {
         self.timed(async {
-            let rows = sqlx::query("SELECT seq, token_id, token_digest FROM token_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
+            let rows = sqlx::query("SELECT seq, token_id, token_digest FROM token_changes WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(seq)
+                .bind(CHANGES_PAGE as i64)
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter()
