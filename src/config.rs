@@ -662,6 +662,19 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     .map_err(|e| src.at(ns, key("namespace"), e.to_string()))?;
                 NamespaceSource::Fixed(ns.get_ref().clone())
             }
+            (None, true)
+                if r.strip_prefix && format.authentication() == Authentication::SessionJwt =>
+            {
+                // Stripped, a placeholder's namespace stays in the forwarded
+                // path; a Conan server serves one repository at its root.
+                return Err(src.at(
+                    &r.path,
+                    key("path"),
+                    "a conan route with strip_prefix names its namespace (`namespace = ...`, \
+                     one route per project): a {namespace} placeholder would be forwarded \
+                     as a path the Conan server does not have",
+                ));
+            }
             (None, true) => NamespaceSource::Placeholder,
             (Some(ns), true) => {
                 return Err(src.at(
@@ -1338,6 +1351,7 @@ access = "read"
             ("[cache]\nredis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n", "cache.redis_ca_file", 3, "cannot read /nonexistent/ca.pem"),
             ("[cache]\nredis_url = \"rediss+sentinel://s:1\"\n", "cache.redis_url", 2, "name the master"),
             ("[signing]\nkey_file = \"Cargo.toml\"\n", "signing.key_file", 2, "not a PKCS#8"),
+            ("[upstream.c]\nurl = \"http://c\"\n[[route]]\nname = \"c\"\nformat = \"conan\"\npath = \"/c/{namespace}\"\nupstream = \"c\"\nstrip_prefix = true\n", "route[0].path", 6, "names its namespace"),
             ("[signing]\nverify_key_files = [\n  \"/nonexistent/old.pem\",\n]\n", "signing.verify_key_files", 3, "cannot read"),
         ];
         for (text, key, line, msg) in cases {

@@ -326,7 +326,7 @@ fn explain_shows_route_scope_and_upstream() {
         "format:    maven",
         "namespace: acme/web",
         "needs:     write_package_registry",
-        "upstream:  http://127.0.0.1:8082/maven/com/acme/a/1/a-1.jar",
+        "upstream:  http://127.0.0.1:8082/maven/acme/web/com/acme/a/1/a-1.jar",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

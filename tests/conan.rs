@@ -10,7 +10,7 @@ mod recorder;
 use common::{basic, send, Gate, RawResponse, Setup, Token};
 use recorder::Recorder;
 
-const ROUTE: &str = "/conan/acme%2Fweb";
+const ROUTE: &str = "/conan/acme/web";
 
 struct Fixture {
     up: Recorder,
@@ -40,7 +40,16 @@ basic = {{ username = "proxy", password_env = "TG_CONAN_PW" }}
 [[route]]
 name = "conan"
 format = "conan"
-path = "/conan/{{namespace}}"
+path = "/conan/acme/web"
+namespace = "acme/web"
+upstream = "conan"
+strip_prefix = true
+
+[[route]]
+name = "conan-other"
+format = "conan"
+path = "/conan/acme/other"
+namespace = "acme/other"
 upstream = "conan"
 strip_prefix = true
 "#,
@@ -187,7 +196,7 @@ fn logins_and_sessions_follow_the_deploy_token() {
     );
     // A session of another project, used here: the decision still applies.
     let foreign = {
-        let r = login(gate, "/conan/acme%2Fother", &other.basic());
+        let r = login(gate, "/conan/acme/other", &other.basic());
         assert_eq!(r.status, 200);
         r.text()
     };

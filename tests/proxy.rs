@@ -158,7 +158,7 @@ fn the_forwarded_path_is_exactly_the_matched_one() {
         ("/generic/acme/web/%C3%A9t%C3%A9", "/base/%C3%A9t%C3%A9"),
         (
             "/api/v4/projects/acme%2Fweb/packages/generic/p/1.0/f.tgz",
-            "/base/p/1.0/f.tgz",
+            "/base/acme/web/p/1.0/f.tgz",
         ),
         (
             "/maven/com/acme/a/1/a-1.jar",

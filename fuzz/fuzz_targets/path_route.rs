@@ -1,12 +1,13 @@
 //! Path normalization and route matching, with a differential check: the
 //! path the proxy forwards, normalized again, names exactly the segments the
-//! route matched (upstream base + the rest after the stripped prefix).
+//! route matched (upstream base + the namespace of a stripped placeholder +
+//! the rest after the stripped prefix).
 #![no_main]
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tokengate::config::Config;
-use tokengate::route::NormalizedPath;
+use tokengate::route::{NamespaceSource, NormalizedPath};
 
 const ROUTES: &str = r#"
 [upstream.a]
@@ -62,12 +63,17 @@ fuzz_target!(|data: &[u8]| {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let skip = if matched.route.strip_prefix {
-        matched.prefix_len
-    } else {
-        0
+    let (skip, namespace) = match (matched.route.strip_prefix, &matched.route.namespace) {
+        // A stripped placeholder leaves the namespace in its place.
+        (true, NamespaceSource::Placeholder) => (matched.prefix_len, Some(&*matched.namespace)),
+        (true, _) => (matched.prefix_len, None),
+        (false, _) => (0, None),
     };
-    let expected: Vec<&str> = base.into_iter().chain(path.decoded().skip(skip)).collect();
+    let expected: Vec<&str> = base
+        .into_iter()
+        .chain(namespace.into_iter().flat_map(|ns| ns.split('/')))
+        .chain(path.decoded().skip(skip))
+        .collect();
     let got: Vec<&str> = again.decoded().collect();
     assert_eq!(got, expected, "forwarded {forwarded:?} for {raw:?}");
 });

@@ -151,10 +151,21 @@ pub struct Matched<'a> {
 impl Matched<'_> {
     /// The path and query forwarded upstream: the upstream base path, then the
     /// normalized path (minus the prefix when stripped), re-encoded canonically.
+    ///
+    /// A stripped prefix that held a `{namespace}` placeholder leaves the
+    /// namespace in its place (`/api/v4/projects/acme%2Fweb/packages/generic/f`
+    /// → `<base>/acme/web/f`): stripped with it, every namespace would reach
+    /// the same upstream path, and a token of one project another's packages.
     pub fn upstream_path_and_query(&self, path: &NormalizedPath, query: Option<&str>) -> String {
         let mut out = String::with_capacity(128);
         out.push_str(&self.route.upstream.base_path);
         let from = if self.route.strip_prefix {
+            if self.route.namespace == NamespaceSource::Placeholder {
+                for segment in self.namespace.split('/') {
+                    out.push('/');
+                    normalize::encode_segment(segment, &mut out);
+                }
+            }
             self.prefix_len
         } else {
             0
@@ -364,7 +375,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((name.as_str(), ns.as_str()), ("gl", "acme/web"));
-        assert_eq!(fwd, "/pkg/1.0/f.bin");
+        // Stripped, the prefix leaves its namespace: one project's packages
+        // never share an upstream path with another's.
+        assert_eq!(fwd, "/acme/web/pkg/1.0/f.bin");
+        let other = find(
+            &t,
+            "/api/v4/projects/acme%2Fapi/packages/generic/pkg/1.0/f.bin",
+        );
+        assert_eq!(other.unwrap().2, "/acme/api/pkg/1.0/f.bin");
         assert_eq!(
             find(&t, "/api/v4/projects/acme/packages/generic/x")
                 .unwrap()

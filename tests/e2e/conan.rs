@@ -222,7 +222,8 @@ basic = {{ username = "{UPSTREAM_USER}", password_env = "TG_CONAN_UPSTREAM_PASSW
 [[route]]
 name = "conan"
 format = "conan"
-path = "/api/v4/projects/{{namespace}}/packages/conan"
+path = "/conan/acme/web"
+namespace = "acme/web"
 upstream = "conan"
 strip_prefix = true
 "#,
@@ -237,14 +238,10 @@ strip_prefix = true
 }
 
 /// The route's path for the project acme/web.
-const ROUTE: &str = "/api/v4/projects/acme%2Fweb/packages/conan";
+const ROUTE: &str = "/conan/acme/web";
 
 fn remote(gate: &Gate, project: &str) -> String {
-    format!(
-        "{}/api/v4/projects/{}/packages/conan",
-        gate.url(),
-        project.replace('/', "%2F")
-    )
+    format!("{}/conan/{project}", gate.url())
 }
 
 #[test]

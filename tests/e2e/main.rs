@@ -1357,7 +1357,13 @@ fn generic_through_tokengate() {
         )
     };
     let fixed = |file: &str| format!("{}/generic/acme/web/tg-e2e/1.0/{file}", gate.url());
-    let stored = |file: &str| reg.dir.join(format!("dav/generic/tg-e2e/1.0/{file}"));
+    // The api route forwards the namespace in place of its prefix: each project
+    // has its own directory; the fixed route's prefix is stripped whole.
+    let stored_in = |namespace: &str, file: &str| {
+        reg.dir
+            .join(format!("dav/generic/{namespace}tg-e2e/1.0/{file}"))
+    };
+    let stored = |file: &str| stored_in("acme/web/", file);
     let (expires, expires_at) = expiry_in(3);
     let exp = gate.token("project:acme/web", RO, &["--expires-at", &expires]);
     let Cast {
@@ -1429,7 +1435,7 @@ fn generic_through_tokengate() {
             &rw.username,
         ],
     );
-    file_exists(&stored("fixed.bin"), "curl PUT on the fixed route");
+    file_exists(&stored_in("", "fixed.bin"), "curl PUT on the fixed route");
     expect_ok(
         &gate,
         "curl GET (Deploy-Token), read+write token, fixed route",
@@ -1529,8 +1535,23 @@ fn generic_through_tokengate() {
         ],
     );
     file_exists(
-        &stored("api.bin"),
+        &stored_in("acme/api/", "api.bin"),
         "curl PUT on the project's own namespace",
+    );
+    file_absent(
+        &stored("api.bin"),
+        "another project's upload in acme/web's directory",
+    );
+    // Nor does its own namespace's URL reach acme/web's files upstream.
+    expect_fail(
+        &gate,
+        "curl GET, token of project acme/api, acme/web's file on acme%2Fapi",
+        &[
+            "generic-get",
+            &api(api_ns, "rw.bin"),
+            &other.secret,
+            &w("crossed.out"),
+        ],
     );
 
     // A group token covers both projects.
