@@ -20,13 +20,23 @@ impl Format for Maven {
     /// write-only token may read it.
     fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         let access = read_or_write(method, &[Method::PUT, Method::POST, Method::DELETE]);
-        let is_metadata = rest
-            .last()
-            .is_some_and(|f| f.starts_with("maven-metadata.xml"));
+        let is_metadata = rest.last().is_some_and(|f| is_metadata_file(f));
         if access == Access::Read && is_metadata {
             Access::ReadForWrite
         } else {
             access
         }
     }
+}
+
+/// `maven-metadata.xml` or one of its checksums or signature, and nothing
+/// else that merely starts like it (`maven-metadata.xml.bak` is a file).
+fn is_metadata_file(name: &str) -> bool {
+    name.strip_prefix("maven-metadata.xml")
+        .is_some_and(|suffix| {
+            matches!(
+                suffix,
+                "" | ".md5" | ".sha1" | ".sha256" | ".sha512" | ".asc"
+            )
+        })
 }

@@ -301,6 +301,13 @@ mod tests {
                 &["g", "a", "1", "a-1.jar"],
                 Access::Read,
             ),
+            // Only the metadata itself is readable by a write-only token.
+            (
+                "maven",
+                Method::GET,
+                &["g", "a", "maven-metadata.xml.bak"],
+                Access::Read,
+            ),
             ("generic", Method::GET, &["f"], Access::Read),
             ("generic", Method::PUT, &["f"], Access::Write),
             ("generic", Method::CONNECT, &["f"], Access::Refused),
