@@ -494,7 +494,10 @@ fn parse_raw(src: &Source<'_>) -> Result<RawConfig, ConfigError> {
 /// line a multi-line value started on). `None` before any key or header.
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
-    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line_end = text
+        .get(offset..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(text.len(), |i| offset + i);
     let mut key = None;
     for line in text[..line_end].rsplit('\n').map(str::trim) {
         if let Some(header) = line.strip_prefix('[') {

@@ -582,6 +582,21 @@ fn redirects_and_metadata_point_back_at_the_proxy() {
         r.header("location").unwrap(),
         format!("{}/generic/acme/web/elsewhere/x?y=1", gate.url())
     );
+    // A placeholder route's upstream prefix holds the namespace: its URLs map
+    // back under the route's public prefix.
+    let placeholder = "/api/v4/projects/acme%2Fweb/packages/generic";
+    let r = send(
+        gate.port,
+        "GET",
+        &format!("{placeholder}/redirect"),
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("{}{placeholder}/elsewhere/x?y=1", gate.url())
+    );
     let r = send(
         gate.port,
         "GET",

@@ -449,9 +449,11 @@ impl Proxy {
             if route.strip_prefix {
                 path.encode_prefix(matched.prefix_len, &mut public_path);
             }
+            let mut upstream_prefix = String::new();
+            matched.upstream_prefix(&mut upstream_prefix);
             UrlMap::new(
                 upstream.authority.as_str(),
-                &upstream.base_path,
+                &upstream_prefix,
                 &public.origin,
                 public_path,
             )

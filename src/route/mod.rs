@@ -158,14 +158,8 @@ impl Matched<'_> {
     /// the same upstream path, and a token of one project another's packages.
     pub fn upstream_path_and_query(&self, path: &NormalizedPath, query: Option<&str>) -> String {
         let mut out = String::with_capacity(128);
-        out.push_str(&self.route.upstream.base_path);
+        self.upstream_prefix(&mut out);
         let from = if self.route.strip_prefix {
-            if self.route.namespace == NamespaceSource::Placeholder {
-                for segment in self.namespace.split('/') {
-                    out.push('/');
-                    normalize::encode_segment(segment, &mut out);
-                }
-            }
             self.prefix_len
         } else {
             0
@@ -179,6 +173,19 @@ impl Matched<'_> {
             out.push_str(q);
         }
         out
+    }
+
+    /// What every forwarded path of this request starts with: the upstream's
+    /// base path, and the namespace where a stripped prefix held it (metadata
+    /// URLs under it map back to the route's public prefix).
+    pub fn upstream_prefix(&self, out: &mut String) {
+        out.push_str(&self.route.upstream.base_path);
+        if self.route.strip_prefix && self.route.namespace == NamespaceSource::Placeholder {
+            for segment in self.namespace.split('/') {
+                out.push('/');
+                normalize::encode_segment(segment, out);
+            }
+        }
     }
 }
 

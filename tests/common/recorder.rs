@@ -104,8 +104,8 @@ impl Recorder {
     }
 }
 
-/// Responses by path: `/big/N` streams N bytes; `/redirect` answers 302 to an
-/// upstream URL; `/meta` returns a JSON document naming upstream URLs;
+/// Responses by path: `/big/N` streams N bytes; `.../redirect` answers 302 to
+/// the upstream URL `.../elsewhere/x?y=1` beside it; `/meta` returns a JSON document naming upstream URLs;
 /// anything else echoes `ok`.
 async fn handle(
     req: Request<Incoming>,
@@ -203,7 +203,10 @@ async fn handle(
             .status(302)
             .header(
                 "location",
-                format!("http://127.0.0.1:{port}/elsewhere/x?y=1"),
+                format!(
+                    "http://127.0.0.1:{port}{}/elsewhere/x?y=1",
+                    path.trim_end_matches("/redirect")
+                ),
             )
             .body(http_body_util::Either::Left(Full::new(Bytes::new())))
             .unwrap()
