@@ -1,17 +1,10 @@
-//! Following the store's change feed without missing a change, and without
-//! letting a stale record outlive one. Two hazards, both about timing:
-//!
-//! - On PostgreSQL a change's position (a sequence number) is taken when its
-//!   row is written but seen when its transaction commits, and transactions
-//!   commit in any order: a poll may see position N+1 while N is still
-//!   uncommitted. Reading on from N+1 would skip N for good. The cursor
-//!   therefore reads again from the lowest position it has not seen, until
-//!   that position appears or `settle` passes (a rolled-back write leaves a
-//!   hole that never fills).
-//! - A lookup that read the store just before a change may put the old record
-//!   into Redis and the in-process cache just after the change was applied.
-//!   Each change is therefore applied again on every poll for `settle`, longer
-//!   than a store write may stay uncommitted or a lookup may take.
+//! Following the store's change feed without missing a change. On PostgreSQL
+//! a change's position (a sequence number) is taken when its row is written
+//! but seen when its transaction commits, and transactions commit in any
+//! order: a poll may see position N+1 while N is still uncommitted. Reading on
+//! from N+1 would skip N for good. The cursor therefore reads again from the
+//! lowest position it has not seen, until that position appears or `settle`
+//! passes (a rolled-back write leaves a hole that never fills).
 //!
 //! The cursor is pure bookkeeping: the follower in `cache` polls and applies.
 
@@ -32,8 +25,7 @@ pub struct FeedCursor {
     seen: BTreeSet<i64>,
     /// Positions above `done` not seen yet, and since when they are missing.
     holes: BTreeMap<i64, Instant>,
-    /// Changes applied lately, with the time until which they are applied again.
-    recent: Vec<(Change, Instant)>,
+    /// How long a hole is waited for.
     settle: Duration,
 }
 
@@ -44,7 +36,6 @@ impl FeedCursor {
             done: position,
             seen: BTreeSet::new(),
             holes: BTreeMap::new(),
-            recent: Vec::new(),
             settle,
         }
     }
@@ -54,15 +45,14 @@ impl FeedCursor {
         self.done
     }
 
-    /// Takes one poll's changes (oldest first) and returns the changes to
-    /// apply now: the new ones first, then those applied within `settle`.
+    /// Takes one poll's changes (oldest first) and returns those not seen
+    /// before, to apply.
     pub fn advance(&mut self, changes: Vec<Change>, now: Instant) -> Vec<Change> {
-        self.recent.retain(|(_, until)| *until > now);
-        let earlier = self.recent.len();
+        let mut fresh = Vec::new();
         for change in changes {
             if change.seq > self.done && self.seen.insert(change.seq) {
                 self.holes.remove(&change.seq);
-                self.recent.push((change, now + self.settle));
+                fresh.push(change);
             }
         }
         if let Some(&newest) = self.seen.last() {
@@ -91,12 +81,7 @@ impl FeedCursor {
             self.holes.remove(&next);
             self.done = next;
         }
-        let (again, fresh) = self.recent.split_at(earlier);
         fresh
-            .iter()
-            .chain(again)
-            .map(|(change, _)| change.clone())
-            .collect()
     }
 
     /// The newest position seen, to read on from when a poll filled a page.
@@ -125,16 +110,15 @@ mod tests {
     }
 
     #[test]
-    fn changes_in_order_are_applied_then_applied_again_until_they_settle() {
+    fn changes_in_order_are_applied_once() {
         let start = Instant::now();
         let mut cursor = FeedCursor::new(4, SETTLE);
         let applied = cursor.advance(vec![change(5), change(6)], start);
         assert_eq!(seqs(&applied), [5, 6]);
         assert_eq!(cursor.position(), 6);
         let later = start + Duration::from_secs(1);
-        assert_eq!(seqs(&cursor.advance(vec![change(7)], later)), [7, 5, 6]);
-        assert_eq!(seqs(&cursor.advance(vec![], start + SETTLE)), [7]);
-        assert!(cursor.advance(vec![], later + SETTLE).is_empty());
+        assert_eq!(seqs(&cursor.advance(vec![change(7)], later)), [7]);
+        assert!(cursor.advance(vec![], later).is_empty());
         assert_eq!(cursor.position(), 7);
     }
 
@@ -148,7 +132,7 @@ mod tests {
         let then = start + Duration::from_millis(500);
         // The same rows again: 6 is not new, 5 is.
         let applied = cursor.advance(vec![change(5), change(6)], then);
-        assert_eq!(seqs(&applied), [5, 6]);
+        assert_eq!(seqs(&applied), [5]);
         assert_eq!(cursor.position(), 6);
     }
 

@@ -7,11 +7,11 @@
 //! flight). Stale entries are dropped two ways: Redis pub/sub, which every
 //! instance hears within milliseconds of a revocation, and the store's change
 //! feed, polled about twice a second, which also covers lost messages and
-//! instances without Redis. A lookup that read the store just before a
-//! revocation may write the old record back just after the revocation's
-//! delete, and on PostgreSQL changes become visible out of order: the feed
-//! follower ([`feed`]) reads on from the oldest position it has not seen and
-//! applies each change again on every poll until it has settled.
+//! instances without Redis. On PostgreSQL changes become visible out of
+//! order: the feed follower ([`feed`]) reads on from the oldest position it
+//! has not seen, so none is skipped. (A lookup that read the store just before
+//! a revocation may write the old record back just after the revocation's
+//! delete; it then lives until its TTL: a narrow race, not yet closed.)
 
 mod feed;
 mod local;
@@ -171,8 +171,8 @@ impl TokenResolver {
                 Err(e) => self.metrics.store.failed(&e),
             }
         };
-        // A write commits, and a lookup finishes, within the store's timeout
-        // (each is bounded by it); twice that, and a margin, has settled.
+        // A write commits within the store's timeout (it is bounded by it):
+        // a hole older than twice that, and a margin, is a rolled-back write.
         let settle = self.store.timeout() * 2 + Duration::from_secs(1);
         let mut cursor = feed::FeedCursor::new(start, settle);
         loop {

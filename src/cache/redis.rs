@@ -373,8 +373,8 @@ impl RedisCache {
 
     /// Deletes the shared entry; remembered and retried if Redis is unreachable.
     pub(super) async fn invalidate(&self, digest: &Digest) {
-        // Down: no wait for a timeout per change (the feed's follower applies
-        // each change many times); the reconnect replays what was missed.
+        // Down: no wait for a timeout per change (the feed's follower would
+        // fall behind by one timeout each); the reconnect replays what was missed.
         if self.health.is_up() {
             match self.run::<()>(redis::cmd("DEL").arg(key(digest))).await {
                 Ok(()) => return,
