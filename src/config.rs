@@ -350,7 +350,7 @@ pub struct ForwardAuthConfig {
 }
 
 /// One admin credential: its name (in the audit log) and the SHA-256 of its secret.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken {
     pub name: String,
     pub digest: crate::token::Digest,

@@ -40,10 +40,7 @@ impl AdminCredentials {
 
     /// Takes a reloaded config's tokens; whether they differ from the ones held.
     pub fn replace(&self, tokens: &[AdminToken]) -> bool {
-        let same = |a: &AdminToken, b: &AdminToken| a.name == b.name && a.digest == b.digest;
-        let held = self.tokens.load();
-        let changed =
-            held.len() != tokens.len() || held.iter().zip(tokens).any(|(a, b)| !same(a, b));
+        let changed = self.tokens.load().as_slice() != tokens;
         if changed {
             self.tokens.store(std::sync::Arc::new(tokens.to_vec()));
         }

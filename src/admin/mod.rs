@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::config::AdminConfig;
 use crate::metrics::Metrics;
 use crate::proxy::FailureLimiter;
+use crate::route::normalize::{form_decode, query_pairs};
 use crate::tokens::TokenAdmin;
 pub use credentials::AdminCredentials;
 use credentials::Sessions;
@@ -60,9 +61,7 @@ impl Admin {
             tls: config.tls.is_some(),
         }
     }
-}
 
-impl Admin {
     /// Applies a reloaded config's admin tokens. When they changed, web-page
     /// sessions end too: one started with a rotated-out token must not outlive it.
     pub fn reload(&self, config: &AdminConfig) {
@@ -233,13 +232,11 @@ pub(crate) struct Params(Vec<(String, String)>);
 impl Params {
     pub fn form(text: &str) -> Params {
         Params(
-            text.split('&')
-                .filter(|p| !p.is_empty())
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    let k = crate::route::normalize::form_decode(k)?;
+            query_pairs(text)
+                .filter_map(|(k, v)| {
+                    let k = form_decode(k)?;
                     let k = k.strip_suffix("[]").map(str::to_string).unwrap_or(k);
-                    Some((k, crate::route::normalize::form_decode(v)?))
+                    Some((k, form_decode(v)?))
                 })
                 .collect(),
         )

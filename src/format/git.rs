@@ -7,7 +7,7 @@
 use http::Method;
 
 use super::{Access, CredentialSource, Format};
-use crate::route::normalize::form_decode;
+use crate::route::normalize::{form_decode, query_pairs};
 use crate::token::{validate_namespace, Scope, ScopeSet};
 
 pub struct Git;
@@ -67,11 +67,9 @@ impl Format for Git {
 /// `git-upload-pack` (`service=git-upload-pack&service=git-receive-pack`
 /// would be the push service to a server taking the last).
 fn asks_upload_pack(query: &str) -> bool {
-    let mut services = query.split('&').filter(|pair| {
-        let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
-        form_decode(name).as_deref() == Some("service")
-    });
-    services.next() == Some("service=git-upload-pack") && services.next().is_none()
+    let mut services =
+        query_pairs(query).filter(|(name, _)| form_decode(name).as_deref() == Some("service"));
+    services.next() == Some(("service", "git-upload-pack")) && services.next().is_none()
 }
 
 #[cfg(test)]

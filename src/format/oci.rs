@@ -7,7 +7,7 @@ use http::Method;
 
 use super::{Access, Authentication, CredentialSource, Format};
 use crate::oci::scope::valid_repository;
-use crate::route::normalize::form_decode;
+use crate::route::normalize::{form_decode, query_pairs};
 use crate::token::{Scope, ScopeSet};
 
 pub struct Oci;
@@ -132,8 +132,7 @@ struct Ambiguous;
 /// [`Ambiguous`] and refused rather than guessed at.
 fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
     let mut from = None;
-    for pair in query.split('&') {
-        let (raw, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (raw, value) in query_pairs(query) {
         let Some(key) = form_decode(raw) else {
             continue; // a name the registry cannot decode either
         };

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http::HeaderValue;
 
 use crate::config::{PublicUrl, RegistryAuthConfig};
-use crate::route::normalize::form_decode;
+use crate::route::normalize::{form_decode, query_pairs};
 use crate::token::TokenRecord;
 pub use keys::{Claims, JwtError, KeyRing};
 use scope::{Grant, ScopeError};
@@ -192,13 +192,8 @@ fn random_id() -> String {
 /// `application/x-www-form-urlencoded` pairs, decoded (`+` is a space).
 /// Undecodable pairs are skipped.
 fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((form_decode(k)?, form_decode(v)?))
-        })
+    query_pairs(query)
+        .filter_map(|(k, v)| Some((form_decode(k)?, form_decode(v)?)))
         .collect()
 }
 

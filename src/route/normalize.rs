@@ -271,6 +271,14 @@ pub fn form_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A query's (or form body's) `name=value` pairs as written, empty ones skipped.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 /// Query parameters GitLab and its kin take as credentials. The proxy reads
 /// credentials from headers only and forwards the query as it is, so a
 /// request carrying one is refused: an upstream could authenticate it as
@@ -282,8 +290,7 @@ const CREDENTIAL_PARAMS: [&str; 4] = ["private_token", "job_token", "access_toke
 /// credential.
 pub fn check_query(query: &str) -> Result<(), PathError> {
     check_query_bytes(query)?;
-    let credential = query.split('&').any(|pair| {
-        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    let credential = query_pairs(query).any(|(name, _)| {
         // Escapes only lengthen a name: shorter ones are none of these.
         name.len() >= "job_token".len()
             && form_decode(name).is_some_and(|name| {
