@@ -190,6 +190,69 @@ fn five_hundred_concurrent_first_requests_make_one_store_query() {
     );
 }
 
+/// A lookup that read the store before a revocation finishes after the
+/// revocation's invalidation: its late write must not put the old record back
+/// into Redis, where every instance would find it until its TTL.
+#[tokio::test]
+async fn a_late_write_cannot_undo_an_invalidation_in_redis() {
+    use tokengate::cache::{Lookup, RedisCache, RedisTarget};
+    use tokengate::config::{CacheConfig, RedisConfig};
+    use tokengate::metrics::Metrics;
+    use tokengate::token::{Digest, OwnerKind, ScopeSet, TokenRecord};
+
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let config = RedisConfig {
+        target: RedisTarget::parse(&redis.url()).unwrap(),
+        timeout: Duration::from_millis(250),
+        ca_pem: None,
+    };
+    let cache_config = CacheConfig {
+        ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(5),
+        max_entries: 10,
+        redis: Some(config.clone()),
+        change_poll: Duration::from_millis(500),
+    };
+    let store_timeout = Duration::from_millis(500);
+    let cache = RedisCache::new(&config, &cache_config, store_timeout, &Metrics::new(true));
+    assert!(cache.check().await);
+    let old = Lookup::Found(Arc::new(TokenRecord {
+        id: 1,
+        name: "ci".into(),
+        username: "bot".into(),
+        owner_kind: OwnerKind::Project,
+        owner_path: "acme/web".into(),
+        scopes: ScopeSet::parse_list("read_package_registry").unwrap(),
+        expires_at: None,
+        revoked: false,
+        created_at: chrono::Utc::now(),
+        last_used_at: None,
+    }));
+    let found = |lookup: Option<Lookup>| matches!(lookup, Some(Lookup::Found(_)));
+
+    for (digest, invalidate) in [(Digest::of("feed"), false), (Digest::of("admin"), true)] {
+        cache.put(&digest, &old).await;
+        assert!(found(cache.get(&digest).await), "shared");
+        if invalidate {
+            cache.announce(&digest, 1).await.unwrap();
+        } else {
+            cache.invalidate(&digest).await;
+        }
+        cache.put(&digest, &old).await;
+        assert!(
+            !found(cache.get(&digest).await),
+            "the late write was refused"
+        );
+    }
+    // The tombstone outlives any lookup in flight (twice the store's
+    // timeout, a second and Redis's timeout), then sharing resumes.
+    tokio::time::sleep(store_timeout * 2 + Duration::from_millis(1250 + 200)).await;
+    let digest = Digest::of("feed");
+    cache.put(&digest, &old).await;
+    assert!(found(cache.get(&digest).await), "shared again");
+}
+
 #[test]
 fn last_used_at_is_kept_current_in_batches() {
     let db = PgDatabase::create();

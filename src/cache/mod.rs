@@ -9,14 +9,17 @@
 //! feed, polled about twice a second, which also covers lost messages and
 //! instances without Redis. On PostgreSQL changes become visible out of
 //! order: the feed follower ([`feed`]) reads on from the oldest position it
-//! has not seen, so none is skipped. (A lookup that read the store just before
-//! a revocation may write the old record back just after the revocation's
-//! delete; it then lives until its TTL: a narrow race, not yet closed.)
+//! has not seen, so none is skipped. A lookup that read the store just before
+//! a revocation, and finishes just after the revocation's invalidation, must
+//! not put the old record back: in memory the invalidation epochs of
+//! [`local`] refuse it, in Redis the invalidation leaves a tombstone that
+//! outlives any such lookup (see [`RedisCache`]).
 
 mod feed;
 mod local;
 mod redis;
 
+use self::local::LocalCache;
 pub use self::redis::{RedisCache, RedisTarget};
 
 use std::sync::Arc;
@@ -27,6 +30,12 @@ use crate::metrics::Metrics;
 use crate::store::{StoreError, TokenStore, CHANGES_PAGE};
 use crate::token::{Digest, TokenRecord};
 
+/// How long after it began a store operation may still be in flight: each is
+/// bounded by the store's timeout; twice that and a second cover scheduling.
+fn in_flight_bound(store_timeout: Duration) -> Duration {
+    store_timeout * 2 + Duration::from_secs(1)
+}
+
 /// A cached lookup result: a record, or the knowledge that none exists.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -36,9 +45,9 @@ pub enum Lookup {
 
 /// Resolves digests to records through the layers, with single flight.
 pub struct TokenResolver {
-    local: local::LocalCache<Digest>,
+    local: LocalCache<Digest>,
     /// Records by token id, for credentials that name the token (registry JWTs).
-    by_id: local::LocalCache<i64>,
+    by_id: LocalCache<i64>,
     redis: Option<Arc<RedisCache>>,
     store: TokenStore,
     metrics: Arc<Metrics>,
@@ -52,8 +61,8 @@ impl TokenResolver {
         metrics: Arc<Metrics>,
     ) -> TokenResolver {
         TokenResolver {
-            local: local::build(config),
-            by_id: local::build(config),
+            local: LocalCache::new(config),
+            by_id: LocalCache::new(config),
             redis,
             store,
             metrics,
@@ -79,21 +88,14 @@ impl TokenResolver {
 
     /// Loads a token into the in-process cache, one load per digest at a time.
     async fn fill(&self, digest: Digest) -> Result<Lookup, Arc<StoreError>> {
-        let mut missed = false;
-        let result = self
-            .local
-            .try_get_with(digest, async {
-                missed = true;
-                self.load(digest).await
-            })
-            .await;
+        let (lookup, missed) = self.local.get_or_load(digest, || self.load(digest)).await?;
         if missed {
             self.metrics.local_misses.inc();
         } else {
             // Another request loaded it meanwhile.
             self.metrics.local_hits.inc();
         }
-        result
+        Ok(lookup)
     }
 
     async fn load(&self, digest: Digest) -> Result<Lookup, StoreError> {
@@ -123,8 +125,9 @@ impl TokenResolver {
     /// The id cache is invalidated with the digest cache, so a revocation
     /// reaches JWT holders within the same bound.
     pub async fn resolve_id(&self, id: i64) -> Result<Lookup, Arc<StoreError>> {
-        self.by_id
-            .try_get_with(id, async {
+        let loaded = self
+            .by_id
+            .get_or_load(id, || async move {
                 self.metrics.store_lookups.inc();
                 match self.store.get(id).await {
                     Ok(record) => {
@@ -137,7 +140,8 @@ impl TokenResolver {
                     }
                 }
             })
-            .await
+            .await?;
+        Ok(loaded.0)
     }
 
     /// Drops a token from this instance's memory only (a peer already
@@ -171,10 +175,8 @@ impl TokenResolver {
                 Err(e) => self.metrics.store.failed(&e),
             }
         };
-        // A write commits within the store's timeout (it is bounded by it):
-        // a hole older than twice that, and a margin, is a rolled-back write.
-        let settle = self.store.timeout() * 2 + Duration::from_secs(1);
-        let mut cursor = feed::FeedCursor::new(start, settle);
+        // A hole older than any write could still be in flight is a rolled-back write.
+        let mut cursor = feed::FeedCursor::new(start, in_flight_bound(self.store.timeout()));
         loop {
             tick.tick().await;
             // From the oldest unseen position; page on while pages are full
@@ -265,6 +267,44 @@ mod tests {
             resolver.resolve(secret.digest()).await.unwrap(),
             Lookup::Found(_)
         ));
+    }
+
+    /// A lookup reads the store, a revocation commits and is invalidated,
+    /// then the lookup finishes and inserts the record it read: the old one
+    /// must not be served, by digest or by id.
+    #[tokio::test]
+    async fn a_lookup_overtaken_by_an_invalidation_is_not_served() {
+        let (_dir, resolver) = setup().await;
+        let secret = Secret::generate();
+        let digest = secret.digest();
+        let record = resolver.store().create(new_token(&secret)).await.unwrap();
+        let (by_digest, by_id) = (
+            resolver.local.current_epoch(&digest),
+            resolver.by_id.current_epoch(&record.id),
+        );
+        let old = resolver.load(digest).await.unwrap();
+        assert!(matches!(&old, Lookup::Found(r) if !r.revoked));
+
+        resolver.store().revoke(record.id).await.unwrap();
+        resolver.invalidate(&digest, record.id).await;
+        resolver
+            .local
+            .insert_loaded_at(digest, old.clone(), by_digest)
+            .await;
+        resolver.by_id.insert_loaded_at(record.id, old, by_id).await;
+
+        let Lookup::Found(now) = resolver.resolve(digest).await.unwrap() else {
+            panic!()
+        };
+        assert!(now.revoked, "the late insert was refused");
+        let Lookup::Found(now) = resolver.resolve_id(record.id).await.unwrap() else {
+            panic!()
+        };
+        assert!(now.revoked, "the late insert was refused");
+        // The reload was cached: served from memory from now on.
+        let lookups = resolver.metrics.store_lookups.get();
+        resolver.resolve(digest).await.unwrap();
+        assert_eq!(resolver.metrics.store_lookups.get(), lookups);
     }
 
     #[tokio::test]

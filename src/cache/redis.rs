@@ -5,6 +5,13 @@
 //! store, and a probe every second reconnects. Invalidations that could not be
 //! applied while Redis was unreachable are replayed *before* reads resume, so
 //! a revoked token can never come back from a stale Redis entry.
+//!
+//! An invalidation overwrites the entry with a tombstone rather than deleting
+//! it, and entries are only ever added where none is (`SET NX`): a lookup
+//! that read the store before a revocation cannot put the old record back
+//! after it. The tombstone outlives any lookup in flight (the store's and
+//! Redis's timeouts, with margin); until then lookups of that token go to
+//! the store.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,8 @@ use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::{Dependency, Metrics};
 use crate::token::{Digest, OwnerKind, ScopeSet, TokenRecord};
 
+/// What an invalidated entry holds until no lookup older than it can be in flight.
+const TOMBSTONE: &str = "!";
 /// The channel on which revocations are announced to every instance.
 const CHANNEL: &str = "tokengate:v1:invalidate";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -160,6 +169,8 @@ pub struct RedisCache {
     timeout: Duration,
     ttl: Duration,
     negative_ttl: Duration,
+    /// How long a tombstone stays.
+    tombstone_ttl: Duration,
     connection: ArcSwapOption<Connection>,
     health: Arc<Dependency>,
     hits: Counter,
@@ -180,13 +191,20 @@ enum Failure {
 
 impl RedisCache {
     /// A cache that connects lazily; Redis being down at start is not an error.
-    pub fn new(redis: &RedisConfig, cache: &CacheConfig, metrics: &Metrics) -> Arc<RedisCache> {
+    /// `store_timeout` bounds the lookups a tombstone must outlive.
+    pub fn new(
+        redis: &RedisConfig,
+        cache: &CacheConfig,
+        store_timeout: Duration,
+        metrics: &Metrics,
+    ) -> Arc<RedisCache> {
         Arc::new(RedisCache {
             target: redis.target.clone(),
             ca_pem: redis.ca_pem.clone(),
             timeout: redis.timeout,
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
+            tombstone_ttl: super::in_flight_bound(store_timeout) + redis.timeout,
             connection: ArcSwapOption::empty(),
             health: metrics
                 .redis
@@ -319,7 +337,8 @@ impl RedisCache {
         Ok(reply?)
     }
 
-    pub(super) async fn get(&self, digest: &Digest) -> Option<Lookup> {
+    /// The shared entry; `None` on a miss, a tombstone or a failure.
+    pub async fn get(&self, digest: &Digest) -> Option<Lookup> {
         if !self.health.is_up() {
             return None;
         }
@@ -327,6 +346,10 @@ impl RedisCache {
             .run::<Option<String>>(redis::cmd("GET").arg(key(digest)))
             .await
         {
+            Ok(Some(text)) if text == TOMBSTONE => {
+                self.misses.inc();
+                None
+            }
             Ok(Some(text)) => match decode(&text) {
                 Some(lookup) => {
                     self.hits.inc();
@@ -349,7 +372,8 @@ impl RedisCache {
         }
     }
 
-    pub(super) async fn put(&self, digest: &Digest, lookup: &Lookup) {
+    /// Shares a lookup, unless an entry or a tombstone is there already.
+    pub async fn put(&self, digest: &Digest, lookup: &Lookup) {
         if !self.health.is_up() {
             return;
         }
@@ -365,18 +389,30 @@ impl RedisCache {
         cmd.arg(key(digest))
             .arg(encode(lookup))
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64);
-        if let Err(e) = self.run::<()>(&cmd).await {
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg("NX");
+        if let Err(e) = self.run::<Option<String>>(&cmd).await {
             self.health.failed(&e);
         }
     }
 
-    /// Deletes the shared entry; remembered and retried if Redis is unreachable.
-    pub(super) async fn invalidate(&self, digest: &Digest) {
+    /// The command that replaces a shared entry by a tombstone.
+    fn bury(&self, digest: &Digest) -> Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key(digest))
+            .arg(TOMBSTONE)
+            .arg("PX")
+            .arg(self.tombstone_ttl.as_millis() as u64);
+        cmd
+    }
+
+    /// Replaces the shared entry by a tombstone; remembered and retried if
+    /// Redis is unreachable.
+    pub async fn invalidate(&self, digest: &Digest) {
         // Down: no wait for a timeout per change (the feed's follower would
         // fall behind by one timeout each); the reconnect replays what was missed.
         if self.health.is_up() {
-            match self.run::<()>(redis::cmd("DEL").arg(key(digest))).await {
+            match self.run::<()>(&self.bury(digest)).await {
                 Ok(()) => return,
                 Err(e) => self.health.failed(&e),
             }
@@ -387,7 +423,7 @@ impl RedisCache {
             .insert(*digest);
     }
 
-    /// Deletes the shared entry and tells every instance to drop its own
+    /// Buries the shared entry and tells every instance to drop its own
     /// copy: the fast path of revocation. `Err` means only the change feed
     /// will carry it (within about a second).
     pub async fn announce(&self, digest: &Digest, token_id: i64) -> Result<(), String> {
@@ -395,7 +431,7 @@ impl RedisCache {
             let connection = self.connect().await.map_err(|e| e.to_string())?;
             self.connection.store(Some(Arc::new(connection)));
         }
-        self.run::<()>(redis::cmd("DEL").arg(key(digest)))
+        self.run::<()>(&self.bury(digest))
             .await
             .map_err(|e| e.to_string())?;
         let message = format!("{} {token_id}", digest.to_hex());
@@ -448,7 +484,7 @@ impl RedisCache {
             .copied()
             .collect();
         for digest in pending {
-            self.run::<()>(redis::cmd("DEL").arg(key(&digest))).await?;
+            self.run::<()>(&self.bury(&digest)).await?;
             self.unapplied
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -76,9 +76,9 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Whether this server holds the token's cache entry.
+    /// Whether this server holds the token's cache entry (not a tombstone).
     pub fn holds(&self, token: &Token) -> bool {
-        !self.cli(&["GET", &cache_key(token)]).trim().is_empty()
+        !matches!(self.cli(&["GET", &cache_key(token)]).trim(), "" | "!")
     }
 
     /// Kills the server (as a crash would: no clean shutdown).
