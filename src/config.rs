@@ -100,6 +100,7 @@ struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     shutdown_delay_seconds: Option<u64>,
     metadata_max_bytes: Option<usize>,
+    metadata_budget_bytes: Option<Spanned<usize>>,
     failed_auth_per_minute: Option<u32>,
     log_level: Option<Spanned<String>>,
     workers: Option<Spanned<usize>>,
@@ -253,6 +254,8 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// Largest metadata body (npm packument, simple index) read for URL rewriting.
     pub metadata_max_bytes: usize,
+    /// Bytes all metadata rewrites may hold at once (each holds twice its document).
+    pub metadata_budget_bytes: usize,
     /// Wrong credentials allowed per client address per minute before 429; 0 disables.
     pub failed_auth_per_minute: u32,
     /// The log filter (`info`, `tokengate=debug,info`, ...); `TOKENGATE_LOG` wins when set.
@@ -1001,6 +1004,17 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         }
     };
     let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    let metadata_max_bytes = raw.metadata_max_bytes.unwrap_or(32 << 20);
+    let metadata_budget_bytes = match &raw.metadata_budget_bytes {
+        None => (256 << 20).max(2 * metadata_max_bytes),
+        Some(b) if *b.get_ref() >= 2 * metadata_max_bytes => *b.get_ref(),
+        Some(b) => {
+            let why = format!(
+                "at least twice metadata_max_bytes ({metadata_max_bytes}): a document and its rewritten copy"
+            );
+            return Err(src.at(b, "server.metadata_budget_bytes", why));
+        }
+    };
     Ok(ServerConfig {
         listen,
         tls,
@@ -1011,7 +1025,8 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         body_idle_timeout: secs(raw.body_idle_timeout_seconds, 60),
         shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
         shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
-        metadata_max_bytes: raw.metadata_max_bytes.unwrap_or(32 << 20),
+        metadata_max_bytes,
+        metadata_budget_bytes,
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
         trusted_proxies: match &raw.trusted_proxies {
             None => Vec::new(),
@@ -1343,6 +1358,7 @@ access = "read"
             ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route[0].path", 1, "missing field"),
             ("[server]\ntrusted_proxies = [\n  \"10.0.0.1\",\n  7,\n]\n", "server.trusted_proxies", 4, "invalid type"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
+            ("[server]\nmetadata_max_bytes = 1000\nmetadata_budget_bytes = 1999\n", "server.metadata_budget_bytes", 3, "at least twice metadata_max_bytes"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
             ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
             ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),

@@ -616,6 +616,55 @@ fn redirects_and_metadata_point_back_at_the_proxy() {
     );
 }
 
+/// Metadata is read whole to be rewritten, so all rewrites share one byte
+/// budget: while a client is slow to take a large rewritten document, a
+/// second one that would pass the budget gets 503 at once, small ones still
+/// pass, and the budget comes back when the slow client has its answer.
+#[test]
+fn metadata_rewrites_share_one_memory_budget() {
+    const DOC: usize = 16 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let doc = format!("{{\"name\":\"big\",\"pad\":\"{}\"}}", "x".repeat(DOC));
+    std::fs::write(root.path().join("big.json"), &doc).unwrap();
+    let up = Recorder::start_serving(Some(root.path().to_path_buf()));
+    let server = format!(
+        "metadata_max_bytes = {}\nmetadata_budget_bytes = {}\n",
+        DOC + 1024,
+        2 * DOC + 8192
+    );
+    let gate = Gate::start_full(&server, &config(&up).replace("/base\"", "\""), &[]);
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let auth = t.basic();
+    let get = |path: &str| send(gate.port, "GET", path, &[("Authorization", &auth)], b"");
+
+    // Asks, and reads nothing for now: more than the socket buffers hold
+    // stays with the proxy, and so does its share of the budget.
+    let mut slow = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(
+        slow,
+        "GET /npm/acme/web/big.json HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
+    )
+    .unwrap();
+    let asked = Instant::now();
+    while up.seen().is_empty() {
+        assert!(asked.elapsed() < Duration::from_secs(10), "never forwarded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let busy = get("/npm/acme/web/big.json");
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(get("/npm/acme/web/meta").status, 200, "a small one fits");
+
+    let answer = common::read_response(&mut BufReader::new(&mut slow));
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), doc.len());
+    let again = get("/npm/acme/web/big.json");
+    assert_eq!(again.status, 200, "the budget came back");
+    assert_eq!(again.body, doc.as_bytes());
+}
+
 #[test]
 fn revocation_beside_a_running_proxy_takes_effect_within_a_second() {
     let up = Recorder::start();

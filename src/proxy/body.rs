@@ -4,14 +4,20 @@
 //! so multi-GB transfers are fine as long as bytes keep moving. The timer is
 //! armed only when the body first has to wait: a small body whose bytes are
 //! already there (most metadata answers) never touches the timer wheel.
+//!
+//! And bodies the proxy holds in memory (its own answers, rewritten
+//! metadata), which may carry a share of the metadata budget until sent.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,5 +99,85 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body in memory, handed to hyper in slices: hyper asks for the next one
+/// only when its write buffer has room, so the reservation held with the
+/// body lasts until the client has taken all but the last few slices.
+pub struct Buffered {
+    rest: Bytes,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+/// Small enough that hyper's write buffer (about 400 KiB) holds a few slices.
+const SLICE: usize = 64 << 10;
+
+impl Buffered {
+    pub fn new(bytes: impl Into<Bytes>) -> Buffered {
+        Buffered {
+            rest: bytes.into(),
+            held: None,
+        }
+    }
+
+    /// A body that releases `held` once its last slice is handed over.
+    pub fn holding(bytes: Bytes, held: OwnedSemaphorePermit) -> Buffered {
+        Buffered {
+            rest: bytes,
+            held: Some(held),
+        }
+    }
+}
+
+impl Body for Buffered {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            self.held = None;
+            return Poll::Ready(None);
+        }
+        let len = self.rest.len().min(SLICE);
+        let slice = self.rest.split_to(len);
+        if self.rest.is_empty() {
+            self.held = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn a_buffered_body_comes_in_slices_and_releases_its_share_at_the_end() {
+        let budget = Arc::new(Semaphore::new(10));
+        let held = budget.clone().try_acquire_many_owned(10).unwrap();
+        let mut body = Buffered::holding(Bytes::from(vec![7u8; SLICE * 2 + 1]), held);
+        assert_eq!(body.size_hint().exact(), Some(SLICE as u64 * 2 + 1));
+        let mut lens = Vec::new();
+        while let Some(frame) = body.frame().await {
+            lens.push(frame.unwrap().into_data().unwrap().len());
+            let released = budget.available_permits() == 10;
+            assert_eq!(released, body.is_end_stream(), "held while slices are left");
+        }
+        assert_eq!(lens, [SLICE, SLICE, 1]);
     }
 }

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use super::body::Buffered;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 
 use super::ResponseBody;
 use crate::auth::Denial;
@@ -47,6 +47,9 @@ pub enum ProxyError {
     UpstreamLogin(String),
     #[error("upstream {0} sent metadata that could not be rewritten")]
     UpstreamMetadata(String),
+    /// Too much metadata is being rewritten at once (see `MetadataBudget`).
+    #[error("the proxy is busy rewriting other metadata; try again shortly")]
+    MetadataBusy,
     #[error(transparent)]
     TokenRequest(#[from] TokenRequestError),
     #[error(transparent)]
@@ -126,7 +129,9 @@ impl ProxyError {
             | ProxyError::NeedsProxyMode(_) => StatusCode::FORBIDDEN,
             ProxyError::BadCheck(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StoreUnavailable(_) | ProxyError::MetadataBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamLogin(_)
             | ProxyError::UpstreamMetadata(_) => StatusCode::BAD_GATEWAY,
@@ -142,7 +147,7 @@ impl ProxyError {
 
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::StoreUnavailable(_) => Side::Internal,
+            ProxyError::StoreUnavailable(_) | ProxyError::MetadataBusy => Side::Internal,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamLogin(_)
@@ -185,6 +190,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamLogin(_) => "upstream_login",
             ProxyError::UpstreamMetadata(_) => "upstream_metadata",
+            ProxyError::MetadataBusy => "metadata_busy",
             ProxyError::TokenRequest(_) => "bad_token_request",
             ProxyError::BadRegistryToken(_) => "bad_registry_token",
             ProxyError::InsufficientScope => "insufficient_scope",
@@ -223,7 +229,7 @@ impl ProxyError {
             serde_json::json!({ "message": message, "error": message })
         }
         .to_string();
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut response = Response::new(Either::Right(Buffered::new(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(
@@ -235,6 +241,9 @@ impl ProxyError {
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        if matches!(self, ProxyError::MetadataBusy) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,10 +9,11 @@
 
 use std::net::SocketAddr;
 
+use super::body::Buffered;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{client, headers, Mode, Proxy, ProxyError, ResponseBody};
@@ -108,7 +109,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, Prox
 /// The answer to an allowed request: 200, naming the token for the edge proxy
 /// to pass upstream (`X-Tokengate-Token-Id`, `-User`, `-Scopes`).
 pub fn allowed(token: &TokenRecord) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut response = Response::new(Either::Right(Buffered::new(Bytes::new())));
     headers::identify(response.headers_mut(), token);
     response
 }
@@ -269,7 +270,7 @@ mod tests {
             (404, 403, Some("404")),
             (503, 403, Some("503")),
         ] {
-            let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+            let mut r = Response::new(Either::Right(Buffered::new(Bytes::new())));
             *r.status_mut() = StatusCode::from_u16(status).unwrap();
             let r = for_nginx(r);
             assert_eq!(r.status().as_u16(), told);

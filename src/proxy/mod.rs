@@ -28,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Empty, Full, Limited};
+use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -47,16 +47,16 @@ use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
 use crate::token::TokenRecord;
-use body::IdleTimeout;
+use body::{Buffered, IdleTimeout};
 pub use limit::FailureLimiter;
 use pool::{PooledBody, UpstreamPool};
 pub use registry::own_endpoint;
-use rewrite::UrlMap;
+use rewrite::{CollectError, MetadataBudget, UrlMap};
 use upstream_login::UpstreamLogins;
 pub use workers::Workers;
 
 /// Response bodies: the upstream's, streamed, or one the proxy made.
-pub type ResponseBody = Either<IdleTimeout<PooledBody>, Full<Bytes>>;
+pub type ResponseBody = Either<IdleTimeout<PooledBody>, Buffered>;
 
 /// Upstream request bodies: the client's, streamed, or none (the proxy's own logins).
 type UpstreamBody = Either<IdleTimeout<Incoming>, Empty<Bytes>>;
@@ -74,6 +74,7 @@ pub struct Proxy {
     /// The public authority, as `X-Forwarded-Host`.
     public_host: HeaderValue,
     failures: FailureLimiter,
+    metadata_budget: MetadataBudget,
     metrics: Arc<Metrics>,
     /// Per route, in the table's order (see [`Matched::index`]).
     route_metrics: Box<[RouteMetrics]>,
@@ -100,6 +101,10 @@ impl Proxy {
             std::time::Duration::from_secs(60),
         );
         let upstream_logins = UpstreamLogins::for_routes(config.routes.routes());
+        let metadata_budget = MetadataBudget::new(
+            config.server.metadata_budget_bytes,
+            config.server.metadata_max_bytes,
+        );
         let route_metrics = config.routes.routes().iter().map(|r| metrics.for_route(r));
         let route_metrics = route_metrics.collect();
         let origin = &config.server.public_url.origin;
@@ -115,6 +120,7 @@ impl Proxy {
             upstream_logins,
             public_host,
             failures,
+            metadata_budget,
             metrics,
             route_metrics,
         }
@@ -471,14 +477,15 @@ impl Proxy {
         }
         match map {
             Some(map) if rewrite.urls && is_rewritable(&parts) => {
-                let limit = self.config.server.metadata_max_bytes;
-                let collect = Box::pin(Limited::new(body, limit).collect());
-                let collected = collect.await.map_err(|e| {
+                let collect = Box::pin(self.metadata_budget.collect(body));
+                let (bytes, mut share) = collect.await.map_err(|e| {
+                    if matches!(e, CollectError::Spent) {
+                        return ProxyError::MetadataBusy;
+                    }
                     self.metrics.upstream_failed(&upstream.name);
                     tracing::warn!(upstream = %upstream.name, error = %e, "metadata body not rewritten");
                     ProxyError::UpstreamMetadata(upstream.name.to_string())
                 })?;
-                let bytes = collected.to_bytes();
                 let bytes = match std::str::from_utf8(&bytes) {
                     Ok(text) => {
                         let text = map.body(text);
@@ -491,10 +498,14 @@ impl Proxy {
                     }
                     Err(_) => bytes,
                 };
+                share
+                    .fit(&self.metadata_budget, bytes.len())
+                    .map_err(|_| ProxyError::MetadataBusy)?;
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))))
+                let body = Buffered::holding(bytes, share.into_permit());
+                Ok(Response::from_parts(parts, Either::Right(body)))
             }
             _ => Ok(Response::from_parts(
                 parts,

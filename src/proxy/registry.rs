@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use super::body::Buffered;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
@@ -208,7 +208,7 @@ pub(super) fn without_params(query: &str, names: &[&str]) -> Option<String> {
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut response = Response::new(Either::Right(Buffered::new(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,6 +1,104 @@
 //! Keeping clients on the proxy: upstream URLs in `Location` headers and in
 //! registry metadata (npm `dist.tarball`, PyPI simple-index links) are mapped
 //! from the upstream's path space to the proxy's public URL and route prefix.
+//!
+//! A document is read whole to be rewritten, so all rewrites together draw on
+//! one byte budget ([`MetadataBudget`]): many concurrent large packuments
+//! must not take the process's memory.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::body::BoxError;
+
+/// The bytes all metadata rewrites may hold at once. A document reserves
+/// twice its size as it arrives (itself and its rewritten copy) and keeps its
+/// rewritten size reserved until the client has taken it. A rewrite that
+/// would pass the budget fails at once (503) rather than waiting: waiting
+/// rewrites would each hold part of the budget while asking for more.
+pub struct MetadataBudget {
+    bytes: Arc<Semaphore>,
+    per_document: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("metadata larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the metadata rewrite budget is spent")]
+    Spent,
+    #[error(transparent)]
+    Body(BoxError),
+}
+
+impl MetadataBudget {
+    /// `total` bytes for all rewrites, `per_document` for one document.
+    pub fn new(total: usize, per_document: usize) -> MetadataBudget {
+        MetadataBudget {
+            bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            per_document,
+        }
+    }
+
+    /// Reads a whole document, with its share of the budget.
+    pub async fn collect<B>(&self, mut body: B) -> Result<(Bytes, Share), CollectError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let mut share = Share(self.reserve(0)?);
+        let expected = body.size_hint().exact().unwrap_or(0) as usize;
+        if expected > self.per_document {
+            return Err(CollectError::TooLarge(self.per_document));
+        }
+        share.fit(self, 2 * expected)?;
+        let mut document = BytesMut::with_capacity(expected);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CollectError::Body(e.into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if document.len() + data.len() > self.per_document {
+                return Err(CollectError::TooLarge(self.per_document));
+            }
+            share.fit(self, 2 * (document.len() + data.len()))?;
+            document.extend_from_slice(&data);
+        }
+        Ok((document.freeze(), share))
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, CollectError> {
+        let bytes = u32::try_from(bytes).map_err(|_| CollectError::Spent)?;
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| CollectError::Spent)
+    }
+}
+
+/// A rewrite's reservation from the [`MetadataBudget`].
+pub struct Share(OwnedSemaphorePermit);
+
+impl Share {
+    /// Holds exactly `bytes` (at least; more only while growing fails).
+    pub fn fit(&mut self, budget: &MetadataBudget, bytes: usize) -> Result<(), CollectError> {
+        let held = self.0.num_permits();
+        if bytes > held {
+            self.0.merge(budget.reserve(bytes - held)?);
+        } else if bytes < held {
+            drop(self.0.split(held - bytes));
+        }
+        Ok(())
+    }
+
+    pub fn into_permit(self) -> OwnedSemaphorePermit {
+        self.0
+    }
+}
 
 /// Maps upstream URLs to public ones for one matched route.
 pub struct UrlMap {
@@ -82,6 +180,53 @@ impl UrlMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{Full, StreamBody};
+    use hyper::body::Frame;
+
+    /// A body of `n` chunks of `size` bytes, with no length announced.
+    fn chunked(n: usize, size: usize) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+        let frames =
+            (0..n).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'a'; size]))));
+        StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>()))
+    }
+
+    #[tokio::test]
+    async fn rewrites_share_one_budget_and_release_it() {
+        let budget = MetadataBudget::new(1000, 400);
+        let (first, share) = budget.collect(chunked(4, 100)).await.unwrap();
+        assert_eq!(first.len(), 400);
+        assert_eq!(
+            budget.bytes.available_permits(),
+            200,
+            "twice the document held"
+        );
+        // Announced (200 B needs 400) or not, the next one does not fit.
+        let spent = budget
+            .collect(Full::new(Bytes::from(vec![b'a'; 200])))
+            .await;
+        assert!(matches!(spent, Err(CollectError::Spent)));
+        let spent = budget.collect(chunked(2, 100)).await;
+        assert!(matches!(spent, Err(CollectError::Spent)));
+        assert_eq!(
+            budget.bytes.available_permits(),
+            200,
+            "a failed collect holds nothing"
+        );
+
+        // Rewritten to 300 bytes: only that stays held while it is sent.
+        let mut share = share;
+        share.fit(&budget, 300).unwrap();
+        assert_eq!(budget.bytes.available_permits(), 700);
+        drop(share);
+        assert_eq!(budget.bytes.available_permits(), 1000);
+        let too_large = budget.collect(chunked(5, 100)).await;
+        assert!(matches!(too_large, Err(CollectError::TooLarge(400))));
+        let announced = budget
+            .collect(Full::new(Bytes::from(vec![b'a'; 401])))
+            .await;
+        assert!(matches!(announced, Err(CollectError::TooLarge(400))));
+        assert_eq!(budget.bytes.available_permits(), 1000);
+    }
 
     fn map() -> UrlMap {
         UrlMap::new(

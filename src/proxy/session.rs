@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use super::body::Buffered;
 use http::request::Parts;
 use http::{header, HeaderValue, Response};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 
 use super::{Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
@@ -59,7 +59,7 @@ impl Proxy {
                 token.username.clone()
             }
         };
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut response = Response::new(Either::Right(Buffered::new(body)));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
