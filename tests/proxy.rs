@@ -918,6 +918,43 @@ fn silent_connections_and_stalled_bodies_are_cut() {
     );
 }
 
+/// Metadata read whole for rewriting is under the body idle timeout too: an
+/// upstream that stalls half-way through a packument gets the client a 502.
+#[test]
+fn a_stalled_metadata_body_is_cut() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in upstream.incoming().flatten() {
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"half",
+            );
+            std::thread::sleep(Duration::from_secs(30));
+        }
+    });
+    let routes = format!(
+        "[upstream.stalling]\nurl = \"http://127.0.0.1:{port}\"\n\n[[route]]\nname = \"npm\"\nformat = \"npm\"\npath = \"/npm/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"stalling\"\nstrip_prefix = true\n"
+    );
+    let gate = Gate::start_full("body_idle_timeout_seconds = 1", &routes, &[]);
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let started = Instant::now();
+    let r = send(
+        gate.port,
+        "GET",
+        "/npm/acme/web/left-pad",
+        &[("Authorization", &format!("Bearer {}", t.secret))],
+        b"",
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stalled metadata held for {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn wrong_credentials_are_limited_per_address_not_per_token() {
     let up = Recorder::start();

@@ -477,7 +477,8 @@ impl Proxy {
         }
         match map {
             Some(map) if rewrite.urls && is_rewritable(&parts) => {
-                let collect = Box::pin(self.metadata_budget.collect(body));
+                let collect = self.metadata_budget.collect(IdleTimeout::new(body, idle));
+                let collect = Box::pin(collect);
                 let (bytes, mut share) = collect.await.map_err(|e| {
                     if matches!(e, CollectError::Spent) {
                         return ProxyError::MetadataBusy;
