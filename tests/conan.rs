@@ -19,7 +19,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn start_with(upstream_url: &str) -> Fixture {
+fn start_with(upstream_url: &str, server_extra: &str) -> Fixture {
     let up = Recorder::start();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("signing.pem");
@@ -56,6 +56,7 @@ strip_prefix = true
         key_file.display()
     );
     let gate = Gate::launch(Setup {
+        server_extra,
         body: &body,
         env: &[("TG_CONAN_PW", "upstream-pw")],
         ..Setup::default()
@@ -125,7 +126,7 @@ fn resign(jwt: &str, pem: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> S
 
 #[test]
 fn logins_and_sessions_follow_the_deploy_token() {
-    let f = start_with("");
+    let f = start_with("", "");
     let gate = &f.gate;
     let rw = gate.token(
         "project:acme/web",
@@ -212,7 +213,7 @@ fn logins_and_sessions_follow_the_deploy_token() {
 
 #[test]
 fn forged_expired_and_foreign_sessions_are_refused() {
-    let f = start_with("");
+    let f = start_with("", "");
     let gate = &f.gate;
     let rw = gate.token(
         "project:acme/web",
@@ -299,7 +300,7 @@ fn forged_expired_and_foreign_sessions_are_refused() {
 
 #[test]
 fn the_upstream_login_is_renewed_after_a_401_and_fails_closed() {
-    let f = start_with("");
+    let f = start_with("", "");
     let gate = &f.gate;
     let ro = gate.token("project:acme/web", "read_package_registry", &[]);
     let jwt = session(gate, &ro);
@@ -323,7 +324,7 @@ fn the_upstream_login_is_renewed_after_a_401_and_fails_closed() {
 
     // An upstream that cannot be logged in to: 502, nothing forwarded.
     let closed = format!("http://127.0.0.1:{}", common::free_port());
-    let g = start_with(&closed);
+    let g = start_with(&closed, "");
     let ro = g
         .gate
         .token("project:acme/web", "read_package_registry", &[]);
@@ -331,4 +332,48 @@ fn the_upstream_login_is_renewed_after_a_401_and_fails_closed() {
     let r = get(&g.gate, "/v2/conans/a/1/_/_/latest", &jwt);
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("login"), "{}", r.text());
+}
+
+/// The upstream login is one exchange under `upstream_response_timeout`: a
+/// login answer that stalls half-way gets 502, not a hang, and the requests
+/// queued behind it fail with it rather than each trying again in turn.
+#[test]
+fn a_stalled_upstream_login_fails_the_requests_waiting_for_it_in_time() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in upstream.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut head);
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\neyJ",
+                );
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            });
+        }
+    });
+    let f = start_with(
+        &format!("http://127.0.0.1:{port}"),
+        "upstream_response_timeout_seconds = 1\n",
+    );
+    let ro = f
+        .gate
+        .token("project:acme/web", "read_package_registry", &[]);
+    let jwt = session(&f.gate, &ro);
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let waiting: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| get(&f.gate, "/v2/conans/a/1/_/_/latest", &jwt).status))
+            .collect();
+        waiting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [502; 6]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "six requests behind a stalled login took {:?}",
+        started.elapsed()
+    );
 }

@@ -446,7 +446,8 @@ impl Proxy {
             .observe(asked.elapsed().as_secs_f64());
         let (mut parts, body) = response.into_parts();
         if parts.status == StatusCode::UNAUTHORIZED {
-            self.upstream_logins.invalidate(&upstream.name);
+            self.upstream_logins
+                .invalidate(&upstream.name, authorization.as_ref());
         }
         headers::to_downstream(&mut parts.headers);
         let needs_map = rewrite.urls || parts.headers.contains_key(header::LOCATION);

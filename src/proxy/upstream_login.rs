@@ -2,7 +2,10 @@
 //! their login endpoint and a Bearer token everywhere else). The proxy logs in
 //! with the upstream's configured `basic` credentials, keeps the token until
 //! shortly before it expires, and drops it when the upstream answers 401, so
-//! the next request logs in again. One login at a time per upstream.
+//! the next request logs in again. One login at a time per upstream, the whole
+//! exchange (answer and body) within `upstream_response_timeout`; after a
+//! failed login the requests that waited for it fail at once for a second,
+//! instead of each trying again in turn behind the lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 const OPAQUE_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 /// Longest login answer read (a JWT is a few hundred bytes).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// How long a failed login answers for the next ones.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The login state of every upstream that has a login flow.
 #[derive(Default)]
@@ -34,7 +39,8 @@ struct Login {
     /// Where to log in, relative to the upstream URL.
     path: &'static str,
     current: ArcSwapOption<Session>,
-    in_progress: tokio::sync::Mutex<()>,
+    /// Held while logging in; guards `failed_at` too.
+    in_progress: tokio::sync::Mutex<Option<Instant>>,
 }
 
 struct Session {
@@ -63,7 +69,7 @@ impl UpstreamLogins {
                 let login = Login {
                     path,
                     current: ArcSwapOption::empty(),
-                    in_progress: tokio::sync::Mutex::new(()),
+                    in_progress: tokio::sync::Mutex::new(None),
                 };
                 Some((r.upstream.name.to_string(), login))
             })
@@ -71,10 +77,15 @@ impl UpstreamLogins {
         UpstreamLogins { by_upstream }
     }
 
-    /// Forgets an upstream's token (it answered 401).
-    pub fn invalidate(&self, upstream: &str) {
-        if let Some(login) = self.by_upstream.get(upstream) {
-            login.current.store(None);
+    /// Forgets an upstream's token, `used`, which it answered 401 to (unless
+    /// another request has logged in anew meanwhile).
+    pub fn invalidate(&self, upstream: &str, used: Option<&HeaderValue>) {
+        let Some(login) = self.by_upstream.get(upstream) else {
+            return;
+        };
+        let current = login.current.load();
+        if current.as_ref().map(|s| &s.authorization) == used {
+            login.current.compare_and_swap(&*current, None);
         }
     }
 }
@@ -103,14 +114,23 @@ impl Proxy {
         upstream: &Upstream,
         login: &Login,
     ) -> Result<Option<HeaderValue>, ProxyError> {
-        let _one_at_a_time = login.in_progress.lock().await;
+        let mut failed_at = login.in_progress.lock().await;
         if let Some(authorization) = login.fresh_authorization() {
             return Ok(Some(authorization));
         }
-        let session = self.log_in(upstream, login.path).await.map_err(|why| {
+        let failed = || ProxyError::UpstreamLogin(upstream.name.to_string());
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE) {
+            return Err(failed());
+        }
+        let timeout = self.config.server.upstream_response_timeout;
+        let logged_in = tokio::time::timeout(timeout, self.log_in(upstream, login.path))
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".to_string()));
+        let session = logged_in.map_err(|why| {
+            *failed_at = Some(Instant::now());
             self.metrics.upstream_failed(&upstream.name);
             tracing::warn!(upstream = %upstream.name, %why, "login to the upstream failed");
-            ProxyError::UpstreamLogin(upstream.name.to_string())
+            failed()
         })?;
         let authorization = session.authorization.clone();
         login.current.store(Some(Arc::new(session)));
@@ -131,10 +151,9 @@ impl Proxy {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, basic.clone());
         }
-        let sent = self.send_upstream(upstream, request);
-        let response = tokio::time::timeout(self.config.server.upstream_response_timeout, sent)
+        let response = self
+            .send_upstream(upstream, request)
             .await
-            .map_err(|_| "no answer in time".to_string())?
             .map_err(|e| e.to_string())?;
         if response.status() != StatusCode::OK {
             return Err(format!("answered {}", response.status()));
@@ -180,6 +199,31 @@ mod tests {
     fn jwt(payload: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(payload))
+    }
+
+    /// A 401 to a token another request has since replaced must not drop
+    /// the new one (one more login under the lock for nothing).
+    #[test]
+    fn a_401_drops_only_the_token_it_was_given_to() {
+        let session = |token: &'static str| {
+            Some(Arc::new(Session {
+                authorization: HeaderValue::from_static(token),
+                refresh_at: Instant::now() + Duration::from_secs(60),
+            }))
+        };
+        let login = Login {
+            path: "/login",
+            current: ArcSwapOption::new(session("Bearer new")),
+            in_progress: tokio::sync::Mutex::new(None),
+        };
+        let logins = UpstreamLogins {
+            by_upstream: HashMap::from([("conan".to_string(), login)]),
+        };
+        let current = || logins.by_upstream["conan"].fresh_authorization();
+        logins.invalidate("conan", Some(&HeaderValue::from_static("Bearer old")));
+        assert_eq!(current(), Some(HeaderValue::from_static("Bearer new")));
+        logins.invalidate("conan", Some(&HeaderValue::from_static("Bearer new")));
+        assert_eq!(current(), None);
     }
 
     #[test]
