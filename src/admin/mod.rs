@@ -101,6 +101,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let peer = crate::proxy::canonical_peer(peer);
         let admin = admin.clone();
         let builder = builder.clone();
         let tls = tls.clone();

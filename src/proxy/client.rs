@@ -10,6 +10,13 @@ use ipnet::IpNet;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// A peer as the rules see it: an IPv4 client of a dual-stack listener
+/// (`[::]:8080`) arrives as `::ffff:10.0.0.5`, which no IPv4 network in
+/// `trusted_proxies` or `trusted_peers` would contain.
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// The `X-Forwarded-For` entries from the last (appended by the nearest
 /// proxy) to the first, each parsed; `None` for an entry that is not an
 /// address (`ip`, or `ip:port` as some load balancers write it).
@@ -23,9 +30,10 @@ fn forwarded_from_nearest(headers: &HeaderMap) -> impl Iterator<Item = Option<Ip
         .map(|entry| {
             let entry = entry.trim();
             entry
-                .parse()
+                .parse::<IpAddr>()
                 .ok()
                 .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                .map(|ip| ip.to_canonical())
         })
 }
 
@@ -118,6 +126,20 @@ mod tests {
         // Ports, as some load balancers add them.
         let ported = headers(&["203.0.113.7:51234", "[fd00::3]:443"]);
         assert_eq!(behind_proxies(peer, &ported, &lbs), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        let lb = nets(&["10.0.0.0/24"]);
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:40000".parse().unwrap();
+        let peer = canonical(mapped).ip();
+        assert_eq!(peer, ip("10.0.0.1"));
+        let h = headers(&["203.0.113.7, ::ffff:10.0.0.2"]);
+        assert_eq!(behind_proxies(peer, &h, &lb), ip("203.0.113.7"));
+        assert_eq!(
+            seen_by_edge(peer, &headers(&["::ffff:6.6.6.6"])),
+            ip("6.6.6.6")
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
 use crate::token::TokenRecord;
 use body::{Buffered, IdleTimeout};
+pub use client::canonical as canonical_peer;
 pub use limit::FailureLimiter;
 use pool::{PooledBody, UpstreamPool};
 pub use registry::own_endpoint;
@@ -732,7 +733,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => (stream, client::canonical(peer)),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

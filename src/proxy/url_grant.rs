@@ -13,10 +13,22 @@ use serde_json::Value;
 use super::registry::without_params;
 use super::{Proxy, ProxyError};
 use crate::auth::Denial;
+use crate::config::PublicUrl;
 use crate::format::{Access, Format, URL_GRANT_PARAM};
 use crate::oci::RegistryAuth;
 use crate::route::NormalizedPath;
 use crate::token::TokenRecord;
+
+/// The path a request for `url` reaches the proxy with, if `url` is one of the
+/// proxy's own: under its public origin and base path, which an edge proxy
+/// strips before forwarding, as requests are matched without it.
+fn own_path<'u>(url: &'u str, public: &PublicUrl) -> Option<&'u str> {
+    let rest = url
+        .strip_prefix(public.origin.as_str())?
+        .strip_prefix(public.base_path.as_str())?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    path.starts_with('/').then_some(path)
+}
 
 /// A request authorized by a URL grant: the token, the username the grant
 /// was issued to, and the query to forward (without the grant).
@@ -38,17 +50,11 @@ impl Proxy {
         format: &dyn Format,
     ) -> Option<String> {
         let mut urls: serde_json::Map<String, Value> = serde_json::from_str(document).ok()?;
-        let origin = self.config.server.public_url.origin.as_str();
-        fn ours<'v>(value: &'v Value, origin: &str) -> Option<&'v str> {
-            value.as_str().filter(|url| url.starts_with(origin))
-        }
+        let public = &self.config.server.public_url;
         let paths: Vec<String> = urls
             .values()
-            .filter_map(|v| ours(v, origin))
-            .map(|url| {
-                let path = &url[origin.len()..];
-                path.split('?').next().unwrap_or(path).to_string()
-            })
+            .filter_map(|v| own_path(v.as_str()?, public))
+            .map(str::to_string)
             .collect();
         if paths.is_empty() {
             return None;
@@ -56,7 +62,7 @@ impl Proxy {
         let now = chrono::Utc::now();
         let grant = registry.issue_url_grant(token, &audience(format), paths, access.as_str(), now);
         for value in urls.values_mut() {
-            if let Some(url) = ours(value, origin) {
+            if let Some(url) = value.as_str().filter(|url| own_path(url, public).is_some()) {
                 let separator = if url.contains('?') { '&' } else { '?' };
                 *value = Value::String(format!("{url}{separator}{URL_GRANT_PARAM}={grant}"));
             }
@@ -97,5 +103,49 @@ impl Proxy {
             Some(claims.sub),
             without_params(query, &[URL_GRANT_PARAM]),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_name_the_path_requests_arrive_with() {
+        let public = |base: &str| PublicUrl {
+            origin: "https://pkg.example.com".into(),
+            base_path: base.into(),
+            https: true,
+        };
+        let at_root = public("");
+        let own = |url, public| own_path(url, public);
+        assert_eq!(
+            own(
+                "https://pkg.example.com/v1/files/a.tgz?signature=s",
+                &at_root
+            ),
+            Some("/v1/files/a.tgz")
+        );
+        let under_tg = public("/tg");
+        assert_eq!(
+            own(
+                "https://pkg.example.com/tg/v1/files/a.tgz?signature=s",
+                &under_tg
+            ),
+            Some("/v1/files/a.tgz")
+        );
+        for foreign in [
+            "https://pkg.example.com.evil.net/v1/files/a.tgz",
+            "https://pkg.example.com:8443/v1/files/a.tgz",
+            "https://pkg.example.com@evil.net/v1/files/a.tgz",
+            "http://pkg.example.com/v1/files/a.tgz",
+        ] {
+            assert_eq!(own(foreign, &at_root), None, "{foreign}");
+        }
+        assert_eq!(
+            own("https://pkg.example.com/tgz/v1/files/a", &under_tg),
+            None
+        );
+        assert_eq!(own("https://pkg.example.com/v1/files/a", &under_tg), None);
     }
 }
