@@ -918,6 +918,69 @@ fn silent_connections_and_stalled_bodies_are_cut() {
     );
 }
 
+/// `upstream_response_timeout` counts from the request body's latest byte:
+/// an upload that keeps moving for longer than it is not cut, and an upstream
+/// that stops reading the body (so it stops moving) still times out.
+#[test]
+fn the_upstream_answer_is_due_after_the_upload_not_from_its_start() {
+    let up = Recorder::start();
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Reads the head, then neither the body nor an answer.
+        let held: Vec<_> = stuck.incoming().flatten().collect();
+        drop(held);
+    });
+    let routes = config(&up)
+        + &format!(
+            "\n[upstream.stuck]\nurl = \"http://127.0.0.1:{stuck_port}\"\n\n[[route]]\nname = \"stuck\"\nformat = \"generic\"\npath = \"/generic/acme/stuck\"\nnamespace = \"acme/stuck\"\nupstream = \"stuck\"\nstrip_prefix = true\n"
+        );
+    let gate = Gate::start_full("upstream_response_timeout_seconds = 1", &routes, &[]);
+    let t = gate.token("group:acme", "write_package_registry", &[]);
+
+    let chunk = vec![b'u'; 1 << 20];
+    let mut slow = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        slow,
+        "PUT /generic/acme/web/slow.bin HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\nContent-Length: {}\r\n\r\n",
+        t.secret,
+        4 * chunk.len()
+    )
+    .unwrap();
+    for _ in 0..4 {
+        slow.write_all(&chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    let answer = common::read_response(&mut BufReader::new(&mut slow));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(up.seen().last().unwrap().body_len, 4 << 20);
+
+    let started = Instant::now();
+    let mut stuck = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stuck.try_clone().unwrap();
+    let secret = t.secret.clone();
+    std::thread::spawn(move || {
+        let size = 32 << 20;
+        let _ = write!(
+            writer,
+            "PUT /generic/acme/stuck/f.bin HTTP/1.1\r\nHost: x\r\nDeploy-Token: {secret}\r\nContent-Length: {size}\r\n\r\n"
+        );
+        let _ = writer.write_all(&vec![b's'; size]);
+    });
+    let r = common::read_response(&mut BufReader::new(&mut stuck));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an upstream that stopped reading held the upload for {:?}",
+        started.elapsed()
+    );
+}
+
 /// Metadata read whole for rewriting is under the body idle timeout too: an
 /// upstream that stalls half-way through a packument gets the client a 502.
 #[test]

@@ -11,6 +11,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,11 +28,43 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("body idle for more than {0:?}")]
 pub struct IdleTimeoutError(Duration);
 
+/// When a request body last moved: the upstream's answer is due within
+/// `upstream_response_timeout` of its last byte, not of its first, so an
+/// upload of any length that keeps moving is not cut, and an upstream that
+/// stops reading it (hyper then stops asking for more) still times out.
+pub struct Progress {
+    since: std::time::Instant,
+    /// Milliseconds after `since` of the latest frame.
+    last: AtomicU64,
+}
+
+impl Progress {
+    pub fn new(since: std::time::Instant) -> Progress {
+        Progress {
+            since,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.since.elapsed().as_millis();
+        self.last
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the latest frame went by (the start if none has).
+    pub fn last(&self) -> std::time::Instant {
+        self.since + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
 pin_project! {
     /// A body that fails when no frame arrives within `idle`.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
+        // Told of every frame, for request bodies (see `Progress`).
+        progress: Option<Arc<Progress>>,
         // Boxed so the body stays `Unpin`, as the hyper client requires;
         // absent until the body first waits.
         deadline: Option<Pin<Box<Sleep>>>,
@@ -44,10 +78,17 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> IdleTimeout<B> {
         IdleTimeout {
             inner,
+            progress: None,
             deadline: None,
             armed: false,
             idle,
         }
+    }
+
+    /// Also tells `progress` of every frame.
+    pub fn reporting(mut self, progress: Arc<Progress>) -> IdleTimeout<B> {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -68,6 +109,9 @@ where
             Poll::Ready(frame) => {
                 // The next wait starts a fresh idle period.
                 *this.armed = false;
+                if let Some(progress) = this.progress {
+                    progress.touch();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -163,7 +207,6 @@ impl Body for Buffered {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     use tokio::sync::Semaphore;
 
     #[tokio::test]

@@ -47,7 +47,7 @@ use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
 use crate::token::TokenRecord;
-use body::{Buffered, IdleTimeout};
+use body::{Buffered, IdleTimeout, Progress};
 pub use client::canonical as canonical_peer;
 pub use limit::FailureLimiter;
 use pool::{PooledBody, UpstreamPool};
@@ -426,14 +426,23 @@ impl Proxy {
         );
         let idle = self.config.server.body_idle_timeout;
         let timeout = self.config.server.upstream_response_timeout;
-        let request = Request::from_parts(parts, Either::Left(IdleTimeout::new(body, idle)));
         let asked = Instant::now();
+        let mut body = IdleTimeout::new(body, idle);
+        let upload = (!body.is_end_stream()).then(|| Arc::new(Progress::new(asked)));
+        if let Some(progress) = &upload {
+            body = body.reporting(progress.clone());
+        }
+        let request = Request::from_parts(parts, Either::Left(body));
         let sent = self.send_upstream(upstream, request);
-        // The deadline from the clock already read (a clock read per request less).
-        let deadline = tokio::time::Instant::from_std(asked) + timeout;
-        let response = tokio::time::timeout_at(deadline, sent)
-            .await
-            .map_err(|_| {
+        let answered = match upload {
+            // The deadline from the clock already read (a clock read per request less).
+            None => tokio::time::timeout_at(tokio::time::Instant::from_std(asked) + timeout, sent)
+                .await
+                .ok(),
+            Some(progress) => Box::pin(answer_after_upload(sent, &progress, timeout)).await,
+        };
+        let response = answered
+            .ok_or_else(|| {
                 self.metrics.upstream_failed(&upstream.name);
                 ProxyError::UpstreamTimeout(upstream.name.to_string())
             })?
@@ -527,6 +536,25 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<PooledBody>, pool::UpstreamError>> + 'a {
         let pool = &self.pools[workers::index() % self.pools.len()];
         pool.send(upstream, request)
+    }
+}
+
+/// The upstream's answer to a request with a body, due within `timeout` of
+/// the body's latest frame; `None` when it is late.
+async fn answer_after_upload<F: Future>(
+    sent: F,
+    progress: &Progress,
+    timeout: std::time::Duration,
+) -> Option<F::Output> {
+    tokio::pin!(sent);
+    loop {
+        let due = tokio::time::Instant::from_std(progress.last() + timeout);
+        match tokio::time::timeout_at(due, &mut sent).await {
+            Ok(answer) => return Some(answer),
+            // The body moved since the deadline was set: wait on from its latest frame.
+            Err(_) if progress.last() + timeout > Instant::now() => continue,
+            Err(_) => return None,
+        }
     }
 }
 
