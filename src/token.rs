@@ -29,6 +29,8 @@ pub enum TokenError {
     NoScopes,
     #[error("invalid namespace path {0:?}: segments of letters, digits, '.', '_' or '-', separated by '/'")]
     InvalidNamespace(String),
+    #[error("{0:?} is not a project path: a project lives in a group (group/project)")]
+    NotAProject(String),
     #[error("invalid username {0:?}: 1 to 255 characters of a-z, A-Z, 0-9, '.', '+', '_' or '-'")]
     InvalidUsername(String),
     #[error("invalid name: must be 1 to 255 characters")]
@@ -205,6 +207,17 @@ pub fn validate_namespace(path: &str) -> Result<(), TokenError> {
     } else {
         Err(TokenError::InvalidNamespace(path.to_string()))
     }
+}
+
+/// Checks an owner's path: a valid namespace, and for a project one inside a
+/// group, as in GitLab (`acme` alone is a group; a "project" token for it
+/// would cover every project of the group).
+pub fn validate_owner(kind: OwnerKind, path: &str) -> Result<(), TokenError> {
+    validate_namespace(path)?;
+    if kind == OwnerKind::Project && !path.contains('/') {
+        return Err(TokenError::NotAProject(path.to_string()));
+    }
+    Ok(())
 }
 
 /// Whether `owner` covers `namespace`: equal, or an ancestor on a segment
@@ -431,6 +444,17 @@ pub fn well_formed(secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_project_lives_in_a_group() {
+        assert!(validate_owner(OwnerKind::Project, "acme/web").is_ok());
+        assert!(validate_owner(OwnerKind::Group, "acme").is_ok());
+        assert_eq!(
+            validate_owner(OwnerKind::Project, "acme"),
+            Err(TokenError::NotAProject("acme".into()))
+        );
+        assert!(validate_owner(OwnerKind::Project, "acme/../web").is_err());
+    }
 
     #[test]
     fn durations_have_a_unit_or_are_seconds() {

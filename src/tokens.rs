@@ -65,7 +65,7 @@ impl TokenAdmin {
         request: CreateRequest,
     ) -> Result<(TokenRecord, Secret), ManageError> {
         let now = Utc::now();
-        token::validate_namespace(&request.owner_path)?;
+        token::validate_owner(request.owner_kind, &request.owner_path)?;
         if request.name.trim().is_empty() || request.name.len() > 255 {
             return Err(TokenError::InvalidName.into());
         }

@@ -330,6 +330,20 @@ fn the_gitlab_deploy_token_api() {
         (r.status, body(&r)),
         (404, json!({"message": "404 Project Not Found"}))
     );
+    // A group's path (or a numeric id) names no project: a "project" token
+    // for it would cover every project of the group.
+    for not_a_project in ["acme", "42"] {
+        let r = gate.admin(
+            "POST",
+            &format!("/api/v4/projects/{not_a_project}/deploy_tokens"),
+            &[("Content-Type", "application/json")],
+            br#"{"name":"x","scopes":["read_registry"]}"#,
+        );
+        assert_eq!(
+            (r.status, body(&r)),
+            (404, json!({"message": "404 Project Not Found"}))
+        );
+    }
     assert_eq!(
         gate.admin("GET", &format!("{project}/abc"), &[], b"")
             .status,

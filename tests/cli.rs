@@ -241,6 +241,17 @@ fn bad_input_is_a_one_line_error_with_exit_code_2() {
             "read_registry",
         ],
         &["frobnicate"],
+        // A group's path is no project.
+        &[
+            "token",
+            "create",
+            "--project",
+            "acme",
+            "--name",
+            "x",
+            "--scopes",
+            "read_registry",
+        ],
     ];
     for args in cases {
         let out = run(dir.path(), args);

@@ -30,7 +30,7 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             _ => (OwnerKind::Group, "404 Group Not Found"),
         };
         let path = form_decode(id)
-            .filter(|p| crate::token::validate_namespace(p).is_ok())
+            .filter(|p| crate::token::validate_owner(kind, p).is_ok())
             .ok_or(not_found)?;
         Ok((kind, path))
     };
