@@ -78,7 +78,7 @@ impl RegistryAuth {
             Some(token) => scope::intersect(&asked, token, self.config.allow_delete),
             None => Vec::new(),
         };
-        let ttl = self.config.token_ttl.as_secs() as i64;
+        let ttl = lifetime(self.config.token_ttl, token, now);
         let claims = Claims {
             iss: self.config.issuer.clone(),
             sub: token.map_or_else(String::new, |t| t.username.clone()),
@@ -144,7 +144,7 @@ impl RegistryAuth {
             iss: self.config.issuer.clone(),
             sub: token.username.clone(),
             aud: audience.to_string(),
-            exp: now.timestamp() + self.config.session_ttl.as_secs() as i64,
+            exp: now.timestamp() + lifetime(self.config.session_ttl, Some(token), now),
             nbf: now.timestamp(),
             iat: now.timestamp(),
             jti: random_id(),
@@ -195,6 +195,17 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
     query_pairs(query)
         .filter_map(|(k, v)| Some((form_decode(k)?, form_decode(v)?)))
         .collect()
+}
+
+/// Seconds a JWT for `token` lives: `ttl`, but never past the deploy token's
+/// own expiry (a registry that trusts the JWT alone would otherwise accept an
+/// expired token's pulls for up to `ttl`); at least a second.
+fn lifetime(ttl: std::time::Duration, token: Option<&TokenRecord>, now: DateTime<Utc>) -> i64 {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let left = token
+        .and_then(|t| t.expires_at)
+        .map_or(ttl, |at| (at - now).num_seconds());
+    ttl.min(left).max(1)
 }
 
 #[cfg(test)]
@@ -262,6 +273,28 @@ mod tests {
                 actions: vec!["pull".into()],
             }]
         );
+    }
+
+    #[test]
+    fn jwts_never_outlive_the_deploy_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let now = Utc::now();
+        let mut expiring = token();
+        expiring.expires_at = Some(now + chrono::Duration::seconds(10));
+        let answer = auth
+            .issue(
+                Some(&expiring),
+                Some("scope=repository:acme/web/app:pull"),
+                now,
+            )
+            .unwrap();
+        assert_eq!(answer["expires_in"], 10);
+        let claims = auth.verify(answer["token"].as_str().unwrap()).unwrap();
+        assert_eq!(claims.exp, now.timestamp() + 10);
+        let session = auth.issue_session(&expiring, "conan", now);
+        let claims = auth.verify_session(&session, "conan").unwrap();
+        assert_eq!(claims.exp, now.timestamp() + 10);
     }
 
     #[test]
