@@ -211,7 +211,10 @@ fn load_key(path: &Path, with_cert_file: bool) -> Result<Key, KeyError> {
 }
 
 /// The key's self-signed certificate: read from `<key>.crt` when present
-/// (and checked to hold this key), else made and, for the signing key, written there.
+/// (and checked to hold this key), else made and, for the signing key, written
+/// there when it can be. Where it cannot (a read-only mount of the key, as a
+/// Kubernetes Secret is) the certificate made in memory serves: registries
+/// that trust `<key>.crt` verify a token's `x5c` by its key, which is the same.
 fn certificate(
     key_file: &Path,
     pair: &rcgen::KeyPair,
@@ -241,8 +244,9 @@ fn certificate(
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(pair).map_err(|e| file_error(&path, e))?;
     if write {
-        std::fs::write(&path, cert.pem())
-            .map_err(|e| file_error(&path, format!("cannot write: {e}")))?;
+        if let Err(e) = std::fs::write(&path, cert.pem()) {
+            tracing::warn!(cert = %path.display(), error = %e, "cannot write the signing key's certificate (the registry's rootcertbundle); using one made in memory: ship it beside the key for the registry");
+        }
     }
     Ok(cert.der().to_vec())
 }
@@ -381,6 +385,22 @@ mod tests {
         let jwks = ring.jwks();
         assert_eq!(jwks["keys"][0]["kid"], ring.kid());
         assert_eq!(jwks["keys"][0]["kty"], "EC");
+    }
+
+    /// A key on a read-only mount (a Kubernetes Secret) without its
+    /// certificate: served with one made in memory, as `check-config` promised.
+    #[test]
+    fn a_certificate_that_cannot_be_written_is_made_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, EC_PEM).unwrap();
+        // A directory where the certificate would go: the write fails, even as root.
+        std::fs::create_dir(cert_path(&key)).unwrap();
+        assert!(check_key_file(&key).is_ok());
+        let ring = KeyRing::load(&key, &[]).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let jwt = ring.sign(&claims(now));
+        assert!(ring.verify(&jwt, "tokengate", "container_registry").is_ok());
     }
 
     #[test]
