@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cache::{RedisCache, TokenResolver};
 use crate::metrics::Metrics;
-use crate::store::{ListFilter, NewToken, StoreError, TokenStore};
+use crate::store::{ListFilter, NewToken, Revoked, StoreError, TokenStore};
 use crate::token::{self, Digest, OwnerKind, ScopeSet, Secret, TokenError, TokenRecord};
 
 /// Why a management request failed.
@@ -101,10 +101,13 @@ impl TokenAdmin {
 
     /// Revokes a token everywhere: the store (and its change feed), Redis
     /// (every proxy's in-process cache through pub/sub) and this process's
-    /// cache. `None` when there is no such token.
+    /// cache. `None` when there is no such token; a token revoked before is
+    /// returned as it is (no second audit event or count).
     pub async fn revoke(&self, actor: &str, id: i64) -> Result<Option<TokenRecord>, ManageError> {
-        let Some((record, digest)) = self.store.revoke(id).await? else {
-            return Ok(None);
+        let (record, digest) = match self.store.revoke(id).await? {
+            None => return Ok(None),
+            Some(Revoked::Already(record)) => return Ok(Some(record)),
+            Some(Revoked::Now(record, digest)) => (record, digest),
         };
         self.forget_everywhere(&digest, id).await;
         audit("token_revoked", actor, &record);

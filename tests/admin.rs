@@ -691,9 +691,15 @@ fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
     let csrf = csrf_of(&page.text());
 
     // Forms without the session's CSRF token, or without a session, change nothing.
+    let form_id = {
+        let text = page.text();
+        let at = text.find("name=\"form\" value=\"").expect("a form id") + 20;
+        text[at..at + 64].to_string()
+    };
     let create = |csrf: &str, headers: &[(&str, &str)]| {
-        let body =
-            format!("csrf={csrf}&kind=project&path=acme%2Fweb&name=from-page&scopes=read_registry");
+        let body = format!(
+            "csrf={csrf}&form={form_id}&kind=project&path=acme%2Fweb&name=from-page&scopes=read_registry"
+        );
         send(
             gate.admin_port,
             "POST",
@@ -726,6 +732,13 @@ fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
         401,
         "read_registry is no package scope"
     );
+    // The same form again (a refresh of that page, a double click): no second token.
+    let again = create(&csrf, &form_with_cookie);
+    assert_eq!(again.status, 200);
+    assert!(again.text().contains("This form was sent already"));
+    assert!(!again.text().contains("id=\"new-token\""));
+    let listed = body(&gate.admin("GET", "/api/v4/deploy_tokens", &[], b""));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 
     // Names are escaped, never markup.
     let r = post_json(
@@ -780,6 +793,12 @@ fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
             b""
         ))["revoked"],
         true
+    );
+    // Sent again (a stale tab): nothing more happens, nothing is counted twice.
+    assert_eq!(revoke(&csrf).status, 303);
+    assert_eq!(
+        gate.metric(r#"tokengate_deploy_tokens_revoked_total{scope="read_registry"}"#),
+        1.0
     );
     let out = send(
         gate.admin_port,

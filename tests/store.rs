@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::services::PgDatabase;
 use tokengate::config::StoreConfig;
-use tokengate::store::{LastUsed, ListFilter, NewToken, TokenStore};
+use tokengate::store::{LastUsed, ListFilter, NewToken, Revoked, TokenStore};
 use tokengate::token::{default_username, Digest, OwnerKind, ScopeSet, Secret};
 
 /// Keeps the backing database alive for the test's duration.
@@ -105,9 +105,21 @@ async fn create_find_list_revoke_and_feed(config: StoreConfig) {
         vec![t.id]
     );
 
-    let (revoked, digest) = store.revoke(t.id).await.unwrap().unwrap();
+    let Some(Revoked::Now(revoked, digest)) = store.revoke(t.id).await.unwrap() else {
+        panic!("revoked now")
+    };
     assert!(revoked.revoked);
     assert_eq!(digest, secret.digest());
+    let changes = store.changes_since(0).await.unwrap().len();
+    let Some(Revoked::Already(again)) = store.revoke(t.id).await.unwrap() else {
+        panic!("revoked before")
+    };
+    assert!(again.revoked);
+    assert_eq!(
+        store.changes_since(0).await.unwrap().len(),
+        changes,
+        "a second revocation changes nothing"
+    );
     assert!(store.revoke(9999).await.unwrap().is_none());
     let active = store
         .list(ListFilter {

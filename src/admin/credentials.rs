@@ -4,7 +4,7 @@
 //! page's sessions (a random cookie value mapped to the admin token's name,
 //! with a CSRF token of its own).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,22 @@ pub struct Session {
 /// Web-page sessions, in memory (a restart signs everyone out).
 #[derive(Default)]
 pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+    by_id: Mutex<HashMap<String, Live>>,
+}
+
+struct Live {
+    session: Session,
+    /// One-time ids of the create forms sent so far (see [`Sessions::first_sending`]).
+    sent_forms: HashSet<String>,
+}
+
+/// The most form ids a session remembers; past it the oldest are forgotten
+/// all at once (a page that old is a stale tab, its form long replaced).
+const MAX_SENT_FORMS: usize = 1000;
+
+/// A one-time id for a form that must not act twice.
+pub fn new_form_id() -> String {
+    random_hex()
 }
 
 impl Sessions {
@@ -107,8 +122,12 @@ impl Sessions {
         };
         let mut sessions = self.by_id.lock().expect("sessions lock");
         let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        sessions.insert(id.clone(), session.clone());
+        sessions.retain(|_, live| live.session.expires > now);
+        let live = Live {
+            session: session.clone(),
+            sent_forms: HashSet::new(),
+        };
+        sessions.insert(id.clone(), live);
         (id, session)
     }
 
@@ -123,8 +142,26 @@ impl Sessions {
         let sessions = self.by_id.lock().expect("sessions lock");
         sessions
             .get(id)
+            .map(|live| &live.session)
             .filter(|s| s.expires > Instant::now())
             .cloned()
+    }
+
+    /// Whether the form `form_id` is sent for the first time in the
+    /// request's session: a refresh of the page a create answered, or a
+    /// double click, sends it again and must not make a second token.
+    pub fn first_sending(&self, headers: &HeaderMap, form_id: &str) -> bool {
+        let Some(id) = cookie(headers, COOKIE) else {
+            return false;
+        };
+        let mut sessions = self.by_id.lock().expect("sessions lock");
+        let Some(live) = sessions.get_mut(id) else {
+            return false;
+        };
+        if live.sent_forms.len() >= MAX_SENT_FORMS {
+            live.sent_forms.clear();
+        }
+        live.sent_forms.insert(form_id.to_string())
     }
 
     pub fn end(&self, headers: &HeaderMap) {

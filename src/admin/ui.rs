@@ -11,12 +11,13 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use super::credentials::{Session, COOKIE};
+use super::credentials::{new_form_id, Session, COOKIE};
 use super::{Admin, AdminRequest, AdminResponse, Params};
 use crate::store::ListFilter;
 use crate::token::{OwnerKind, Scope, Secret, TokenRecord};
 use crate::tokens::{CreateRequest, ManageError};
 
+const SENT_TWICE: &str = "This form was sent already (a refresh or a second click): no second token was made. A token created the first time is listed below; revoke it if its secret was not saved.";
 const SAVE_WARNING: &str = "Save the deploy token somewhere safe. Once you leave or refresh the page, you won't be able to access it again.";
 
 /// The page's only script: the copy button and the revoke confirmation.
@@ -83,7 +84,14 @@ pub(super) async fn handle(admin: &Admin, req: &AdminRequest) -> AdminResponse {
                     set_cookie(&mut response, "", 0, admin.tls);
                     response
                 }
-                "/ui/tokens" => create(admin, &session, &form).await,
+                "/ui/tokens" => {
+                    let form_id = form.first("form").unwrap_or("");
+                    if form_id.is_empty() || !admin.sessions.first_sending(&req.headers, form_id) {
+                        let owner = owner(&form);
+                        return show(admin, &session, owner.as_ref(), None, Some(SENT_TWICE)).await;
+                    }
+                    create(admin, &session, &form).await
+                }
                 path => match path
                     .strip_prefix("/ui/tokens/")
                     .and_then(|rest| rest.strip_suffix("/revoke"))
@@ -255,7 +263,7 @@ async fn show(
         let _ = write!(
             html,
             r#"<form class="card" method="post" action="/ui/tokens" id="create"><h2>New deploy token for {} {}</h2>
-<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="kind" value="{}"><input type="hidden" name="path" value="{}">
+<input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="form" value="{}"><input type="hidden" name="kind" value="{}"><input type="hidden" name="path" value="{}">
 <label for="name">Name</label><input type="text" id="name" name="name" required maxlength="255">
 <label for="expires_at">Expiration date (optional)</label><input type="date" id="expires_at" name="expires_at">
 <label for="username">Username (optional)</label><input type="text" id="username" name="username" maxlength="255" placeholder="tokengate+deploy-token-{{n}}">
@@ -263,6 +271,7 @@ async fn show(
 <button type="submit">Create deploy token</button></form>"#,
             kind.as_str(),
             esc(path),
+            new_form_id(),
             kind.as_str(),
             esc(path),
         );

@@ -66,6 +66,15 @@ pub struct Change {
     pub digest: Digest,
 }
 
+/// What a revocation did.
+#[derive(Debug)]
+pub enum Revoked {
+    /// Revoked now: the record, and the digest whose cache entries must go.
+    Now(TokenRecord, Digest),
+    /// Revoked before; nothing changed.
+    Already(TokenRecord),
+}
+
 #[derive(Clone)]
 pub struct TokenStore {
     pool: AnyPool,
@@ -256,36 +265,41 @@ impl TokenStore {
         Ok(out)
     }
 
-    /// Revokes a token and returns it with its digest (for cache
-    /// invalidation); `None` when no such token exists. Revoking twice is not an error.
-    pub async fn revoke(&self, id: i64) -> Result<Option<(TokenRecord, Digest)>, StoreError> {
+    /// Revokes a token; `None` when no such token exists. Revoking twice is
+    /// not an error, and the second time changes nothing ([`Revoked::Already`]).
+    pub async fn revoke(&self, id: i64) -> Result<Option<Revoked>, StoreError> {
         let digest = self
             .timed(async {
                 let now = Utc::now().timestamp();
                 let mut tx = self.pool.begin().await?;
-                let hex: Option<String> =
-                    sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
+                let row =
+                    sqlx::query("SELECT token_digest, revoked FROM deploy_tokens WHERE id = $1")
                         .bind(id)
                         .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.try_get(0))
-                        .transpose()?;
-                let Some(hex) = hex else {
+                        .await?;
+                let Some(row) = row else {
                     return Ok(None);
                 };
+                let (hex, revoked): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                if revoked != 0 {
+                    return Ok(Some(None));
+                }
                 sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
                 record_change(&mut tx, id, &hex, now).await?;
                 tx.commit().await?;
-                Ok(Some(parse_digest(&hex)?))
+                Ok(Some(Some(parse_digest(&hex)?)))
             })
             .await?;
         let Some(digest) = digest else {
             return Ok(None);
         };
-        Ok(self.get(id).await?.map(|record| (record, digest)))
+        Ok(self.get(id).await?.map(|record| match digest {
+            Some(digest) => Revoked::Now(record, digest),
+            None => Revoked::Already(record),
+        }))
     }
 
     /// Rotation: a new token with the old one's name, username, owner, scopes
