@@ -255,6 +255,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliError> {
+    // First: a SIGHUP while the store connects (a `systemctl reload` right
+    // after start) must not end the process, and an edit meanwhile must apply.
+    let watch = ConfigWatch::start(config_path);
     apply_log_level(&config);
     let store = TokenStore::connect(&config.store).await?;
     let config = Arc::new(config);
@@ -340,11 +343,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     let proxy = build_proxy(config, &shared).map_err(CliError::Failed)?;
     metrics.config_loaded(&version, false);
     let current = Arc::new(crate::proxy::Current::from_pointee(proxy));
-    tasks.push(tokio::spawn(follow_config(
-        config_path,
-        current.clone(),
-        shared,
-    )));
+    tasks.push(tokio::spawn(follow_config(watch, current.clone(), shared)));
     let public = crate::proxy::serve(
         current.clone(),
         Listener::Proxy,
@@ -428,18 +427,41 @@ fn build_proxy(config: Arc<Config>, shared: &Shared) -> Result<crate::proxy::Pro
     ))
 }
 
+/// What tells `serve` to reload: SIGHUP, and the config file's content.
+struct ConfigWatch {
+    path: Option<PathBuf>,
+    hup: Option<tokio::signal::unix::Signal>,
+    seen: Option<[u8; 32]>,
+}
+
+impl ConfigWatch {
+    /// Takes SIGHUP over and notes the file's content as loaded.
+    fn start(path: Option<PathBuf>) -> ConfigWatch {
+        use tokio::signal::unix::{signal, SignalKind};
+        let seen = fingerprint(path.as_deref());
+        ConfigWatch {
+            path,
+            hup: signal(SignalKind::hangup()).ok(),
+            seen,
+        }
+    }
+}
+
+fn fingerprint(path: Option<&std::path::Path>) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    path.and_then(|p| std::fs::read(p).ok())
+        .map(|text| sha2::Sha256::digest(text).into())
+}
+
 /// Reloads the config on SIGHUP and whenever the file's content changes
 /// (checked every second). A config that does not validate is refused with
 /// its file, line and key, and the running one stays.
-async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current>, shared: Shared) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let fingerprint = |path: Option<&std::path::Path>| {
-        use sha2::Digest;
-        path.and_then(|p| std::fs::read(p).ok())
-            .map(sha2::Sha256::digest)
-    };
-    let mut seen = fingerprint(path.as_deref());
+async fn follow_config(watch: ConfigWatch, current: Arc<crate::proxy::Current>, shared: Shared) {
+    let ConfigWatch {
+        path,
+        mut hup,
+        mut seen,
+    } = watch;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let why = tokio::select! {
@@ -467,8 +489,8 @@ async fn follow_config(path: Option<PathBuf>, current: Arc<crate::proxy::Current
         match loaded {
             Ok(proxy) => {
                 apply_log_level(proxy.config());
-                if let (Some(admin), Some(config)) = (&shared.admin, &proxy.config().admin) {
-                    admin.reload(config);
+                if let Some(admin) = &shared.admin {
+                    admin.reload(proxy.config().admin.as_ref());
                 }
                 let version = proxy.config().version.clone();
                 current.store(Arc::new(proxy));

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use crate::cache::RedisTarget;
 use crate::format::{self, Access, Authentication};
+use crate::proxy::HELD_PER_BYTE;
 use crate::route::{
     AccessRule, NamespaceSource, NormalizedPath, PathPart, PatternPart, Route, RouteTable, Upstream,
 };
@@ -93,12 +94,12 @@ struct RawServer {
     listen: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
     public_url: Option<Spanned<String>>,
-    header_read_timeout_seconds: Option<u64>,
-    upstream_connect_timeout_seconds: Option<u64>,
-    upstream_response_timeout_seconds: Option<u64>,
-    body_idle_timeout_seconds: Option<u64>,
-    shutdown_grace_seconds: Option<u64>,
-    shutdown_delay_seconds: Option<u64>,
+    header_read_timeout_seconds: Option<Spanned<u64>>,
+    upstream_connect_timeout_seconds: Option<Spanned<u64>>,
+    upstream_response_timeout_seconds: Option<Spanned<u64>>,
+    body_idle_timeout_seconds: Option<Spanned<u64>>,
+    shutdown_grace_seconds: Option<Spanned<u64>>,
+    shutdown_delay_seconds: Option<Spanned<u64>>,
     metadata_max_bytes: Option<usize>,
     metadata_budget_bytes: Option<Spanned<usize>>,
     failed_auth_per_minute: Option<u32>,
@@ -111,20 +112,20 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<Spanned<String>>,
-    timeout_seconds: Option<u64>,
-    last_used_flush_seconds: Option<u64>,
+    timeout_seconds: Option<Spanned<u64>>,
+    last_used_flush_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    ttl_seconds: Option<u64>,
-    negative_ttl_seconds: Option<u64>,
+    ttl_seconds: Option<Spanned<u64>>,
+    negative_ttl_seconds: Option<Spanned<u64>>,
     max_entries: Option<u64>,
     redis_url: Option<Spanned<String>>,
     redis_ca_file: Option<Spanned<String>>,
-    redis_timeout_millis: Option<u64>,
-    change_poll_millis: Option<u64>,
+    redis_timeout_millis: Option<Spanned<u64>>,
+    change_poll_millis: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -546,12 +547,22 @@ fn build_store(src: &Source<'_>, raw: &RawStore) -> Result<StoreConfig, ConfigEr
             url.get_ref().clone()
         }
     };
-    let secs =
-        |v: Option<u64>, default: Duration| v.map_or(default, |s| Duration::from_secs(s.max(1)));
     Ok(StoreConfig {
         url,
-        timeout: secs(raw.timeout_seconds, defaults.timeout),
-        last_used_flush: secs(raw.last_used_flush_seconds, defaults.last_used_flush),
+        timeout: duration(
+            src,
+            &raw.timeout_seconds,
+            "store.timeout_seconds",
+            1,
+            defaults.timeout,
+        )?,
+        last_used_flush: duration(
+            src,
+            &raw.last_used_flush_seconds,
+            "store.last_used_flush_seconds",
+            1,
+            defaults.last_used_flush,
+        )?,
     })
 }
 
@@ -572,17 +583,42 @@ fn build_cache(src: &Source<'_>, raw: &RawCache) -> Result<CacheConfig, ConfigEr
                 .map_err(|m| src.at(ca, "cache.redis_ca_file", m))?,
         ),
     };
+    let timeout = millis(
+        src,
+        &raw.redis_timeout_millis,
+        "cache.redis_timeout_millis",
+        1,
+        250,
+    )?;
     let redis = target.map(|target| RedisConfig {
         target,
-        timeout: Duration::from_millis(raw.redis_timeout_millis.unwrap_or(250).max(1)),
+        timeout,
         ca_pem,
     });
     Ok(CacheConfig {
-        ttl: Duration::from_secs(raw.ttl_seconds.unwrap_or(60)),
-        negative_ttl: Duration::from_secs(raw.negative_ttl_seconds.unwrap_or(5)),
+        ttl: duration(
+            src,
+            &raw.ttl_seconds,
+            "cache.ttl_seconds",
+            0,
+            Duration::from_secs(60),
+        )?,
+        negative_ttl: duration(
+            src,
+            &raw.negative_ttl_seconds,
+            "cache.negative_ttl_seconds",
+            0,
+            Duration::from_secs(5),
+        )?,
         max_entries: raw.max_entries.unwrap_or(100_000),
         redis,
-        change_poll: Duration::from_millis(raw.change_poll_millis.unwrap_or(500).max(10)),
+        change_poll: millis(
+            src,
+            &raw.change_poll_millis,
+            "cache.change_poll_millis",
+            10,
+            500,
+        )?,
     })
 }
 
@@ -784,7 +820,7 @@ fn build_registry_auth(
             let span = value.as_ref().map_or(0..0, |t| t.span());
             return Err(src.error(span, key, "must be at least 60 (clients treat less as 60)"));
         }
-        Ok(Duration::from_secs(seconds))
+        duration(src, value, key, 60, Duration::from_secs(default))
     };
     Ok(RegistryAuthConfig {
         path: endpoint(&raw.path, "registry_auth.path", "/jwt/auth")?,
@@ -903,12 +939,14 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
     let secret = |var: &str, at: &dyn Fn(String) -> ConfigError| {
         let value =
             std::env::var(var).map_err(|_| at(format!("environment variable {var} is not set")))?;
+        // As presented tokens are: a secret file's trailing newline is no part of it.
+        let value = value.trim();
         if value.len() < 16 {
             return Err(at(format!(
                 "the admin token in {var} is shorter than 16 characters"
             )));
         }
-        Ok(crate::token::Digest::of(&value))
+        Ok(crate::token::Digest::of(value))
     };
     let mut tokens = Vec::new();
     if let Some(var) = &raw.token_env {
@@ -947,6 +985,56 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
     })
 }
 
+/// The longest duration a setting may name: 30 days. Longer ones are
+/// mistakes, and near `u64::MAX` seconds they would overflow the clock
+/// arithmetic of every request.
+const MAX_SECONDS: u64 = 30 * 24 * 3600;
+
+/// A duration setting in seconds, at least `min` and at most [`MAX_SECONDS`].
+fn duration(
+    src: &Source<'_>,
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    min: u64,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (min..=MAX_SECONDS).contains(v.get_ref()) => {
+            Ok(Duration::from_secs(*v.get_ref()))
+        }
+        Some(v) => Err(src.at(v, key, format!("between {min} and {MAX_SECONDS} (30 days)"))),
+    }
+}
+
+/// A duration setting in milliseconds, at least `min` and at most [`MAX_SECONDS`].
+fn millis(
+    src: &Source<'_>,
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    min: u64,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let max = MAX_SECONDS * 1000;
+    match value {
+        None => Ok(Duration::from_millis(default)),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(Duration::from_millis(*v.get_ref())),
+        Some(v) => Err(src.at(v, key, format!("between {min} and {max} (30 days)"))),
+    }
+}
+
+/// An IPv4 network written in IPv4-mapped IPv6 form (`::ffff:10.0.0.0/104`),
+/// as IPv4: peers are matched in their canonical form.
+fn canonical_network(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 /// A list of addresses and networks (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`).
 fn networks(
     src: &Source<'_>,
@@ -959,6 +1047,7 @@ fn networks(
             entry
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(canonical_network)
                 .map_err(|_| {
                     let why = format!("{entry:?} is not an address or a network like 10.0.0.0/8");
                     src.at(list, key, why)
@@ -1003,14 +1092,22 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
             parse_public_url(url.get_ref()).map_err(|m| src.at(url, "server.public_url", m))?
         }
     };
-    let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    let secs = |value: &Option<Spanned<u64>>, key: &str, min: u64, default: u64| {
+        duration(
+            src,
+            value,
+            &format!("server.{key}"),
+            min,
+            Duration::from_secs(default),
+        )
+    };
     let metadata_max_bytes = raw.metadata_max_bytes.unwrap_or(32 << 20);
     let metadata_budget_bytes = match &raw.metadata_budget_bytes {
-        None => (256 << 20).max(2 * metadata_max_bytes),
-        Some(b) if *b.get_ref() >= 2 * metadata_max_bytes => *b.get_ref(),
+        None => (256 << 20).max(HELD_PER_BYTE * metadata_max_bytes),
+        Some(b) if *b.get_ref() >= HELD_PER_BYTE * metadata_max_bytes => *b.get_ref(),
         Some(b) => {
             let why = format!(
-                "at least twice metadata_max_bytes ({metadata_max_bytes}): a document and its rewritten copy"
+                "at least {HELD_PER_BYTE} times metadata_max_bytes ({metadata_max_bytes}): a document and the copies rewriting makes"
             );
             return Err(src.at(b, "server.metadata_budget_bytes", why));
         }
@@ -1019,12 +1116,32 @@ fn build_server(src: &Source<'_>, raw: &RawServer) -> Result<ServerConfig, Confi
         listen,
         tls,
         public_url,
-        header_read_timeout: secs(raw.header_read_timeout_seconds, 10),
-        upstream_connect_timeout: secs(raw.upstream_connect_timeout_seconds, 5),
-        upstream_response_timeout: secs(raw.upstream_response_timeout_seconds, 300),
-        body_idle_timeout: secs(raw.body_idle_timeout_seconds, 60),
-        shutdown_grace: secs(raw.shutdown_grace_seconds, 30),
-        shutdown_delay: secs(raw.shutdown_delay_seconds, 0),
+        header_read_timeout: secs(
+            &raw.header_read_timeout_seconds,
+            "header_read_timeout_seconds",
+            1,
+            10,
+        )?,
+        upstream_connect_timeout: secs(
+            &raw.upstream_connect_timeout_seconds,
+            "upstream_connect_timeout_seconds",
+            1,
+            5,
+        )?,
+        upstream_response_timeout: secs(
+            &raw.upstream_response_timeout_seconds,
+            "upstream_response_timeout_seconds",
+            1,
+            300,
+        )?,
+        body_idle_timeout: secs(
+            &raw.body_idle_timeout_seconds,
+            "body_idle_timeout_seconds",
+            1,
+            60,
+        )?,
+        shutdown_grace: secs(&raw.shutdown_grace_seconds, "shutdown_grace_seconds", 0, 30)?,
+        shutdown_delay: secs(&raw.shutdown_delay_seconds, "shutdown_delay_seconds", 0, 0)?,
         metadata_max_bytes,
         metadata_budget_bytes,
         failed_auth_per_minute: raw.failed_auth_per_minute.unwrap_or(60),
@@ -1348,6 +1465,22 @@ access = "read"
     }
 
     #[test]
+    fn ipv4_mapped_networks_are_ipv4() {
+        let c = Config::parse(
+            "t.toml",
+            "[server]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\", \"::ffff:10.0.0.9\", \"fd00::/8\"]\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "10.0.0.9/32", "fd00::/8"]);
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let cases: &[(&str, &str, usize, &str)] = &[
             ("[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 3\n", "server.listen_port", 3, "unknown field"),
@@ -1358,7 +1491,11 @@ access = "read"
             ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route[0].path", 1, "missing field"),
             ("[server]\ntrusted_proxies = [\n  \"10.0.0.1\",\n  7,\n]\n", "server.trusted_proxies", 4, "invalid type"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
-            ("[server]\nmetadata_max_bytes = 1000\nmetadata_budget_bytes = 1999\n", "server.metadata_budget_bytes", 3, "at least twice metadata_max_bytes"),
+            ("[server]\nupstream_response_timeout_seconds = 0\n", "server.upstream_response_timeout_seconds", 2, "between 1 and"),
+            ("[server]\nlisten = \"127.0.0.1:8080\"\nheader_read_timeout_seconds = 9223372036854775807\n", "server.header_read_timeout_seconds", 3, "between 1 and"),
+            ("[store]\ntimeout_seconds = 0\n", "store.timeout_seconds", 2, "between 1 and"),
+            ("[cache]\nredis_timeout_millis = 9223372036854775807\n", "cache.redis_timeout_millis", 2, "between 1 and"),
+            ("[server]\nmetadata_max_bytes = 1000\nmetadata_budget_bytes = 2999\n", "server.metadata_budget_bytes", 3, "at least 3 times metadata_max_bytes"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url", 2, "sqlite"),
             ("[upstream.a]\nurl = \"ftp://x\"\n", "upstream.a.url", 2, "http://"),
             ("[upstream.a]\nurl = \"http://x\"\nbasic = { username = \"u\", password_env = \"TG_TEST_UNSET_VAR\" }\n", "upstream.a.basic.password_env", 3, "TG_TEST_UNSET_VAR"),

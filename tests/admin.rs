@@ -907,3 +907,31 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
     }
     assert!(checked >= 12, "{checked}");
 }
+
+/// A peer that connects and sends nothing, or only the HTTP/2 preface, is
+/// dropped after the head timeout (10 s; the preface: an unanswered ping,
+/// 20 s), not kept for as long as it likes.
+#[test]
+fn silent_admin_connections_are_dropped() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let silent = |opening: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", gate.admin_port)).unwrap();
+        std::io::Write::write_all(&mut stream, opening).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+    };
+    let streams = [silent(b""), silent(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")];
+    let started = Instant::now();
+    for mut stream in streams {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "silent admin connections held for {:?}",
+        started.elapsed()
+    );
+}

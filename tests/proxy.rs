@@ -630,7 +630,7 @@ fn metadata_rewrites_share_one_memory_budget() {
     let server = format!(
         "metadata_max_bytes = {}\nmetadata_budget_bytes = {}\n",
         DOC + 1024,
-        2 * DOC + 8192
+        3 * (DOC + 1024) + 8192
     );
     let gate = Gate::start_full(&server, &config(&up).replace("/base\"", "\""), &[]);
     let t = gate.token("project:acme/web", "read_package_registry", &[]);
@@ -978,6 +978,41 @@ fn the_upstream_answer_is_due_after_the_upload_not_from_its_start() {
         started.elapsed() < Duration::from_secs(10),
         "an upstream that stopped reading held the upload for {:?}",
         started.elapsed()
+    );
+}
+
+/// A client that stops reading a response is cut after the body idle
+/// timeout: hyper asks the body for more only when it can write, so without
+/// a deadline on the writes themselves the response (and its upstream
+/// connection) would wait for as long as the client keeps the socket open.
+#[test]
+fn a_client_that_stops_reading_is_cut() {
+    let up = Recorder::start();
+    let gate = Gate::start_full("body_idle_timeout_seconds = 1", &config(&up), &[]);
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    const SIZE: usize = 256 << 20;
+    let mut reader = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    write!(
+        reader,
+        "GET /generic/acme/web/big/{SIZE} HTTP/1.1\r\nHost: x\r\nDeploy-Token: {}\r\n\r\n",
+        t.secret
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    reader
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut reader, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < SIZE,
+        "the whole response waited for a client that stopped reading"
     );
 }
 

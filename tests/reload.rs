@@ -338,4 +338,69 @@ fn a_reload_replaces_the_admin_tokens() {
     );
     assert_eq!(list(common::ADMIN_TOKEN), 200);
     assert!(gate.logs().contains("admin tokens reloaded"));
+
+    // Without `[admin]` at all, no token is left (the listener stays until a restart).
+    let text = std::fs::read_to_string(&gate.config).unwrap();
+    let start = text.find("[admin]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    std::fs::write(&next, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    std::fs::rename(&next, &gate.config).unwrap();
+    wait_until("every admin token refused", Duration::from_secs(5), || {
+        list(common::ADMIN_TOKEN) == 401
+    });
+}
+
+/// SIGHUP is taken over first thing: one that arrives while the store is
+/// still connecting (`systemctl reload` right after start) must not end the
+/// process, as the signal's default action would.
+#[test]
+fn a_sighup_during_start_up_does_not_end_the_process() {
+    // A "database" that accepts and never answers: start-up waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n\n[store]\nurl = \"postgres://tg@127.0.0.1:{port}/tg\"\ntimeout_seconds = 5\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the store answers (it never does here) the process is starting up.
+    silent.set_nonblocking(true).unwrap();
+    let asked = Instant::now();
+    let _held = loop {
+        match silent.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if asked.elapsed() < Duration::from_secs(10) => {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "exited before connecting"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("never connected to the store: {e}"),
+        }
+    };
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let ended = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ended.is_none(),
+        "ended by SIGHUP during start-up: {ended:?}"
+    );
 }

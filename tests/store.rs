@@ -181,6 +181,12 @@ async fn last_used_is_batched_and_never_moves_back(config: StoreConfig) {
     used.mark(a.id, 1_700_000_000);
     used.flush(&store).await.unwrap();
     assert_eq!(seen(a.id).await, Some(1_800_000_050));
+
+    // A flush dropped half-way (shutdown) loses no mark.
+    used.mark(b.id, 1_800_000_100);
+    let _ = tokio::time::timeout(Duration::ZERO, used.flush(&store)).await;
+    used.flush(&store).await.unwrap();
+    assert_eq!(seen(b.id).await, Some(1_800_000_100));
 }
 
 async fn reconnecting_keeps_tokens_and_applies_no_migration_twice(config: StoreConfig) {
@@ -224,6 +230,28 @@ async fn postgres_holds_only_digests() {
     let dump = db.query("SELECT row_to_json(t)::text FROM deploy_tokens t");
     assert!(dump.contains(&secret.digest().to_hex()), "{dump}");
     assert!(!dump.contains(secret.expose()));
+}
+
+/// Two revocations at once (a double click, two admins): one revokes and
+/// records the change, the other finds it revoked.
+#[tokio::test]
+async fn of_two_concurrent_revocations_one_records_the_change() {
+    let db = PgDatabase::create();
+    let store = TokenStore::connect(&StoreConfig::at(db.url()))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let (_, new) = new_token("acme/web", None);
+        let t = store.create(new).await.unwrap();
+        let before = store.changes_since(0).await.unwrap().len();
+        let (a, b) = tokio::join!(store.revoke(t.id), store.revoke(t.id));
+        let now = [a.unwrap().unwrap(), b.unwrap().unwrap()]
+            .iter()
+            .filter(|r| matches!(r, Revoked::Now(..)))
+            .count();
+        assert_eq!(now, 1);
+        assert_eq!(store.changes_since(0).await.unwrap().len(), before + 1);
+    }
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             _ => (OwnerKind::Group, "404 Group Not Found"),
         };
         let path = form_decode(id)
-            .filter(|p| crate::token::validate_owner(kind, p).is_ok())
+            .filter(|p| crate::token::validate_namespace(p).is_ok())
             .ok_or(not_found)?;
         Ok((kind, path))
     };
@@ -40,6 +40,13 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             match (owner(kind, id), method) {
                 (Err(why), _) => return message(StatusCode::NOT_FOUND, why),
                 (Ok((kind, path)), &Method::GET) => list(admin, req, Some((kind, &path))).await,
+                // A group's path names no project to create a token for (tokens
+                // made so before this was refused stay listable and deletable).
+                (Ok((kind, path)), &Method::POST)
+                    if crate::token::validate_owner(kind, &path).is_err() =>
+                {
+                    return message(StatusCode::NOT_FOUND, "404 Project Not Found")
+                }
                 (Ok((kind, path)), &Method::POST) => create(admin, actor, req, kind, path).await,
                 _ => return method_not_allowed(),
             }

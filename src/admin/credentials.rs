@@ -164,6 +164,16 @@ impl Sessions {
         live.sent_forms.insert(form_id.to_string())
     }
 
+    /// Lets a form be sent again: what it asked for was not done.
+    pub fn unsend_form(&self, headers: &HeaderMap, form_id: &str) {
+        let Some(id) = cookie(headers, COOKIE) else {
+            return;
+        };
+        if let Some(live) = self.by_id.lock().expect("sessions lock").get_mut(id) {
+            live.sent_forms.remove(form_id);
+        }
+    }
+
     pub fn end(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, COOKIE) {
             self.by_id.lock().expect("sessions lock").remove(id);

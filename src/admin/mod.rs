@@ -64,11 +64,14 @@ impl Admin {
 
     /// Applies a reloaded config's admin tokens. When they changed, web-page
     /// sessions end too: one started with a rotated-out token must not outlive it.
-    pub fn reload(&self, config: &AdminConfig) {
-        if self.credentials.replace(&config.tokens) {
+    /// A config without `[admin]` leaves none: the listener runs on until a
+    /// restart, refusing every token (a leaked one is revoked by removing it).
+    pub fn reload(&self, config: Option<&AdminConfig>) {
+        let tokens = config.map_or(&[][..], |c| &c.tokens[..]);
+        if self.credentials.replace(tokens) {
             self.sessions.clear();
             tracing::info!(
-                admin_tokens = config.tokens.len(),
+                admin_tokens = tokens.len(),
                 "admin tokens reloaded; web-page sessions ended"
             );
         }
@@ -87,13 +90,25 @@ pub(crate) struct AdminRequest {
 
 pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
-/// Serves the admin endpoints until the task is dropped.
+/// How long a client has for its first bytes, a TLS handshake, a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest an admin connection is kept (API calls and page loads are short).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Serves the admin endpoints until the task is dropped. HTTP/1 has hyper's
+/// head timeout; HTTP/2, which has none, pings the peer and drops one that
+/// does not answer (a peer that sent only the preface).
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::tls::ServerTls>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(HEAD_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HEAD_TIMEOUT)
+        .keep_alive_timeout(HEAD_TIMEOUT);
     let builder = Arc::new(builder);
     let tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
     loop {
@@ -110,22 +125,30 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
             });
-            match tls {
-                None => {
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    if let Ok(Ok(stream)) = handshake.await {
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+            // A peer that sends nothing is dropped after the head timeout,
+            // and no connection outlives CONNECTION_LIFETIME.
+            let served = async {
+                match tls {
+                    None => {
+                        let mut first = [0u8; 1];
+                        let opened = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first));
+                        if matches!(opened.await, Ok(Ok(n)) if n > 0) {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                        if let Ok(Ok(stream)) = handshake.await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
                     }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
         });
     }
 }

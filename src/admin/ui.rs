@@ -90,7 +90,11 @@ pub(super) async fn handle(admin: &Admin, req: &AdminRequest) -> AdminResponse {
                         let owner = owner(&form);
                         return show(admin, &session, owner.as_ref(), None, Some(SENT_TWICE)).await;
                     }
-                    create(admin, &session, &form).await
+                    // Not made (invalid, store down): the same form may be sent again.
+                    create(admin, &session, &form).await.unwrap_or_else(|page| {
+                        admin.sessions.unsend_form(&req.headers, form_id);
+                        page
+                    })
                 }
                 path => match path
                     .strip_prefix("/ui/tokens/")
@@ -135,16 +139,21 @@ fn login(admin: &Admin, req: &AdminRequest) -> AdminResponse {
     response
 }
 
-async fn create(admin: &Admin, session: &Session, form: &Params) -> AdminResponse {
+/// Creates a token from the form: `Err` with the page to show when none was made.
+async fn create(
+    admin: &Admin,
+    session: &Session,
+    form: &Params,
+) -> Result<AdminResponse, AdminResponse> {
     let Some(owner) = owner(form) else {
-        return show(
+        return Err(show(
             admin,
             session,
             None,
             None,
             Some("Choose a project or group."),
         )
-        .await;
+        .await);
     };
     let request = CreateRequest {
         owner_kind: owner.0,
@@ -161,32 +170,32 @@ async fn create(admin: &Admin, session: &Session, form: &Params) -> AdminRespons
             .map(str::to_string),
     };
     if request.scopes.is_empty() {
-        return show(
+        return Err(show(
             admin,
             session,
             Some(&owner),
             None,
             Some("Choose at least one scope."),
         )
-        .await;
+        .await);
     }
     match admin.tokens.create(&session.admin, request).await {
         Ok((record, secret)) => {
-            show(admin, session, Some(&owner), Some((&record, &secret)), None).await
+            Ok(show(admin, session, Some(&owner), Some((&record, &secret)), None).await)
         }
         Err(ManageError::Invalid(e)) => {
-            show(admin, session, Some(&owner), None, Some(&e.to_string())).await
+            Err(show(admin, session, Some(&owner), None, Some(&e.to_string())).await)
         }
         Err(ManageError::Store(e)) => {
             tracing::warn!(error = %e, "web page: token store failed");
-            show(
+            Err(show(
                 admin,
                 session,
                 Some(&owner),
                 None,
                 Some("The token store is unavailable; nothing was created."),
             )
-            .await
+            .await)
         }
     }
 }

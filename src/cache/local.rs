@@ -100,9 +100,13 @@ where
     }
 
     /// The cached lookup, else `load`'s, one load per key at a time (moka's
-    /// `try_get_with` is the single flight). A load overtaken by an
-    /// invalidation is dropped and made again. The flag tells whether this
-    /// call loaded (a miss) rather than found or joined another's load.
+    /// `try_get_with` is the single flight). A load that began before this
+    /// call and was overtaken by an invalidation since is dropped and made
+    /// again; one that began after the call did is fresh enough for it (the
+    /// invalidation overlapped the request), though never served from the
+    /// cache again ([`LocalCache::get`]). So a call loads twice at most, and
+    /// the requests that joined one load stay one load. The flag tells whether
+    /// this call loaded (a miss) rather than found or joined another's load.
     pub(super) async fn get_or_load<E, F, Fut>(
         &self,
         key: K,
@@ -113,6 +117,7 @@ where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Lookup, E>>,
     {
+        let start = self.epoch(&key);
         loop {
             let mut loaded = false;
             let entry = self
@@ -123,7 +128,7 @@ where
                     load().await.map(|lookup| Stamped { lookup, epoch })
                 })
                 .await?;
-            if entry.epoch == self.epoch(&key) {
+            if entry.epoch >= start {
                 return Ok((entry.lookup, loaded));
             }
             self.entries.invalidate(&key).await;

@@ -62,8 +62,9 @@ struct Key {
     encoding: EncodingKey,
     decoding: DecodingKey,
     jwk: serde_json::Value,
-    /// Base64 DER of the self-signed certificate, for `x5c`.
-    cert: String,
+    /// Base64 DER of the self-signed certificate in `<key>.crt`, for `x5c`;
+    /// `None` for verify-only keys and where the file could not be written.
+    cert: Option<String>,
 }
 
 /// The signing key and the verify-only keys.
@@ -96,7 +97,7 @@ impl KeyRing {
     pub fn sign(&self, claims: &Claims) -> String {
         let mut header = Header::new(self.signing.alg);
         header.kid = Some(self.signing.kid.clone());
-        header.x5c = Some(vec![self.signing.cert.clone()]);
+        header.x5c = self.signing.cert.clone().map(|cert| vec![cert]);
         jsonwebtoken::encode(&header, claims, &self.signing.encoding)
             .expect("signing with a loaded key cannot fail")
     }
@@ -206,21 +207,23 @@ fn load_key(path: &Path, with_cert_file: bool) -> Result<Key, KeyError> {
         encoding,
         decoding,
         jwk,
-        cert: STANDARD.encode(cert),
+        cert: cert.map(|der| STANDARD.encode(der)),
     })
 }
 
 /// The key's self-signed certificate: read from `<key>.crt` when present
-/// (and checked to hold this key), else made and, for the signing key, written
-/// there when it can be. Where it cannot (a read-only mount of the key, as a
-/// Kubernetes Secret is) the certificate made in memory serves: registries
-/// that trust `<key>.crt` verify a token's `x5c` by its key, which is the same.
+/// (and checked to hold this key), else, for the signing key, made and
+/// written there. Where it cannot be written (a read-only mount of the key,
+/// as a Kubernetes Secret is) there is none: a certificate made anew at each
+/// start differs on every instance (ECDSA signatures are randomized), and a
+/// registry verifying `x5c` against `rootcertbundle` would refuse tokens
+/// that carried one; without `x5c` it finds the key by `kid` (or in the JWKS).
 fn certificate(
     key_file: &Path,
     pair: &rcgen::KeyPair,
     spki: &[u8],
     write: bool,
-) -> Result<Vec<u8>, KeyError> {
+) -> Result<Option<Vec<u8>>, KeyError> {
     let path = cert_path(key_file);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let der = pem::parse(&text)
@@ -233,7 +236,10 @@ fn certificate(
                 format!("does not hold the public key of {}", key_file.display()),
             ));
         }
-        return Ok(der);
+        return Ok(Some(der));
+    }
+    if !write {
+        return Ok(None);
     }
     let mut params = rcgen::CertificateParams::new(vec!["tokengate".to_string()])
         .map_err(|e| file_error(&path, e))?;
@@ -243,12 +249,11 @@ fn certificate(
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(pair).map_err(|e| file_error(&path, e))?;
-    if write {
-        if let Err(e) = std::fs::write(&path, cert.pem()) {
-            tracing::warn!(cert = %path.display(), error = %e, "cannot write the signing key's certificate (the registry's rootcertbundle); using one made in memory: ship it beside the key for the registry");
-        }
+    if let Err(e) = std::fs::write(&path, cert.pem()) {
+        tracing::warn!(cert = %path.display(), error = %e, "cannot write the signing key's certificate (a registry's rootcertbundle): tokens carry no x5c; registries find the key by kid or in the JWKS. Ship <key>.crt beside the key for x5c");
+        return Ok(None);
     }
-    Ok(cert.der().to_vec())
+    Ok(Some(cert.der().to_vec()))
 }
 
 /// libtrust's key ID, which distribution 2.x matches `kid` against: the
@@ -388,9 +393,10 @@ mod tests {
     }
 
     /// A key on a read-only mount (a Kubernetes Secret) without its
-    /// certificate: served with one made in memory, as `check-config` promised.
+    /// certificate: served, as `check-config` promised, with tokens that name
+    /// their key by `kid` only.
     #[test]
-    fn a_certificate_that_cannot_be_written_is_made_in_memory() {
+    fn a_key_whose_certificate_cannot_be_written_signs_without_x5c() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k.pem");
         std::fs::write(&key, EC_PEM).unwrap();
@@ -401,6 +407,7 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let jwt = ring.sign(&claims(now));
         assert!(ring.verify(&jwt, "tokengate", "container_registry").is_ok());
+        assert!(jsonwebtoken::decode_header(&jwt).unwrap().x5c.is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
@@ -39,6 +41,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Progress of a body whose request went out at `since`.
     pub fn new(since: std::time::Instant) -> Progress {
         Progress {
             since,
@@ -158,6 +161,7 @@ pub struct Buffered {
 const SLICE: usize = 64 << 10;
 
 impl Buffered {
+    /// A body of `bytes` that holds no reservation (the proxy's own answers).
     pub fn new(bytes: impl Into<Bytes>) -> Buffered {
         Buffered {
             rest: bytes.into(),
@@ -200,6 +204,112 @@ impl Body for Buffered {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+pin_project! {
+    /// A client connection whose writes fail once the client has taken no
+    /// byte for `idle`. hyper asks a response body for more only when it can
+    /// write, so a client that stops reading would otherwise hold the
+    /// response — its upstream connection, a rewritten document's share of
+    /// the metadata budget — for as long as it keeps the socket open. The
+    /// timer is armed only when a write has to wait.
+    pub struct WriteStall<S> {
+        #[pin]
+        inner: S,
+        deadline: Option<Pin<Box<Sleep>>>,
+        // Whether the deadline counts the current wait.
+        armed: bool,
+        idle: Duration,
+    }
+}
+
+impl<S> WriteStall<S> {
+    pub fn new(inner: S, idle: Duration) -> WriteStall<S> {
+        WriteStall {
+            inner,
+            deadline: None,
+            armed: false,
+            idle,
+        }
+    }
+}
+
+impl<S: AsyncWrite> WriteStall<S> {
+    /// A write's outcome, with a wait past `idle` turned into an error.
+    fn watch<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let this = self.project();
+        if polled.is_ready() {
+            *this.armed = false;
+            return polled;
+        }
+        let until = Instant::now() + *this.idle;
+        let deadline = match this.deadline {
+            Some(deadline) => {
+                if !*this.armed {
+                    deadline.as_mut().reset(until);
+                }
+                deadline
+            }
+            None => this
+                .deadline
+                .insert(Box::pin(tokio::time::sleep_until(until))),
+        };
+        *this.armed = true;
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing for the body idle timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = self.as_mut().project().inner.poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = self.as_mut().project().inner.poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

@@ -47,11 +47,12 @@ use crate::route::normalize::check_query;
 use crate::route::{Matched, NormalizedPath, PathError};
 use crate::store::LastUsed;
 use crate::token::TokenRecord;
-use body::{Buffered, IdleTimeout, Progress};
+use body::{Buffered, IdleTimeout, Progress, WriteStall};
 pub use client::canonical as canonical_peer;
 pub use limit::FailureLimiter;
 use pool::{PooledBody, UpstreamPool};
 pub use registry::own_endpoint;
+pub use rewrite::HELD_PER_BYTE;
 use rewrite::{CollectError, MetadataBudget, UrlMap};
 use upstream_login::UpstreamLogins;
 pub use workers::Workers;
@@ -819,7 +820,7 @@ async fn connection(
     // The connection's TLS and header timeout come from the config
     // current when it was accepted; each request's routes from the
     // config current when it arrives.
-    let (tls, header_timeout) = {
+    let (tls, header_timeout, idle) = {
         let proxy = current.load();
         let server = &proxy.config.server;
         let tls = server
@@ -827,7 +828,7 @@ async fn connection(
             .as_ref()
             .filter(|_| role == Listener::Proxy)
             .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
-        (tls, server.header_read_timeout)
+        (tls, server.header_read_timeout, server.body_idle_timeout)
     };
     // hyper's header timeout starts once it knows HTTP/1 from HTTP/2;
     // a peer that sends nothing at all is dropped here. What it sent
@@ -839,6 +840,7 @@ async fn connection(
         _ => return,
     };
     let plain_http1 = tls.is_none() && !H2_PREFACE.starts_with(&opening[..opened]);
+    let stream = WriteStall::new(stream, idle);
     // Made once: every request on the connection names its peer upstream.
     let peer_value = headers::address(peer.ip());
     let service = hyper::service::service_fn(move |req| {

@@ -16,8 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::body::BoxError;
 
 /// The bytes all metadata rewrites may hold at once. A document reserves
-/// twice its size as it arrives (itself and its rewritten copy) and keeps its
-/// rewritten size reserved until the client has taken it. A rewrite that
+/// three times its size as it arrives (itself, its rewritten copy and the copy
+/// a replacement pass is making) and keeps its rewritten size reserved until
+/// the client has taken it. A rewrite that
 /// would pass the budget fails at once (503) rather than waiting: waiting
 /// rewrites would each hold part of the budget while asking for more.
 pub struct MetadataBudget {
@@ -25,6 +26,10 @@ pub struct MetadataBudget {
     per_document: usize,
 }
 
+/// Bytes reserved per document byte while it is read and rewritten.
+pub const HELD_PER_BYTE: usize = 3;
+
+/// Why a metadata document was not read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error("metadata larger than {0} bytes")]
@@ -55,7 +60,7 @@ impl MetadataBudget {
         if expected > self.per_document {
             return Err(CollectError::TooLarge(self.per_document));
         }
-        share.fit(self, 2 * expected)?;
+        share.fit(self, HELD_PER_BYTE * expected)?;
         let mut document = BytesMut::with_capacity(expected);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| CollectError::Body(e.into()))?;
@@ -65,7 +70,7 @@ impl MetadataBudget {
             if document.len() + data.len() > self.per_document {
                 return Err(CollectError::TooLarge(self.per_document));
             }
-            share.fit(self, 2 * (document.len() + data.len()))?;
+            share.fit(self, HELD_PER_BYTE * (document.len() + data.len()))?;
             document.extend_from_slice(&data);
         }
         Ok((document.freeze(), share))
@@ -95,6 +100,7 @@ impl Share {
         Ok(())
     }
 
+    /// The reservation, for the body that holds it until sent.
     pub fn into_permit(self) -> OwnedSemaphorePermit {
         self.0
     }
@@ -192,15 +198,15 @@ mod tests {
 
     #[tokio::test]
     async fn rewrites_share_one_budget_and_release_it() {
-        let budget = MetadataBudget::new(1000, 400);
+        let budget = MetadataBudget::new(1500, 400);
         let (first, share) = budget.collect(chunked(4, 100)).await.unwrap();
         assert_eq!(first.len(), 400);
         assert_eq!(
             budget.bytes.available_permits(),
-            200,
-            "twice the document held"
+            300,
+            "three times the document held"
         );
-        // Announced (200 B needs 400) or not, the next one does not fit.
+        // Announced (200 B needs 600) or not, the next one does not fit.
         let spent = budget
             .collect(Full::new(Bytes::from(vec![b'a'; 200])))
             .await;
@@ -209,23 +215,23 @@ mod tests {
         assert!(matches!(spent, Err(CollectError::Spent)));
         assert_eq!(
             budget.bytes.available_permits(),
-            200,
+            300,
             "a failed collect holds nothing"
         );
 
         // Rewritten to 300 bytes: only that stays held while it is sent.
         let mut share = share;
         share.fit(&budget, 300).unwrap();
-        assert_eq!(budget.bytes.available_permits(), 700);
+        assert_eq!(budget.bytes.available_permits(), 1200);
         drop(share);
-        assert_eq!(budget.bytes.available_permits(), 1000);
+        assert_eq!(budget.bytes.available_permits(), 1500);
         let too_large = budget.collect(chunked(5, 100)).await;
         assert!(matches!(too_large, Err(CollectError::TooLarge(400))));
         let announced = budget
             .collect(Full::new(Bytes::from(vec![b'a'; 401])))
             .await;
         assert!(matches!(announced, Err(CollectError::TooLarge(400))));
-        assert_eq!(budget.bytes.available_permits(), 1000);
+        assert_eq!(budget.bytes.available_permits(), 1500);
     }
 
     fn map() -> UrlMap {

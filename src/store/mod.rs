@@ -272,22 +272,28 @@ impl TokenStore {
             .timed(async {
                 let now = Utc::now().timestamp();
                 let mut tx = self.pool.begin().await?;
-                let row =
-                    sqlx::query("SELECT token_digest, revoked FROM deploy_tokens WHERE id = $1")
+                let hex: Option<String> =
+                    sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
                         .bind(id)
                         .fetch_optional(&mut *tx)
-                        .await?;
-                let Some(row) = row else {
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?;
+                let Some(hex) = hex else {
                     return Ok(None);
                 };
-                let (hex, revoked): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-                if revoked != 0 {
+                // Conditional, so that of two revocations at once only one
+                // records a change (PostgreSQL re-reads the row after the lock).
+                let updated = sqlx::query(
+                    "UPDATE deploy_tokens SET revoked = 1 WHERE id = $1 AND revoked = 0",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
                     return Ok(Some(None));
                 }
-                sqlx::query("UPDATE deploy_tokens SET revoked = 1 WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
                 record_change(&mut tx, id, &hex, now).await?;
                 tx.commit().await?;
                 Ok(Some(Some(parse_digest(&hex)?)))

@@ -24,24 +24,40 @@ impl LastUsed {
         *entry = (*entry).max(at);
     }
 
-    /// Writes every pending mark in one batch; returns how many were written.
-    /// On failure the marks are kept for the next flush.
+    /// Writes every pending mark in one batch, in token id order (two
+    /// instances writing overlapping batches lock rows in the same order, so
+    /// PostgreSQL never finds them deadlocked); returns how many were written.
+    /// On failure, or when the flush is dropped half-way (shutdown), the marks
+    /// are kept for the next flush.
     pub async fn flush(&self, store: &TokenStore) -> Result<usize, StoreError> {
-        let marks: Vec<(i64, i64)> = {
+        let mut marks: Vec<(i64, i64)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().collect()
         };
         if marks.is_empty() {
             return Ok(0);
         }
-        match store.record_last_used(&marks).await {
-            Ok(()) => Ok(marks.len()),
-            Err(e) => {
-                for (id, at) in marks {
-                    self.mark(id, at);
-                }
-                Err(e)
-            }
+        marks.sort_unstable();
+        let mut unwritten = Unwritten {
+            owner: self,
+            marks: Some(marks),
+        };
+        let marks = unwritten.marks.as_deref().unwrap_or_default();
+        store.record_last_used(marks).await?;
+        Ok(unwritten.marks.take().map_or(0, |m| m.len()))
+    }
+}
+
+/// Marks taken out for a write: put back unless the write succeeded.
+struct Unwritten<'a> {
+    owner: &'a LastUsed,
+    marks: Option<Vec<(i64, i64)>>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        for (id, at) in self.marks.take().into_iter().flatten() {
+            self.owner.mark(id, at);
         }
     }
 }
@@ -64,7 +80,7 @@ impl LastUsed {
                 Ok(_) => {
                     flushes.inc();
                 }
-                Err(e) => tracing::debug!(error = %e, "last-used flush failed; will retry"),
+                Err(e) => tracing::warn!(error = %e, "last-used flush failed; will retry"),
             }
         }
     }
