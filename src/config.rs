@@ -636,6 +636,24 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|raw| build_forward_auth(src, raw))
         .transpose()?;
+    // Each listener needs an address of its own: `serve` could not bind two.
+    let mut bound = vec![("server.listen", server.listen)];
+    let others = [
+        admin
+            .as_ref()
+            .zip(raw.admin.as_ref())
+            .map(|(a, r)| ("admin.listen", a.listen, &r.listen)),
+        forward_auth
+            .as_ref()
+            .zip(raw.forward_auth.as_ref())
+            .map(|(f, r)| ("forward_auth.listen", f.listen, &r.listen)),
+    ];
+    for (key, address, at) in others.into_iter().flatten() {
+        if let Some((taken_by, _)) = bound.iter().find(|(_, b)| overlaps(*b, address)) {
+            return Err(src.at(at, key, format!("{address} is {taken_by}'s address too")));
+        }
+        bound.push((key, address));
+    }
     let mut upstreams = BTreeMap::new();
     for (name, up) in &raw.upstream {
         upstreams.insert(name.clone(), Arc::new(build_upstream(src, name, up)?));
@@ -983,6 +1001,14 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
         tokens,
         tls,
     })
+}
+
+/// Whether two listen addresses would take the same port (equal, or one on
+/// every address; port 0 picks a free one each time).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// The longest duration a setting may name: 30 days. Longer ones are
@@ -1491,6 +1517,8 @@ access = "read"
             ("[[route]]\nname = \"a\"\nformat = \"npm\"\n", "route[0].path", 1, "missing field"),
             ("[server]\ntrusted_proxies = [\n  \"10.0.0.1\",\n  7,\n]\n", "server.trusted_proxies", 4, "invalid type"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen", 2, "not an address"),
+            ("[admin]\nlisten = \"127.0.0.1:8080\"\n", "admin.listen", 2, "server.listen's address too"),
+            ("[server]\nlisten = \"0.0.0.0:9000\"\n[forward_auth]\nlisten = \"127.0.0.1:9000\"\ntrusted_peers = [\"127.0.0.1\"]\n", "forward_auth.listen", 4, "server.listen's address too"),
             ("[server]\nupstream_response_timeout_seconds = 0\n", "server.upstream_response_timeout_seconds", 2, "between 1 and"),
             ("[server]\nlisten = \"127.0.0.1:8080\"\nheader_read_timeout_seconds = 9223372036854775807\n", "server.header_read_timeout_seconds", 3, "between 1 and"),
             ("[store]\ntimeout_seconds = 0\n", "store.timeout_seconds", 2, "between 1 and"),

@@ -897,6 +897,20 @@ fn silent_connections_and_stalled_bodies_are_cut() {
         started.elapsed()
     );
 
+    // Nor does one that sends only the HTTP/2 preface (prior knowledge): it
+    // is pinged and, not answering, dropped.
+    let mut h2 = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    h2.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut h2, &mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "silent HTTP/2 connection held for {:?}",
+        started.elapsed()
+    );
+
     // An upload that stalls half-way is cut, and the upstream never gets a complete body.
     let mut stalled = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
     stalled

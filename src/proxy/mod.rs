@@ -732,9 +732,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
+    // HTTP/2 has no head timeout: a peer is pinged after a quiet
+    // `header_read_timeout` and dropped when it does not answer in as long
+    // (one that sent the preface and nothing more).
     auto.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(header_timeout)
+        .keep_alive_timeout(header_timeout);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // The head is capped by itself, not by capping the read buffer: that
     // would also cap every read of an upload's body at the head's limit
