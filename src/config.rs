@@ -1024,13 +1024,7 @@ fn duration(
     min: u64,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) if (min..=MAX_SECONDS).contains(v.get_ref()) => {
-            Ok(Duration::from_secs(*v.get_ref()))
-        }
-        Some(v) => Err(src.at(v, key, format!("between {min} and {MAX_SECONDS} (30 days)"))),
-    }
+    bounded(src, value, key, min, default, 1)
 }
 
 /// A duration setting in milliseconds, at least `min` and at most [`MAX_SECONDS`].
@@ -1041,10 +1035,24 @@ fn millis(
     min: u64,
     default: u64,
 ) -> Result<Duration, ConfigError> {
-    let max = MAX_SECONDS * 1000;
+    bounded(src, value, key, min, Duration::from_millis(default), 1000)
+}
+
+/// A duration setting counted in units of which `per_second` make a second.
+fn bounded(
+    src: &Source<'_>,
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    min: u64,
+    default: Duration,
+    per_second: u64,
+) -> Result<Duration, ConfigError> {
+    let max = MAX_SECONDS * per_second;
     match value {
-        None => Ok(Duration::from_millis(default)),
-        Some(v) if (min..=max).contains(v.get_ref()) => Ok(Duration::from_millis(*v.get_ref())),
+        None => Ok(default),
+        Some(v) if (min..=max).contains(v.get_ref()) => {
+            Ok(Duration::from_millis(*v.get_ref() * 1000 / per_second))
+        }
         Some(v) => Err(src.at(v, key, format!("between {min} and {max} (30 days)"))),
     }
 }
