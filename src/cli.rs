@@ -366,6 +366,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     }
     for task in tasks {
         task.abort();
+        // Awaited: an aborted flush puts its marks back only when it is dropped.
+        let _ = task.await;
     }
     if let Err(e) = last_used.flush(&store).await {
         tracing::warn!(error = %e, "last-used times not saved");

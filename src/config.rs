@@ -1003,12 +1003,14 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
     })
 }
 
-/// Whether two listen addresses would take the same port (equal, or one on
-/// every address; port 0 picks a free one each time).
+/// Whether two listen addresses would take the same port: equal, or one on
+/// every address of the other's family (`[::]` takes IPv4 too, dual-stack);
+/// port 0 picks a free one each time.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let covers = |any: SocketAddr, other: SocketAddr| {
+        any.ip().is_unspecified() && (any.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// The longest duration a setting may name: 30 days. Longer ones are
@@ -1496,6 +1498,17 @@ access = "read"
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(c.server.workers, Some(2 * cores));
+    }
+
+    #[test]
+    fn listeners_collide_only_on_one_address() {
+        let at = |a: &str, b: &str| overlaps(a.parse().unwrap(), b.parse().unwrap());
+        assert!(at("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(at("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(at("[::]:80", "127.0.0.1:80"), "dual-stack");
+        assert!(!at("0.0.0.0:80", "[::1]:80"), "other family");
+        assert!(!at("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(!at("127.0.0.1:0", "127.0.0.1:0"), "each gets a free port");
     }
 
     #[test]

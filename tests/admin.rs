@@ -343,6 +343,8 @@ fn the_gitlab_deploy_token_api() {
             (r.status, body(&r)),
             (404, json!({"message": "404 Project Not Found"}))
         );
+        let rotate = format!("/api/v4/projects/{not_a_project}/deploy_tokens/1/rotate");
+        assert_eq!(gate.admin("POST", &rotate, &[], b"").status, 404);
     }
     assert_eq!(
         gate.admin("GET", &format!("{project}/abc"), &[], b"")

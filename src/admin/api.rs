@@ -76,6 +76,10 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             if *method != Method::POST {
                 return method_not_allowed();
             }
+            // A rotation makes a token: as for creating one, a project lives in a group.
+            if crate::token::validate_owner(kind, &path).is_err() {
+                return message(StatusCode::NOT_FOUND, "404 Project Not Found");
+            }
             rotate(admin, actor, req, kind, &path, token_id).await
         }
         (["deploy_tokens"], _) => return method_not_allowed(),

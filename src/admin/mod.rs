@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::net::TcpListener;
 
 use crate::config::AdminConfig;
@@ -127,29 +128,40 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::
             });
             // A peer that sends nothing is dropped after the head timeout,
             // and no connection outlives CONNECTION_LIFETIME.
-            let served = async {
-                match tls {
-                    None => {
-                        let mut first = [0u8; 1];
-                        let opened = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first));
-                        if matches!(opened.await, Ok(Ok(n)) if n > 0) {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                    }
-                    Some(acceptor) => {
-                        let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
-                        if let Ok(Ok(stream)) = handshake.await {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
+            match tls {
+                None => {
+                    let mut first = [0u8; 1];
+                    let opened = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first));
+                    if matches!(opened.await, Ok(Ok(n)) if n > 0) {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        for_a_lifetime(conn).await;
                     }
                 }
-            };
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        for_a_lifetime(conn).await;
+                    }
+                }
+            }
         });
+    }
+}
+
+/// Serves a connection until it ends or has lived [`CONNECTION_LIFETIME`];
+/// then it is asked to close after the request in flight (HTTP/1) or with a
+/// GOAWAY (HTTP/2), and given [`HEAD_TIMEOUT`] to: a request is not cut.
+async fn for_a_lifetime<C: GracefulConnection>(conn: C) {
+    let graceful = GracefulShutdown::new();
+    let conn = graceful.watch(conn);
+    tokio::pin!(conn);
+    if tokio::time::timeout(CONNECTION_LIFETIME, conn.as_mut())
+        .await
+        .is_err()
+    {
+        let closing = async { tokio::join!(graceful.shutdown(), conn) };
+        let _ = tokio::time::timeout(HEAD_TIMEOUT, closing).await;
     }
 }
 

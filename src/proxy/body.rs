@@ -208,8 +208,10 @@ impl Body for Buffered {
 }
 
 pin_project! {
-    /// A client connection whose writes fail once the client has taken no
-    /// byte for `idle`. hyper asks a response body for more only when it can
+    /// A client connection whose writes fail once one has waited `idle` for
+    /// the client to take bytes (the kernel wakes a waiting write when about
+    /// a third of the send buffer has drained, so a client reading slower
+    /// than that per `idle` is cut too). hyper asks a response body for more only when it can
     /// write, so a client that stops reading would otherwise hold the
     /// response — its upstream connection, a rewritten document's share of
     /// the metadata budget — for as long as it keeps the socket open. The

@@ -725,6 +725,7 @@ pub async fn serve(
 ) {
     let start = current.load_full();
     let header_timeout = start.config.server.header_read_timeout;
+    let body_idle = start.config.server.body_idle_timeout;
     let mut auto = auto::Builder::new(TokioExecutor::new());
     // hyper-util's automatic builder (h2c, TLS without ALPN) has no head
     // limit of its own for HTTP/1: its read buffer's cap is the limit there.
@@ -733,13 +734,15 @@ pub async fn serve(
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     // HTTP/2 has no head timeout: a peer is pinged after a quiet
-    // `header_read_timeout` and dropped when it does not answer in as long
-    // (one that sent the preface and nothing more).
+    // `header_read_timeout` and dropped when it has not answered within the
+    // body idle timeout (one that sent the preface and nothing more). Not
+    // sooner: behind a slow download's queued bytes a ping's answer takes
+    // as long as the queue, and a download is cut only when it stops moving.
     auto.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(header_timeout)
-        .keep_alive_timeout(header_timeout);
+        .keep_alive_timeout(body_idle.max(header_timeout));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // The head is capped by itself, not by capping the read buffer: that
     // would also cap every read of an upload's body at the head's limit

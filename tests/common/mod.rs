@@ -432,13 +432,13 @@ impl RawResponse {
     }
 }
 
-/// Sends `METHOD target` with `headers` and `body` as exact bytes, with `Connection: close`.
 /// Asserts that what began at `started` is over within `limit`.
 pub fn assert_within(started: Instant, limit: Duration, what: &str) {
     let took = started.elapsed();
     assert!(took < limit, "{what} {took:?} (limit {limit:?})");
 }
 
+/// Sends `METHOD target` with `headers` and `body` as exact bytes, with `Connection: close`.
 pub fn send(
     port: u16,
     method: &str,
