@@ -339,22 +339,7 @@ fn the_upstream_login_is_renewed_after_a_401_and_fails_closed() {
 /// queued behind it fail with it rather than each trying again in turn.
 #[test]
 fn a_stalled_upstream_login_fails_the_requests_waiting_for_it_in_time() {
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in upstream.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = [0u8; 4096];
-                let _ = std::io::Read::read(&mut stream, &mut head);
-                let _ = std::io::Write::write_all(
-                    &mut stream,
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\neyJ",
-                );
-                std::thread::sleep(std::time::Duration::from_secs(30));
-            });
-        }
-    });
+    let port = common::stalling_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\neyJ");
     let f = start_with(
         &format!("http://127.0.0.1:{port}"),
         "upstream_response_timeout_seconds = 1\n",

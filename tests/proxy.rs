@@ -1030,18 +1030,9 @@ fn a_client_that_stops_reading_is_cut() {
 /// upstream that stalls half-way through a packument gets the client a 502.
 #[test]
 fn a_stalled_metadata_body_is_cut() {
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in upstream.incoming().flatten() {
-            let mut head = [0u8; 4096];
-            let _ = std::io::Read::read(&mut stream, &mut head);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"half",
-            );
-            std::thread::sleep(Duration::from_secs(30));
-        }
-    });
+    let port = common::stalling_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"half",
+    );
     let routes = format!(
         "[upstream.stalling]\nurl = \"http://127.0.0.1:{port}\"\n\n[[route]]\nname = \"npm\"\nformat = \"npm\"\npath = \"/npm/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"stalling\"\nstrip_prefix = true\n"
     );

@@ -24,14 +24,20 @@ const MAX_PER_PAGE: usize = 100;
 
 pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> AdminResponse {
     let segments: Vec<&str> = req.path["/api/v4/".len()..].split('/').collect();
+    // A request that makes a token (a create, a rotation) needs a project
+    // inside a group; reads and deletes take any namespace, so that tokens
+    // made before that was checked stay listable and deletable.
+    let makes_token = req.method == Method::POST;
     let owner = |kind: &str, id: &str| -> Result<(OwnerKind, String), &'static str> {
         let (kind, not_found) = match kind {
             "projects" => (OwnerKind::Project, "404 Project Not Found"),
             _ => (OwnerKind::Group, "404 Group Not Found"),
         };
-        let path = form_decode(id)
-            .filter(|p| crate::token::validate_namespace(p).is_ok())
-            .ok_or(not_found)?;
+        let valid = |p: &String| match makes_token {
+            true => crate::token::validate_owner(kind, p).is_ok(),
+            false => crate::token::validate_namespace(p).is_ok(),
+        };
+        let path = form_decode(id).filter(valid).ok_or(not_found)?;
         Ok((kind, path))
     };
     let result = match (segments.as_slice(), &req.method) {
@@ -40,13 +46,6 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             match (owner(kind, id), method) {
                 (Err(why), _) => return message(StatusCode::NOT_FOUND, why),
                 (Ok((kind, path)), &Method::GET) => list(admin, req, Some((kind, &path))).await,
-                // A group's path names no project to create a token for (tokens
-                // made so before this was refused stay listable and deletable).
-                (Ok((kind, path)), &Method::POST)
-                    if crate::token::validate_owner(kind, &path).is_err() =>
-                {
-                    return message(StatusCode::NOT_FOUND, "404 Project Not Found")
-                }
                 (Ok((kind, path)), &Method::POST) => create(admin, actor, req, kind, path).await,
                 _ => return method_not_allowed(),
             }
@@ -75,10 +74,6 @@ pub(super) async fn handle(admin: &Admin, actor: &str, req: &AdminRequest) -> Ad
             };
             if *method != Method::POST {
                 return method_not_allowed();
-            }
-            // A rotation makes a token: as for creating one, a project lives in a group.
-            if crate::token::validate_owner(kind, &path).is_err() {
-                return message(StatusCode::NOT_FOUND, "404 Project Not Found");
             }
             rotate(admin, actor, req, kind, &path, token_id).await
         }

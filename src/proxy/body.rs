@@ -61,6 +61,50 @@ impl Progress {
     }
 }
 
+/// The idle deadline of [`IdleTimeout`] and [`WriteStall`]: armed only when
+/// a wait begins, restarted by every step of progress.
+struct IdleClock {
+    // Boxed so its owner stays `Unpin`, as the hyper client requires of
+    // bodies; absent until the first wait.
+    deadline: Option<Pin<Box<Sleep>>>,
+    // Whether the deadline counts the current wait (false after progress).
+    armed: bool,
+    idle: Duration,
+}
+
+impl IdleClock {
+    fn new(idle: Duration) -> IdleClock {
+        IdleClock {
+            deadline: None,
+            armed: false,
+            idle,
+        }
+    }
+
+    /// Progress: the next wait starts a fresh idle period.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// A wait: whether it has lasted `idle` (else `cx` is woken when it has).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let until = || Instant::now() + self.idle;
+        let deadline = match &mut self.deadline {
+            Some(deadline) => {
+                if !self.armed {
+                    deadline.as_mut().reset(until());
+                }
+                deadline
+            }
+            None => self
+                .deadline
+                .insert(Box::pin(tokio::time::sleep_until(until()))),
+        };
+        self.armed = true;
+        deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
 pin_project! {
     /// A body that fails when no frame arrives within `idle`.
     pub struct IdleTimeout<B> {
@@ -68,12 +112,7 @@ pin_project! {
         inner: B,
         // Told of every frame, for request bodies (see `Progress`).
         progress: Option<Arc<Progress>>,
-        // Boxed so the body stays `Unpin`, as the hyper client requires;
-        // absent until the body first waits.
-        deadline: Option<Pin<Box<Sleep>>>,
-        // Whether the deadline counts the current wait (false after a frame).
-        armed: bool,
-        idle: Duration,
+        clock: IdleClock,
     }
 }
 
@@ -82,9 +121,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             progress: None,
-            deadline: None,
-            armed: false,
-            idle,
+            clock: IdleClock::new(idle),
         }
     }
 
@@ -110,33 +147,16 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                // The next wait starts a fresh idle period.
-                *this.armed = false;
+                this.clock.progressed();
                 if let Some(progress) = this.progress {
                     progress.touch();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => {
-                let idle = *this.idle;
-                let until = || Instant::now() + idle;
-                let deadline = match this.deadline {
-                    Some(deadline) => {
-                        if !*this.armed {
-                            deadline.as_mut().reset(until());
-                        }
-                        deadline
-                    }
-                    None => this
-                        .deadline
-                        .insert(Box::pin(tokio::time::sleep_until(until()))),
-                };
-                *this.armed = true;
-                match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(idle).into()))),
-                    Poll::Pending => Poll::Pending,
-                }
+            Poll::Pending if this.clock.expired(cx) => {
+                Poll::Ready(Some(Err(IdleTimeoutError(this.clock.idle).into())))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -219,10 +239,7 @@ pin_project! {
     pub struct WriteStall<S> {
         #[pin]
         inner: S,
-        deadline: Option<Pin<Box<Sleep>>>,
-        // Whether the deadline counts the current wait.
-        armed: bool,
-        idle: Duration,
+        clock: IdleClock,
     }
 }
 
@@ -230,9 +247,7 @@ impl<S> WriteStall<S> {
     pub fn new(inner: S, idle: Duration) -> WriteStall<S> {
         WriteStall {
             inner,
-            deadline: None,
-            armed: false,
-            idle,
+            clock: IdleClock::new(idle),
         }
     }
 }
@@ -244,31 +259,18 @@ impl<S: AsyncWrite> WriteStall<S> {
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let this = self.project();
+        let clock = self.project().clock;
         if polled.is_ready() {
-            *this.armed = false;
+            clock.progressed();
             return polled;
         }
-        let until = Instant::now() + *this.idle;
-        let deadline = match this.deadline {
-            Some(deadline) => {
-                if !*this.armed {
-                    deadline.as_mut().reset(until);
-                }
-                deadline
-            }
-            None => this
-                .deadline
-                .insert(Box::pin(tokio::time::sleep_until(until))),
-        };
-        *this.armed = true;
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+        if clock.expired(cx) {
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took nothing for the body idle timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            )));
         }
+        Poll::Pending
     }
 }
 

@@ -38,25 +38,22 @@ impl LastUsed {
             return Ok(0);
         }
         marks.sort_unstable();
-        let mut unwritten = Unwritten {
-            owner: self,
-            marks: Some(marks),
-        };
-        let marks = unwritten.marks.as_deref().unwrap_or_default();
-        store.record_last_used(marks).await?;
-        Ok(unwritten.marks.take().map_or(0, |m| m.len()))
+        let mut unwritten = Unwritten { owner: self, marks };
+        store.record_last_used(&unwritten.marks).await?;
+        Ok(std::mem::take(&mut unwritten.marks).len())
     }
 }
 
-/// Marks taken out for a write: put back unless the write succeeded.
+/// Marks taken out for a write: put back unless the write succeeded (then
+/// they are taken out of here).
 struct Unwritten<'a> {
     owner: &'a LastUsed,
-    marks: Option<Vec<(i64, i64)>>,
+    marks: Vec<(i64, i64)>,
 }
 
 impl Drop for Unwritten<'_> {
     fn drop(&mut self) {
-        for (id, at) in self.marks.take().into_iter().flatten() {
+        for (id, at) in self.marks.drain(..) {
             self.owner.mark(id, at);
         }
     }

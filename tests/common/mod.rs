@@ -432,6 +432,25 @@ impl RawResponse {
     }
 }
 
+/// An upstream on a port of its own that answers each connection's first
+/// request with `answer` (the start of a response) and then stalls, the
+/// connection held open for 30 s.
+pub fn stalling_upstream(answer: &'static [u8]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(answer);
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    port
+}
+
 /// Asserts that what began at `started` is over within `limit`.
 pub fn assert_within(started: Instant, limit: Duration, what: &str) {
     let took = started.elapsed();
