@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::config::StoreConfig;
 use crate::token::{default_username, Digest, OwnerKind, ScopeSet, TokenRecord};
@@ -78,6 +78,7 @@ pub enum Revoked {
 #[derive(Clone)]
 pub struct TokenStore {
     pool: AnyPool,
+    dialect: Dialect,
     timeout: Duration,
 }
 
@@ -139,6 +140,7 @@ impl TokenStore {
         }
         Ok(TokenStore {
             pool,
+            dialect,
             timeout: config.timeout,
         })
     }
@@ -152,6 +154,30 @@ impl TokenStore {
         tokio::time::timeout(self.timeout, operation)
             .await
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`): a deferred transaction that read first and
+    /// then wants to write after another writer committed fails at once with
+    /// "database is locked" (its snapshot is stale, so SQLite does not wait),
+    /// while one waiting for the lock up front gets the busy timeout.
+    ///
+    /// The begin runs in a task of its own because sqlx's SQLite driver
+    /// cannot be cancelled half-way through a custom `BEGIN`: dropped after
+    /// the statement ran but before it returned the transaction (a store
+    /// timeout, a shutdown), it leaves its pooled connection inside the
+    /// transaction, holding the write lock, and every later write fails.
+    /// Run to completion, an unwanted transaction is dropped and rolled back.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let pool = self.pool.clone();
+                tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+                    .await
+                    .unwrap_or(Err(sqlx::Error::WorkerCrashed))
+            }
+            Dialect::Postgres => self.pool.begin().await,
+        }
     }
 
     /// The bound on every store operation.
@@ -173,7 +199,7 @@ impl TokenStore {
         let id = self
             .timed(async {
                 let now = Utc::now().timestamp();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row = sqlx::query(
                     "INSERT INTO deploy_tokens (name, username, owner_kind, owner_path, scopes, token_digest, expires_at, revoked, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) RETURNING id",
@@ -271,7 +297,7 @@ impl TokenStore {
         let digest = self
             .timed(async {
                 let now = Utc::now().timestamp();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let hex: Option<String> =
                     sqlx::query("SELECT token_digest FROM deploy_tokens WHERE id = $1")
                         .bind(id)
@@ -322,7 +348,7 @@ impl TokenStore {
         let rotated = self
             .timed(async {
                 let now = Utc::now();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&format!(
                     "SELECT {COLUMNS}, token_digest FROM deploy_tokens WHERE id = $1"
                 ))
@@ -378,7 +404,7 @@ impl TokenStore {
     /// transaction; a mark never moves `last_used_at` backwards.
     pub async fn record_last_used(&self, marks: &[(i64, i64)]) -> Result<(), StoreError> {
         self.timed(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             for &(id, at) in marks {
                 sqlx::query(
                     "UPDATE deploy_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
