@@ -507,7 +507,7 @@ async fn follow_config(watch: ConfigWatch, current: Arc<crate::proxy::Current>, 
     }
 }
 
-/// Settings a reload cannot change (listeners, store, cache, admin TLS): told,
+/// Settings a reload cannot change (listeners, store, cache, admin TLS and URL): told,
 /// not applied, until a restart.
 fn warn_restart_only(old: &Config, new: &Config) {
     let changed = [
@@ -529,6 +529,16 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "admin.tls",
             old.admin.as_ref().map(|a| a.tls.is_some())
                 != new.admin.as_ref().map(|a| a.tls.is_some()),
+        ),
+        (
+            "admin.public_url",
+            old.admin
+                .as_ref()
+                .and_then(|a| a.public_url.as_ref().map(|u| &u.origin))
+                != new
+                    .admin
+                    .as_ref()
+                    .and_then(|a| a.public_url.as_ref().map(|u| &u.origin)),
         ),
         (
             "forward_auth.listen",

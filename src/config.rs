@@ -138,6 +138,8 @@ struct RawAdmin {
     #[serde(default)]
     tokens: Vec<Spanned<RawAdminToken>>,
     tls: Option<Spanned<RawTls>>,
+    /// The admin listener's URL as clients reach it (behind an ingress).
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +338,10 @@ pub struct AdminConfig {
     /// Named admin credentials, as digests (the secrets come from the environment).
     pub tokens: Vec<AdminToken>,
     pub tls: Option<crate::tls::ServerTls>,
+    /// The URL clients reach the admin listener at, when a TLS-terminating
+    /// ingress or a path prefix sits in front of it: pagination links point
+    /// there, and `https` makes session cookies `Secure`.
+    pub public_url: Option<PublicUrl>,
 }
 
 /// The forward-auth decision listener: edge proxies (nginx `auth_request`,
@@ -996,10 +1002,26 @@ fn build_admin(src: &Source<'_>, raw: &RawAdmin) -> Result<AdminConfig, ConfigEr
             )
         }
     };
+    let public_url = match &raw.public_url {
+        None => None,
+        Some(url) => {
+            let at = |m| src.at(url, "admin.public_url", m);
+            let parsed = parse_public_url(url.get_ref()).map_err(at)?;
+            // The web page's links, redirects and cookie are rooted at `/`.
+            if !parsed.base_path.is_empty() {
+                return Err(at(format!(
+                    "{:?} has a path: serve the admin listener at the root of its host",
+                    url.get_ref()
+                )));
+            }
+            Some(parsed)
+        }
+    };
     Ok(AdminConfig {
         listen,
         tokens,
         tls,
+        public_url,
     })
 }
 
@@ -1558,6 +1580,8 @@ access = "read"
             ("[signing]\nkey_file = \"Cargo.toml\"\n", "signing.key_file", 2, "not a PKCS#8"),
             ("[upstream.c]\nurl = \"http://c\"\n[[route]]\nname = \"c\"\nformat = \"conan\"\npath = \"/c/{namespace}\"\nupstream = \"c\"\nstrip_prefix = true\n", "route[0].path", 6, "names its namespace"),
             ("[signing]\nverify_key_files = [\n  \"/nonexistent/old.pem\",\n]\n", "signing.verify_key_files", 3, "cannot read"),
+            ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"https://ops.example/tokens\"\n", "admin.public_url", 3, "has a path"),
+            ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"ftp://ops.example\"\n", "admin.public_url", 3, "must start with http"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

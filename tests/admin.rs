@@ -630,6 +630,48 @@ fn session_cookie(r: &RawResponse) -> String {
     cookie.split(';').next().unwrap().to_string()
 }
 
+/// Behind a TLS-terminating ingress (`[admin] public_url`), pagination links
+/// name the URL clients use and the web page's cookie is `Secure`, though
+/// the listener itself speaks plain HTTP.
+#[test]
+fn behind_an_ingress_links_and_cookies_follow_the_public_url() {
+    let up = Recorder::start();
+    let gate = start(
+        &up,
+        Setup {
+            admin_extra: "public_url = \"https://tokens.example.com\"",
+            ..Setup::default()
+        },
+    );
+    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
+    for i in 0..3 {
+        let r = post_json(
+            &gate,
+            project,
+            &json!({"name": format!("t{i}"), "scopes": ["read_registry"]}),
+        );
+        assert_eq!(r.status, 201);
+    }
+    let r = gate.admin("GET", &format!("{project}?per_page=2"), &[], b"");
+    let link = r.header("link").unwrap();
+    let next = format!("<https://tokens.example.com{project}?page=2&per_page=2>; rel=\"next\"");
+    assert!(link.contains(&next), "{next} not in {link}");
+    assert!(!link.contains("http://"), "{link}");
+
+    let login = format!("token={ADMIN_TOKEN}");
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = send(
+        gate.admin_port,
+        "POST",
+        "/ui/login",
+        &form,
+        login.as_bytes(),
+    );
+    assert_eq!(r.status, 303);
+    let set = r.header("set-cookie").unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+}
+
 #[test]
 fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
     let up = Recorder::start();

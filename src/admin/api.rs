@@ -129,7 +129,8 @@ async fn list(
         .map(|t| t.to_gitlab_json(now, None))
         .collect();
     let mut response = json(StatusCode::OK, &Value::from(shown));
-    paginate(&mut response, req, admin.tls, page, per_page, tokens.len());
+    let origin = admin.origin(req);
+    paginate(&mut response, req, &origin, page, per_page, tokens.len());
     Ok(response)
 }
 
@@ -138,7 +139,7 @@ async fn list(
 fn paginate(
     response: &mut AdminResponse,
     req: &AdminRequest,
-    tls: bool,
+    origin: &str,
     page: usize,
     per_page: usize,
     total: usize,
@@ -146,12 +147,6 @@ fn paginate(
     let pages = total.div_ceil(per_page).max(1);
     let next = (page < pages).then_some(page + 1);
     let prev = (page > 1).then(|| (page - 1).min(pages));
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = if tls { "https" } else { "http" };
     let kept: Vec<&str> = req
         .query
         .as_deref()
@@ -165,7 +160,7 @@ fn paginate(
             query.push('&');
         }
         format!(
-            "<{scheme}://{host}{}?{query}page={page}&per_page={per_page}>; rel=\"{rel}\"",
+            "<{origin}{}?{query}page={page}&per_page={per_page}>; rel=\"{rel}\"",
             req.path
         )
     };

@@ -44,8 +44,12 @@ pub struct Admin {
     sessions: Sessions,
     /// Failed admin logins per client address.
     failures: FailureLimiter,
-    /// Cookies get `Secure` when the listener speaks TLS.
-    tls: bool,
+    /// The origin clients reach these endpoints at (`[admin] public_url`),
+    /// for absolute links; `None`: this listener's scheme and the request's `Host`.
+    public_origin: Option<String>,
+    /// Cookies get `Secure` when clients speak TLS: to this listener or to
+    /// the ingress in front of it.
+    secure_cookies: bool,
 }
 
 impl Admin {
@@ -59,8 +63,24 @@ impl Admin {
             credentials: AdminCredentials::new(config.tokens.clone()),
             sessions: Sessions::default(),
             failures: FailureLimiter::new(10, Duration::from_secs(60)),
-            tls: config.tls.is_some(),
+            public_origin: config.public_url.as_ref().map(|u| u.origin.clone()),
+            secure_cookies: config.tls.is_some()
+                || config.public_url.as_ref().is_some_and(|u| u.https),
         }
+    }
+
+    /// `scheme://host` of absolute links in responses to `req`.
+    fn origin(&self, req: &AdminRequest) -> String {
+        if let Some(origin) = &self.public_origin {
+            return origin.clone();
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let scheme = if self.secure_cookies { "https" } else { "http" };
+        format!("{scheme}://{host}")
     }
 
     /// Applies a reloaded config's admin tokens. When they changed, web-page

@@ -81,7 +81,7 @@ pub(super) async fn handle(admin: &Admin, req: &AdminRequest) -> AdminResponse {
                 "/ui/logout" => {
                     admin.sessions.end(&req.headers);
                     let mut response = redirect("/ui");
-                    set_cookie(&mut response, "", 0, admin.tls);
+                    set_cookie(&mut response, "", 0, admin.secure_cookies);
                     response
                 }
                 "/ui/tokens" => {
@@ -135,7 +135,7 @@ fn login(admin: &Admin, req: &AdminRequest) -> AdminResponse {
     tracing::info!(target: "tokengate::audit", event = "admin_signed_in", actor = %name, client = %ip);
     let (id, _) = admin.sessions.start(name);
     let mut response = redirect("/ui");
-    set_cookie(&mut response, &id, 8 * 3600, admin.tls);
+    set_cookie(&mut response, &id, 8 * 3600, admin.secure_cookies);
     response
 }
 
