@@ -269,7 +269,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
         .cache
         .redis
         .as_ref()
-        .map(|r| RedisCache::new(r, &config.cache, config.store.timeout, &metrics));
+        .map(|r| RedisCache::new(r, &config.cache, &metrics));
     if let Some(redis) = &redis {
         if !redis.check().await {
             tracing::warn!("Redis unreachable at start: serving from the store until it answers");
@@ -644,7 +644,7 @@ async fn token_command(
     let redis = cache
         .redis
         .as_ref()
-        .map(|redis| RedisCache::new(redis, cache, store.timeout(), &Metrics::new(true)));
+        .map(|redis| RedisCache::new(redis, cache, &Metrics::new(true)));
     let admin = TokenAdmin::new(store.clone(), redis, None, None);
     let actor = format!("cli:{}", std::env::var("USER").unwrap_or_default());
     match cmd {

@@ -12,15 +12,15 @@
 //! has not seen, so none is skipped. A lookup that read the store just before
 //! a revocation, and finishes just after the revocation's invalidation, must
 //! not put the old record back: in memory the invalidation epochs of
-//! [`local`] refuse it, in Redis the invalidation leaves a tombstone that
-//! outlives any such lookup (see [`RedisCache`]).
+//! [`local`] refuse it, in Redis the invalidation generations (see
+//! [`RedisCache`]).
 
 mod feed;
 mod local;
 mod redis;
 
 use self::local::LocalCache;
-pub use self::redis::{RedisCache, RedisTarget};
+pub use self::redis::{entry_key, Generation, RedisCache, RedisTarget, Shared};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,9 +99,14 @@ impl TokenResolver {
     }
 
     async fn load(&self, digest: Digest) -> Result<Lookup, StoreError> {
+        // Read before the store: an invalidation after this moves it, and
+        // then what the store said is not shared.
+        let mut generation = None;
         if let Some(redis) = &self.redis {
-            if let Some(hit) = redis.get(&digest).await {
-                return Ok(hit);
+            match redis.get(&digest).await {
+                Shared::Hit(lookup) => return Ok(lookup),
+                Shared::Miss(read) => generation = Some(read),
+                Shared::Unavailable => {}
             }
         }
         self.metrics.store_lookups.inc();
@@ -114,8 +119,8 @@ impl TokenResolver {
             }
         };
         self.metrics.store.succeeded();
-        if let Some(redis) = &self.redis {
-            redis.put(&digest, &lookup).await;
+        if let (Some(redis), Some(generation)) = (&self.redis, generation) {
+            redis.put(&digest, &lookup, generation).await;
         }
         Ok(lookup)
     }

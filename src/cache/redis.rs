@@ -6,12 +6,16 @@
 //! applied while Redis was unreachable are replayed *before* reads resume, so
 //! a revoked token can never come back from a stale Redis entry.
 //!
-//! An invalidation overwrites the entry with a tombstone rather than deleting
-//! it, and entries are only ever added where none is (`SET NX`): a lookup
-//! that read the store before a revocation cannot put the old record back
-//! after it. The tombstone outlives any lookup in flight (the store's and
-//! Redis's timeouts, with margin); until then lookups of that token go to
-//! the store.
+//! A lookup that read the store before a revocation must not put the old
+//! record back after the revocation's invalidation, however late its write
+//! arrives (a write can sit in a socket buffer through a network partition
+//! long after the client gave up on it). So invalidations are counted: each
+//! digest belongs to one of [`STRIPES`] stripes, whose generation key (never
+//! expiring) an invalidation increments as it deletes the entry, in one
+//! script. A lookup reads the generation with the entry, before it reads the
+//! store, and its write is a script that adds the entry only if the
+//! generation is still the one it read and no entry is there. The entry and
+//! its generation share a hash tag, so both live on one Redis Cluster node.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,14 +36,54 @@ use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::{Dependency, Metrics};
 use crate::token::{Digest, OwnerKind, ScopeSet, TokenRecord};
 
-/// What an invalidated entry holds until no lookup older than it can be in flight.
-const TOMBSTONE: &str = "!";
+/// How many generation counters the digests share: an invalidation also
+/// refuses, once, the writes of lookups of other digests in its stripe.
+const STRIPES: u16 = 1024;
 /// The channel on which revocations are announced to every instance.
 const CHANNEL: &str = "tokengate:v1:invalidate";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-fn key(digest: &Digest) -> String {
-    format!("tokengate:v1:token:{}", digest.to_hex())
+fn stripe(digest: &Digest) -> u16 {
+    u16::from_be_bytes([digest.0[0], digest.0[1]]) % STRIPES
+}
+
+/// The Redis key of a digest's shared entry.
+pub fn entry_key(digest: &Digest) -> String {
+    format!(
+        "tokengate:v2:{{{}}}:token:{}",
+        stripe(digest),
+        digest.to_hex()
+    )
+}
+
+/// The key counting the invalidations of a digest's stripe.
+fn generation_key(digest: &Digest) -> String {
+    format!("tokengate:v2:{{{}}}:generation", stripe(digest))
+}
+
+/// Adds the entry (KEYS[1]) unless one is there or the stripe's generation
+/// (KEYS[2]) moved since the lookup read it (ARGV[1]).
+const PUT_SCRIPT: &str = "if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then \
+     return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX') end \
+     return false";
+
+/// Counts an invalidation in the stripe's generation (KEYS[2]) and deletes
+/// the entry (KEYS[1]).
+const INVALIDATE_SCRIPT: &str = "redis.call('INCR', KEYS[2]) return redis.call('DEL', KEYS[1])";
+
+/// The invalidation count of a digest's stripe when a lookup began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation(String);
+
+/// What Redis holds for a digest.
+#[derive(Debug)]
+pub enum Shared {
+    Hit(Lookup),
+    /// Nothing usable: what the store says may be shared, unless the
+    /// stripe is invalidated meanwhile.
+    Miss(Generation),
+    /// Redis is down or failed: it is neither read nor written.
+    Unavailable,
 }
 
 /// Where Redis is, parsed from `cache.redis_url`:
@@ -169,8 +213,6 @@ pub struct RedisCache {
     timeout: Duration,
     ttl: Duration,
     negative_ttl: Duration,
-    /// How long a tombstone stays.
-    tombstone_ttl: Duration,
     connection: ArcSwapOption<Connection>,
     health: Arc<Dependency>,
     hits: Counter,
@@ -191,20 +233,13 @@ enum Failure {
 
 impl RedisCache {
     /// A cache that connects lazily; Redis being down at start is not an error.
-    /// `store_timeout` bounds the lookups a tombstone must outlive.
-    pub fn new(
-        redis: &RedisConfig,
-        cache: &CacheConfig,
-        store_timeout: Duration,
-        metrics: &Metrics,
-    ) -> Arc<RedisCache> {
+    pub fn new(redis: &RedisConfig, cache: &CacheConfig, metrics: &Metrics) -> Arc<RedisCache> {
         Arc::new(RedisCache {
             target: redis.target.clone(),
             ca_pem: redis.ca_pem.clone(),
             timeout: redis.timeout,
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
-            tombstone_ttl: super::in_flight_bound(store_timeout) + redis.timeout,
             connection: ArcSwapOption::empty(),
             health: metrics
                 .redis
@@ -337,43 +372,36 @@ impl RedisCache {
         Ok(reply?)
     }
 
-    /// The shared entry; `None` on a miss, a tombstone or a failure.
-    pub async fn get(&self, digest: &Digest) -> Option<Lookup> {
+    /// The shared entry, with the stripe's generation on a miss.
+    pub async fn get(&self, digest: &Digest) -> Shared {
         if !self.health.is_up() {
-            return None;
+            return Shared::Unavailable;
         }
-        match self
-            .run::<Option<String>>(redis::cmd("GET").arg(key(digest)))
-            .await
-        {
-            Ok(Some(text)) if text == TOMBSTONE => {
-                self.misses.inc();
-                None
-            }
-            Ok(Some(text)) => match decode(&text) {
-                Some(lookup) => {
-                    self.hits.inc();
-                    Some(lookup)
-                }
-                None => {
-                    tracing::warn!("unreadable Redis cache entry ignored");
-                    self.misses.inc();
-                    None
-                }
-            },
-            Ok(None) => {
-                self.misses.inc();
-                None
-            }
+        let mut read = redis::cmd("MGET");
+        read.arg(entry_key(digest)).arg(generation_key(digest));
+        let (entry, generation) = match self.run::<(Option<String>, Option<String>)>(&read).await {
+            Ok(reply) => reply,
             Err(e) => {
                 self.health.failed(&e);
-                None
+                return Shared::Unavailable;
+            }
+        };
+        if let Some(text) = entry {
+            match decode(&text) {
+                Some(lookup) => {
+                    self.hits.inc();
+                    return Shared::Hit(lookup);
+                }
+                None => tracing::warn!("unreadable Redis cache entry ignored"),
             }
         }
+        self.misses.inc();
+        Shared::Miss(Generation(generation.unwrap_or_else(|| "0".into())))
     }
 
-    /// Shares a lookup, unless an entry or a tombstone is there already.
-    pub async fn put(&self, digest: &Digest, lookup: &Lookup) {
+    /// Shares a lookup, unless an entry is there already or the digest's
+    /// stripe was invalidated since `generation` was read.
+    pub async fn put(&self, digest: &Digest, lookup: &Lookup, generation: Generation) {
         if !self.health.is_up() {
             return;
         }
@@ -385,28 +413,30 @@ impl RedisCache {
                 self.ttl.min(left.max(Duration::from_secs(1)))
             }),
         };
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key(digest))
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUT_SCRIPT)
+            .arg(2)
+            .arg(entry_key(digest))
+            .arg(generation_key(digest))
+            .arg(generation.0)
             .arg(encode(lookup))
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg("NX");
+            .arg(ttl.as_millis().max(1) as u64);
         if let Err(e) = self.run::<Option<String>>(&cmd).await {
             self.health.failed(&e);
         }
     }
 
-    /// The command that replaces a shared entry by a tombstone.
+    /// The command that deletes a shared entry and counts the invalidation.
     fn bury(&self, digest: &Digest) -> Cmd {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key(digest))
-            .arg(TOMBSTONE)
-            .arg("PX")
-            .arg(self.tombstone_ttl.as_millis() as u64);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INVALIDATE_SCRIPT)
+            .arg(2)
+            .arg(entry_key(digest))
+            .arg(generation_key(digest));
         cmd
     }
 
-    /// Replaces the shared entry by a tombstone; remembered and retried if
+    /// Deletes the shared entry, counting the invalidation; remembered and retried if
     /// Redis is unreachable.
     pub async fn invalidate(&self, digest: &Digest) {
         // Down: no wait for a timeout per change (the feed's follower would

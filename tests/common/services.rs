@@ -30,8 +30,7 @@ impl TlsFiles {
 
 /// The key of a token's entry in the shared cache.
 pub fn cache_key(token: &Token) -> String {
-    let digest = tokengate::token::Digest::of(&token.secret);
-    format!("tokengate:v1:token:{}", digest.to_hex())
+    tokengate::cache::entry_key(&tokengate::token::Digest::of(&token.secret))
 }
 
 /// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
@@ -76,9 +75,9 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Whether this server holds the token's cache entry (not a tombstone).
+    /// Whether this server holds the token's cache entry.
     pub fn holds(&self, token: &Token) -> bool {
-        !matches!(self.cli(&["GET", &cache_key(token)]).trim(), "" | "!")
+        !self.cli(&["GET", &cache_key(token)]).trim().is_empty()
     }
 
     /// Kills the server (as a crash would: no clean shutdown).
