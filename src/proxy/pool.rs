@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -160,7 +161,7 @@ impl UpstreamPool {
         }
         // Boxed: connecting (DNS, TCP, TLS) takes kilobytes of state that a
         // request on a pooled connection should not carry.
-        let connect = Box::pin(endpoint.connect());
+        let connect = Box::pin(endpoint.connect(self.connect_timeout));
         let mut sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.connect_timeout))??;
@@ -222,22 +223,23 @@ impl Endpoint {
         })
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    /// Resolves, connects and starts HTTP within `budget` (the caller
+    /// enforces it as a whole).
+    async fn connect(&self, budget: Duration) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + budget;
         let resolve = |source| UpstreamError::Resolve {
             host: self.host.clone(),
             source,
         };
-        let mut failure = None;
-        for address in tokio::net::lookup_host((self.host.as_str(), self.port))
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(resolve)?
-        {
-            match TcpStream::connect(address).await {
-                Ok(stream) => return self.start(stream).await,
-                Err(e) => failure = Some(UpstreamError::Connect(e)),
-            }
+            .collect();
+        if addresses.is_empty() {
+            return Err(resolve(io::ErrorKind::NotFound.into()));
         }
-        Err(failure.unwrap_or_else(|| resolve(io::ErrorKind::NotFound.into())))
+        let stream = connect_any(&addresses, deadline).await?;
+        self.start(stream).await
     }
 
     /// TLS if the upstream is https, then HTTP/1.1, on a connected socket.
@@ -254,6 +256,27 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Connects to the first of `addresses` that answers by `deadline`, trying
+/// them in order. Each gets an equal share of the time left, so one that
+/// never answers (a blackholed IPv6 route, a dead replica behind a name)
+/// does not take the whole connect timeout and leave the others untried.
+pub(crate) async fn connect_any(
+    addresses: &[SocketAddr],
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, UpstreamError> {
+    let mut failure = None;
+    for (tried, &address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => failure = Some(UpstreamError::Connect(e)),
+            Err(_) => failure = Some(UpstreamError::ConnectTimeout(share)),
+        }
+    }
+    Err(failure.expect("at least one address was tried"))
 }
 
 /// Starts HTTP/1.1 on a connection; its I/O runs as a task of this worker.
@@ -348,5 +371,39 @@ mod tests {
         for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
             assert!(replayable(&request(method)).is_none());
         }
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further
+    /// SYNs, so a connect to it hangs as one to a blackholed address does.
+    fn blackhole() -> (tokio::net::TcpListener, TcpStream, SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let address = listener.local_addr().unwrap();
+        let queued = std::net::TcpStream::connect(address).unwrap();
+        queued.set_nonblocking(true).unwrap();
+        (listener, TcpStream::from_std(queued).unwrap(), address)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_time_for_the_next() {
+        let (_hole, _queued, dead) = blackhole();
+        let alive = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alive_at = alive.local_addr().unwrap();
+        let budget = Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        let stream = connect_any(&[dead, alive_at], started + budget)
+            .await
+            .expect("the second address answers");
+        assert_eq!(stream.peer_addr().unwrap(), alive_at);
+        let took = started.elapsed();
+        assert!(
+            took >= budget / 2 && took < budget,
+            "the dead address had half the budget: {took:?}"
+        );
+        // Alone, it fails by the deadline.
+        let started = tokio::time::Instant::now();
+        let only = connect_any(&[dead], started + Duration::from_millis(300)).await;
+        assert!(matches!(only, Err(UpstreamError::ConnectTimeout(_))));
     }
 }
