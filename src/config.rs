@@ -339,8 +339,8 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     pub tls: Option<crate::tls::ServerTls>,
     /// The URL clients reach the admin listener at, when a TLS-terminating
-    /// ingress or a path prefix sits in front of it: pagination links point
-    /// there, and `https` makes session cookies `Secure`.
+    /// ingress sits in front of it (no path: the web page is rooted at `/`):
+    /// pagination links point there, and `https` makes session cookies `Secure`.
     pub public_url: Option<PublicUrl>,
 }
 

@@ -260,6 +260,25 @@ async fn a_late_write_cannot_undo_an_invalidation_in_redis() {
             "{counter} never expires"
         );
     }
+    // A generation lost meanwhile (a restart without persistence, a failover)
+    // starts again somewhere the lookup cannot have read: not from zero.
+    for invalidated_before in [false, true] {
+        let digest = Digest::of(&format!("restart-{invalidated_before}"));
+        if invalidated_before {
+            cache.invalidate(&digest).await;
+        }
+        let read = miss(cache.get(&digest).await);
+        cache.invalidate(&digest).await;
+        redis.cli(&["FLUSHALL"]);
+        if invalidated_before {
+            cache.invalidate(&digest).await;
+        }
+        cache.put(&digest, &old, read).await;
+        assert!(
+            matches!(cache.get(&digest).await, Shared::Miss(_)),
+            "a late write after a reset was refused"
+        );
+    }
 }
 
 #[test]

@@ -61,15 +61,43 @@ fn generation_key(digest: &Digest) -> String {
     format!("tokengate:v2:{{{}}}:generation", stripe(digest))
 }
 
+// A generation that is missing (never set, or lost: a restart without
+// persistence, a failover, eviction) starts again at a random value
+// (ARGV[1] of the read and the invalidation), never at one a lookup may
+// have read before it was lost.
+
+/// Reads the entry (KEYS[1]) and the stripe's generation (KEYS[2]).
+const READ_SCRIPT: &str = "local g = redis.call('GET', KEYS[2]) \
+     if not g then redis.call('SET', KEYS[2], ARGV[1]) g = ARGV[1] end \
+     return {redis.call('GET', KEYS[1]), g}";
+
 /// Adds the entry (KEYS[1]) unless one is there or the stripe's generation
-/// (KEYS[2]) moved since the lookup read it (ARGV[1]).
-const PUT_SCRIPT: &str = "if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then \
+/// (KEYS[2]) is not the one the lookup read (ARGV[1]).
+const PUT_SCRIPT: &str = "if redis.call('GET', KEYS[2]) == ARGV[1] then \
      return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX') end \
      return false";
 
 /// Counts an invalidation in the stripe's generation (KEYS[2]) and deletes
 /// the entry (KEYS[1]).
-const INVALIDATE_SCRIPT: &str = "redis.call('INCR', KEYS[2]) return redis.call('DEL', KEYS[1])";
+const INVALIDATE_SCRIPT: &str = "if redis.call('EXISTS', KEYS[2]) == 0 then \
+     redis.call('SET', KEYS[2], ARGV[1]) end \
+     redis.call('INCR', KEYS[2]) return redis.call('DEL', KEYS[1])";
+
+/// Where a missing generation starts: far from 0, and from every value a
+/// generation had before (with overwhelming probability).
+fn random_start() -> u64 {
+    rand::Rng::gen_range(&mut rand::thread_rng(), 1..1u64 << 62)
+}
+
+/// A script with its two keys, for one digest.
+fn script(code: &str, digest: &Digest) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(code)
+        .arg(2)
+        .arg(entry_key(digest))
+        .arg(generation_key(digest));
+    cmd
+}
 
 /// The invalidation count of a digest's stripe when a lookup began.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,9 +405,9 @@ impl RedisCache {
         if !self.health.is_up() {
             return Shared::Unavailable;
         }
-        let mut read = redis::cmd("MGET");
-        read.arg(entry_key(digest)).arg(generation_key(digest));
-        let (entry, generation) = match self.run::<(Option<String>, Option<String>)>(&read).await {
+        let mut read = script(READ_SCRIPT, digest);
+        read.arg(random_start());
+        let (entry, generation) = match self.run::<(Option<String>, String)>(&read).await {
             Ok(reply) => reply,
             Err(e) => {
                 self.health.failed(&e);
@@ -396,7 +424,7 @@ impl RedisCache {
             }
         }
         self.misses.inc();
-        Shared::Miss(Generation(generation.unwrap_or_else(|| "0".into())))
+        Shared::Miss(Generation(generation))
     }
 
     /// Shares a lookup, unless an entry is there already or the digest's
@@ -413,12 +441,8 @@ impl RedisCache {
                 self.ttl.min(left.max(Duration::from_secs(1)))
             }),
         };
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUT_SCRIPT)
-            .arg(2)
-            .arg(entry_key(digest))
-            .arg(generation_key(digest))
-            .arg(generation.0)
+        let mut cmd = script(PUT_SCRIPT, digest);
+        cmd.arg(generation.0)
             .arg(encode(lookup))
             .arg(ttl.as_millis().max(1) as u64);
         if let Err(e) = self.run::<Option<String>>(&cmd).await {
@@ -428,29 +452,35 @@ impl RedisCache {
 
     /// The command that deletes a shared entry and counts the invalidation.
     fn bury(&self, digest: &Digest) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(INVALIDATE_SCRIPT)
-            .arg(2)
-            .arg(entry_key(digest))
-            .arg(generation_key(digest));
+        let mut cmd = script(INVALIDATE_SCRIPT, digest);
+        cmd.arg(random_start());
         cmd
     }
 
     /// Deletes the shared entry, counting the invalidation; remembered and retried if
     /// Redis is unreachable.
     pub async fn invalidate(&self, digest: &Digest) {
-        // Down: no wait for a timeout per change (the feed's follower would
-        // fall behind by one timeout each); the reconnect replays what was missed.
-        if self.health.is_up() {
+        loop {
+            // Down: no wait for a timeout per change (the feed's follower would
+            // fall behind by one timeout each); the reconnect replays what was
+            // missed. Decided under the lock the reconnect holds as it marks
+            // Redis up, so a digest is either replayed first or buried here.
+            {
+                let mut unapplied = self.unapplied();
+                if !self.health.is_up() {
+                    unapplied.insert(*digest);
+                    return;
+                }
+            }
             match self.run::<()>(&self.bury(digest)).await {
                 Ok(()) => return,
                 Err(e) => self.health.failed(&e),
             }
         }
-        self.unapplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*digest);
+    }
+
+    fn unapplied(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.unapplied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Buries the shared entry and tells every instance to drop its own
@@ -506,22 +536,21 @@ impl RedisCache {
             self.connection.store(Some(Arc::new(connection)));
         }
         self.run::<String>(&redis::cmd("PING")).await?;
-        let pending: Vec<Digest> = self
-            .unapplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        for digest in pending {
-            self.run::<()>(&self.bury(&digest)).await?;
-            self.unapplied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&digest);
+        // Until none is left: invalidations keep arriving while these run.
+        loop {
+            let pending: Vec<Digest> = {
+                let unapplied = self.unapplied();
+                if unapplied.is_empty() {
+                    self.health.succeeded();
+                    return Ok(());
+                }
+                unapplied.iter().copied().collect()
+            };
+            for digest in pending {
+                self.run::<()>(&self.bury(&digest)).await?;
+                self.unapplied().remove(&digest);
+            }
         }
-        self.health.succeeded();
-        Ok(())
     }
 
     /// Listens for announced revocations and drops them from this

@@ -258,10 +258,15 @@ impl Endpoint {
     }
 }
 
+/// The least time an address is given when others follow: a lost SYN is
+/// sent again after a second, and a healthy address must survive that.
+const LEAST_SHARE: Duration = Duration::from_millis(1500);
+
 /// Connects to the first of `addresses` that answers by `deadline`, trying
-/// them in order. Each gets an equal share of the time left, so one that
-/// never answers (a blackholed IPv6 route, a dead replica behind a name)
-/// does not take the whole connect timeout and leave the others untried.
+/// them in order. Each gets an equal share of the time left (at least
+/// [`LEAST_SHARE`]), so one that never answers (a blackholed IPv6 route, a
+/// dead replica behind a name) does not take the whole connect timeout and
+/// leave the others untried.
 pub(crate) async fn connect_any(
     addresses: &[SocketAddr],
     deadline: tokio::time::Instant,
@@ -269,7 +274,9 @@ pub(crate) async fn connect_any(
     let mut failure = None;
     for (tried, &address) in addresses.iter().enumerate() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let share = left / u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+        let share = (left / u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX))
+            .max(LEAST_SHARE)
+            .min(left);
         match tokio::time::timeout(share, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => failure = Some(UpstreamError::Connect(e)),
@@ -390,7 +397,7 @@ mod tests {
         let (_hole, _queued, dead) = blackhole();
         let alive = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let alive_at = alive.local_addr().unwrap();
-        let budget = Duration::from_secs(2);
+        let budget = Duration::from_secs(4);
         let started = tokio::time::Instant::now();
         let stream = connect_any(&[dead, alive_at], started + budget)
             .await
