@@ -1408,6 +1408,14 @@ fn parse_route_path(path: &str) -> Result<Vec<PathPart>, String> {
 fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
     let method = match raw.method.as_deref() {
         None | Some("*") => None,
+        // Methods are case-sensitive: `delete` would be an extension method
+        // no client sends, and the rule would silently never match.
+        Some(m) if m.bytes().any(|b| b.is_ascii_lowercase()) => {
+            return Err(format!(
+                "method {m:?}: methods are upper case ({:?})",
+                m.to_ascii_uppercase()
+            ))
+        }
         Some(m) => {
             Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}"))?)
         }
@@ -1582,6 +1590,7 @@ access = "read"
             ("[signing]\nverify_key_files = [\n  \"/nonexistent/old.pem\",\n]\n", "signing.verify_key_files", 3, "cannot read"),
             ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"https://ops.example/tokens\"\n", "admin.public_url", 3, "has a path"),
             ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"ftp://ops.example\"\n", "admin.public_url", 3, "must start with http"),
+            ("[upstream.u]\nurl = \"http://u\"\n[[route]]\nname = \"a\"\nformat = \"npm\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\n[[route.access]]\nmethod = \"delete\"\npath = \"/**\"\naccess = \"deny\"\n", "route[0].access[0]", 9, "upper case (\"DELETE\")"),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

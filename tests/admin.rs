@@ -363,19 +363,26 @@ fn the_gitlab_deploy_token_api() {
     );
 }
 
-#[test]
-fn lists_are_paginated_like_gitlab() {
-    let up = Recorder::start();
-    let gate = start(&up, Setup::default());
+/// Makes `n` tokens of project acme/web (`t0`, `t1`, …); returns the
+/// project's token list path.
+fn create_project_tokens(gate: &Gate, n: usize) -> &'static str {
     let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
-    for i in 0..5 {
+    for i in 0..n {
         let r = post_json(
-            &gate,
+            gate,
             project,
             &json!({"name": format!("t{i}"), "scopes": ["read_registry"]}),
         );
         assert_eq!(r.status, 201);
     }
+    project
+}
+
+#[test]
+fn lists_are_paginated_like_gitlab() {
+    let up = Recorder::start();
+    let gate = start(&up, Setup::default());
+    let project = create_project_tokens(&gate, 5);
     let r = gate.admin(
         "GET",
         &format!("{project}?per_page=2&page=2"),
@@ -643,15 +650,7 @@ fn behind_an_ingress_links_and_cookies_follow_the_public_url() {
             ..Setup::default()
         },
     );
-    let project = "/api/v4/projects/acme%2Fweb/deploy_tokens";
-    for i in 0..3 {
-        let r = post_json(
-            &gate,
-            project,
-            &json!({"name": format!("t{i}"), "scopes": ["read_registry"]}),
-        );
-        assert_eq!(r.status, 201);
-    }
+    let project = create_project_tokens(&gate, 3);
     let r = gate.admin("GET", &format!("{project}?per_page=2"), &[], b"");
     let link = r.header("link").unwrap();
     let next = format!("<https://tokens.example.com{project}?page=2&per_page=2>; rel=\"next\"");

@@ -386,6 +386,14 @@ fn blob_mounts_need_pull_on_the_source() {
         "an unreadable source is dropped: the registry starts a plain upload"
     );
     assert_eq!(mount("..%2Fx"), "/v2/acme/web/app/blobs/uploads/");
+    // `mount` alone: the registry may mount the blob from any repository it
+    // holds (the spec's anonymous mount), so the mount is dropped too.
+    let anonymous = "/v2/acme/web/app/blobs/uploads/?mount=sha256%3Aab";
+    assert_eq!(bearer(&gate, "POST", anonymous, &push).status, 200);
+    assert_eq!(
+        up.seen().last().unwrap().target,
+        "/v2/acme/web/app/blobs/uploads/"
+    );
     // allow_delete: deleting needs write_registry (and a push grant).
     assert_eq!(
         bearer(
@@ -397,6 +405,17 @@ fn blob_mounts_need_pull_on_the_source() {
         .status,
         200
     );
+    // It lets deletes of manifests and blobs through, nothing else.
+    let forwarded = up.seen().len();
+    for target in [
+        "/v2/",
+        "/v2/acme/web/app/tags/list",
+        "/v2/acme/web/app/referrers/sha256:ab",
+    ] {
+        let r = bearer(&gate, "DELETE", target, &push);
+        assert_eq!(r.status, 403, "DELETE {target}: {}", r.text());
+    }
+    assert_eq!(up.seen().len(), forwarded, "none was forwarded");
     let reader = gate.token("project:acme/web", "read_registry", &[]);
     let pull = jwt(&gate, &reader, &["repository:acme/web/app:pull"]);
     assert_eq!(

@@ -125,13 +125,16 @@ fn action(method: &Method, tail: &[&str]) -> Option<Action> {
 struct Ambiguous;
 
 /// The repository a blob upload asks to mount from (`from=`), percent-decoded
-/// (an undecodable value reads as empty, which no check accepts). A registry
-/// reads the query with a form parser that decodes names too (Go's
-/// `FormValue`: `fr%6Fm` is `from`) and takes the first of repeated keys, so a
-/// `from` or `mount` spelled with escapes or `from` given twice is
-/// [`Ambiguous`] and refused rather than guessed at.
+/// (an undecodable value reads as empty, which no check accepts). A `mount`
+/// without `from` reads as empty too: the spec lets a registry mount the
+/// blob from any repository it holds then, and it holds them all for the
+/// proxy's credentials. A registry reads the query with a form parser that
+/// decodes names too (Go's `FormValue`: `fr%6Fm` is `from`) and takes the
+/// first of repeated keys, so a `from` or `mount` spelled with escapes or
+/// `from` given twice is [`Ambiguous`] and refused rather than guessed at.
 fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
     let mut from = None;
+    let mut mount = false;
     for (raw, value) in query_pairs(query) {
         let Some(key) = form_decode(raw) else {
             continue; // a name the registry cannot decode either
@@ -144,9 +147,15 @@ fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
         }
         if key == "from" {
             from = Some(form_decode(value).unwrap_or_default());
+        } else {
+            mount = true;
         }
     }
-    Ok(from)
+    Ok(if mount {
+        Some(from.unwrap_or_default())
+    } else {
+        from
+    })
 }
 
 /// Whether a request carries a form body. The registry API takes none, and a
@@ -329,6 +338,21 @@ mod tests {
                 name: "acme/web".into(),
                 action: Action::Push,
                 mount_from: Some("acme/other".into())
+            }
+        );
+        // Without `from` the registry may take the blob from anywhere: an
+        // empty source, which no check accepts.
+        let anonymous = classify(
+            &Method::POST,
+            &["acme", "web", "blobs", "uploads"],
+            Some("mount=sha256%3Aab"),
+        );
+        assert_eq!(
+            anonymous,
+            Endpoint::Repository {
+                name: "acme/web".into(),
+                action: Action::Push,
+                mount_from: Some(String::new())
             }
         );
     }

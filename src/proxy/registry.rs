@@ -14,7 +14,7 @@ use http_body_util::Either;
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
 use crate::config::RegistryAuthConfig;
-use crate::format::oci::{classify, has_form_body, Endpoint};
+use crate::format::oci::{classify, has_form_body, Action, Endpoint};
 use crate::format::{self, Access};
 use crate::oci::RegistryAuth;
 use crate::route::{Matched, NormalizedPath};
@@ -135,7 +135,10 @@ impl Proxy {
             Endpoint::Invalid => unreachable!("answered above"),
             Endpoint::Base => {
                 auth::authenticate(record.as_deref(), username, now)?;
-                if access == Access::Refused {
+                // Only the version check, whatever an access rule (or
+                // `allow_delete`'s `DELETE /**`) says about the path.
+                let check = head.method == Method::GET || head.method == Method::HEAD;
+                if access == Access::Refused || !check {
                     return Err(Denial::AccessRefused.into());
                 }
             }
@@ -148,6 +151,11 @@ impl Proxy {
                 action,
                 mount_from,
             } => {
+                // Not an operation the proxy lets through, whatever the
+                // access rules give the method and path.
+                if *action == Action::Refused {
+                    return Err(Denial::AccessRefused.into());
+                }
                 let ask = Ask {
                     username,
                     namespace: name,

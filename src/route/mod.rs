@@ -77,9 +77,13 @@ pub struct AccessRule {
 }
 
 impl AccessRule {
+    /// A `GET` rule covers `HEAD` too: the same resource, its body left out.
     fn matches(&self, method: &Method, rest: &[&str]) -> bool {
-        if self.method.as_ref().is_some_and(|m| m != method) {
-            return false;
+        if let Some(want) = &self.method {
+            let head_of_get = want == Method::GET && method == Method::HEAD;
+            if want != method && !head_of_get {
+                return false;
+            }
         }
         let mut i = 0;
         for part in &self.pattern {
@@ -448,6 +452,18 @@ mod tests {
             r.access(&Method::PUT, &["admin", "x", "y"], None),
             Access::Write
         );
-        assert_eq!(r.access(&Method::HEAD, &["a"], None), Access::Read);
+        assert_eq!(
+            r.access(&Method::HEAD, &["a"], None),
+            Access::Write,
+            "a GET rule covers HEAD"
+        );
+        assert_eq!(r.access(&Method::PUT, &["a"], None), Access::Write);
+        let mut head_only = route("h", "maven", "/maven", Some("acme"), true);
+        head_only.access_rules.push(AccessRule {
+            method: Some(Method::HEAD),
+            pattern: vec![PatternPart::AnyRest],
+            access: Access::Refused,
+        });
+        assert_eq!(head_only.access(&Method::GET, &["a"], None), Access::Read);
     }
 }

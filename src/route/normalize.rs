@@ -290,7 +290,12 @@ const CREDENTIAL_PARAMS: [&str; 4] = ["private_token", "job_token", "access_toke
 /// credential.
 pub fn check_query(query: &str) -> Result<(), PathError> {
     check_query_bytes(query)?;
-    let credential = query_pairs(query).any(|(name, _)| {
+    // Split on `;` as well: some servers take it for `&` (Rack 2, which
+    // GitLab runs on; Python before 3.9.2).
+    let mut names = query
+        .split(['&', ';'])
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name));
+    let credential = names.any(|name| {
         // Escapes only lengthen a name: shorter ones are none of these.
         name.len() >= "job_token".len()
             && form_decode(name).is_some_and(|name| {
@@ -418,6 +423,7 @@ mod tests {
             "ACCESS_TOKEN=x",
             "deploy%5Ftoken=x",
             "private_token",
+            "a=1;private_token=x",
         ] {
             assert_eq!(
                 check_query(query),
