@@ -16,10 +16,10 @@ impl Format for Npm {
     }
 
     fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
-        if method == Method::POST && rest.starts_with(&["-", "npm", "v1", "security"]) {
-            return Access::Read;
+        match rest {
+            ["-", api @ ..] => registry_api(method, api),
+            _ => read_or_write(method, &[Method::PUT, Method::DELETE]),
         }
-        read_or_write(method, &[Method::PUT, Method::DELETE])
     }
 
     /// Scoped package names travel as one segment, `@scope%2fname`.
@@ -30,5 +30,21 @@ impl Format for Npm {
     /// Package documents (`GET /name`, `GET /@scope/name`) carry `dist.tarball` URLs.
     fn rewrites_metadata(&self, method: &Method, rest: &[&str]) -> bool {
         method == Method::GET && !rest.is_empty() && !rest.contains(&"-")
+    }
+}
+
+/// The registry's own API under `/-/`: only what package clients use. The
+/// upstream answers as the proxy's own account, so its account endpoints
+/// (`/-/user/…`, `/-/npm/v1/tokens`, profiles, orgs, teams, access and
+/// collaborators) would act on that account for any deploy token: refused.
+fn registry_api(method: &Method, api: &[&str]) -> Access {
+    let read = method == Method::GET || method == Method::HEAD;
+    match api {
+        // `npm audit`: POSTs that only read.
+        ["npm", "v1", "security", ..] if method == Method::POST => Access::Read,
+        ["v1", "search"] | ["ping"] | ["whoami"] if read => Access::Read,
+        ["package", _, "dist-tags"] if read => Access::Read,
+        ["package", _, "dist-tags", _] => read_or_write(method, &[Method::PUT, Method::DELETE]),
+        _ => Access::Refused,
     }
 }
