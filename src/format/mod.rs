@@ -326,6 +326,9 @@ mod tests {
             ),
             ("pypi", Method::HEAD, &["simple", "x"], Access::Read),
             ("pypi", Method::POST, &[], Access::Write),
+            ("pypi", Method::POST, &["legacy"], Access::Write),
+            ("pypi", Method::POST, &["RPC2"], Access::Refused),
+            ("pypi", Method::POST, &["simple", "x"], Access::Refused),
             ("pypi", Method::PUT, &[], Access::Refused),
             (
                 "maven",

@@ -15,8 +15,15 @@ impl Format for PyPi {
         &[CredentialSource::Basic]
     }
 
-    fn access(&self, method: &Method, _rest: &[&str], _query: Option<&str>) -> Access {
-        read_or_write(method, &[Method::POST])
+    /// Uploads are POSTs to the upload URL itself (the route's root, or
+    /// `legacy/` as on pypi.org); a POST anywhere else is no upload:
+    /// pypiserver's `RPC2`, an XML-RPC search of every package on the
+    /// server, would give write-only tokens a read.
+    fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
+        match rest {
+            [] | ["legacy"] => read_or_write(method, &[Method::POST]),
+            _ => read_or_write(method, &[]),
+        }
     }
 
     /// Simple-index pages may link to files by absolute URL.
