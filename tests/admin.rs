@@ -632,6 +632,19 @@ fn csrf_of(page: &str) -> String {
     page[at..at + 64].to_string()
 }
 
+/// Logs in to the web page with the admin token.
+fn log_in(gate: &Gate) -> RawResponse {
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let login = format!("token={ADMIN_TOKEN}");
+    send(
+        gate.admin_port,
+        "POST",
+        "/ui/login",
+        &form,
+        login.as_bytes(),
+    )
+}
+
 fn session_cookie(r: &RawResponse) -> String {
     let cookie = r.header("set-cookie").expect("a session cookie");
     cookie.split(';').next().unwrap().to_string()
@@ -657,15 +670,7 @@ fn behind_an_ingress_links_and_cookies_follow_the_public_url() {
     assert!(link.contains(&next), "{next} not in {link}");
     assert!(!link.contains("http://"), "{link}");
 
-    let login = format!("token={ADMIN_TOKEN}");
-    let form = [("Content-Type", "application/x-www-form-urlencoded")];
-    let r = send(
-        gate.admin_port,
-        "POST",
-        "/ui/login",
-        &form,
-        login.as_bytes(),
-    );
+    let r = log_in(&gate);
     assert_eq!(r.status, 303);
     let set = r.header("set-cookie").unwrap();
     assert!(set.contains("; Secure"), "{set}");
@@ -699,14 +704,7 @@ fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
     );
     assert_eq!(wrong.status, 401);
     assert!(wrong.header("set-cookie").is_none());
-    let login = format!("token={ADMIN_TOKEN}");
-    let r = send(
-        gate.admin_port,
-        "POST",
-        "/ui/login",
-        &form,
-        login.as_bytes(),
-    );
+    let r = log_in(&gate);
     assert_eq!(r.status, 303);
     let set = r.header("set-cookie").unwrap().to_string();
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
