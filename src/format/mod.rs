@@ -194,10 +194,15 @@ pub const NAMES: &[&str] = &[
     "npm", "pypi", "maven", "generic", "oci", "git", "nuget", "conan",
 ];
 
+/// Whether a method only reads: GET, or HEAD (GET without the body).
+pub fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.
 fn read_or_write(method: &Method, write: &[Method]) -> Access {
-    if method == Method::GET || method == Method::HEAD {
+    if is_read(method) {
         Access::Read
     } else if write.contains(method) {
         Access::Write

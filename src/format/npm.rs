@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use super::{read_or_write, Access, CredentialSource, Format};
+use super::{is_read, read_or_write, Access, CredentialSource, Format};
 
 pub struct Npm;
 
@@ -38,7 +38,7 @@ impl Format for Npm {
 /// (`/-/user/…`, `/-/npm/v1/tokens`, profiles, orgs, teams, access and
 /// collaborators) would act on that account for any deploy token: refused.
 fn registry_api(method: &Method, api: &[&str]) -> Access {
-    let read = method == Method::GET || method == Method::HEAD;
+    let read = is_read(method);
     match api {
         // `npm audit`: POSTs that only read.
         ["npm", "v1", "security", ..] if method == Method::POST => Access::Read,

@@ -5,7 +5,7 @@
 
 use http::Method;
 
-use super::{Access, Authentication, CredentialSource, Format};
+use super::{is_read, Access, Authentication, CredentialSource, Format};
 use crate::oci::scope::valid_repository;
 use crate::route::normalize::{form_decode, query_pairs};
 use crate::token::{Scope, ScopeSet};
@@ -95,7 +95,7 @@ pub fn classify(method: &Method, rest: &[&str], query: Option<&str>) -> Endpoint
 }
 
 fn action(method: &Method, tail: &[&str]) -> Option<Action> {
-    let read = method == Method::GET || method == Method::HEAD;
+    let read = is_read(method);
     Some(match tail {
         ["manifests", _] if read => Action::Pull,
         ["manifests", _] if method == Method::PUT => Action::Push,
@@ -196,7 +196,7 @@ impl Format for Oci {
 
     fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access {
         match classify(method, rest, query) {
-            Endpoint::Base if method == Method::GET || method == Method::HEAD => Access::Read,
+            Endpoint::Base if is_read(method) => Access::Read,
             Endpoint::Repository {
                 action: Action::Pull,
                 ..

@@ -243,7 +243,7 @@ impl Proxy {
                  X-Rewrite-URL) are not accepted: the request line is what is authorized",
             ));
         }
-        if mode.has_body() && (head.method == Method::GET || head.method == Method::HEAD) {
+        if mode.has_body() && crate::format::is_read(&head.method) {
             // An upstream that ignored its framing would read the body as
             // a second request on a shared connection, one never authorized.
             return Err(ProxyError::BadRequest(

@@ -137,8 +137,7 @@ impl Proxy {
                 auth::authenticate(record.as_deref(), username, now)?;
                 // Only the version check, whatever an access rule (or
                 // `allow_delete`'s `DELETE /**`) says about the path.
-                let check = head.method == Method::GET || head.method == Method::HEAD;
-                if access == Access::Refused || !check {
+                if access == Access::Refused || !format::is_read(&head.method) {
                     return Err(Denial::AccessRefused.into());
                 }
             }
