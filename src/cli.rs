@@ -229,6 +229,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve => serve(config, config_path).await,
         Command::CheckConfig => {
             let name = config_path.map_or("built-in defaults".into(), |p| p.display().to_string());
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{name}: ok ({} routes)", config.routes.routes().len());
             Ok(())
         }
@@ -261,8 +264,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), CliEr
     apply_log_level(&config);
     let store = TokenStore::connect(&config.store).await?;
     let config = Arc::new(config);
-    if config.routes.is_empty() {
-        tracing::warn!("no routes configured: every request will be answered 404");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     let metrics = Arc::new(Metrics::new(config.cache.redis.is_some()));
     let redis = config

@@ -451,6 +451,32 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are valid but probably not what was meant, for `serve`
+    /// to log and `check-config` to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.routes.is_empty() {
+            warnings.push("no routes configured: every request will be answered 404".into());
+        }
+        if self.server.tls.is_some() && !self.server.public_url.https {
+            warnings.push(
+                "server.tls is set but server.public_url is http://: \
+                 rewritten package URLs will send clients to plain HTTP"
+                    .into(),
+            );
+        }
+        if let Some(admin) = &self.admin {
+            if admin.tls.is_some() && admin.public_url.as_ref().is_some_and(|u| !u.https) {
+                warnings.push(
+                    "admin.tls is set but admin.public_url is http://: \
+                     pagination links will send clients to plain HTTP"
+                        .into(),
+                );
+            }
+        }
+        warnings
+    }
+
     /// Only the store and cache settings, for commands that manage tokens:
     /// the file must parse, but upstream secrets need not be in the environment.
     pub fn token_backends(path: Option<&Path>) -> Result<TokenBackends, ConfigError> {
@@ -1639,5 +1665,40 @@ access = "read"
         let t = with("strip_prefix = true", "strip_prefix = true\nstrip = 1");
         assert_eq!(err(&t).key, "route[0].strip");
         assert_eq!(err(&t).line, line_of(&t, "strip = 1"));
+    }
+
+    #[test]
+    fn tls_listeners_with_http_public_urls_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["proxy.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let tls = format!("tls = {{ cert = {cert_path:?}, key = {key_path:?} }}");
+        let config = |server_url: &str, admin_url: &str| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:8443\"\n{tls}\n{server_url}\n\
+                 [admin]\nlisten = \"127.0.0.1:9443\"\n{tls}\n{admin_url}\n"
+            );
+            Config::parse("proxy.toml", &text).unwrap().warnings()
+        };
+        let no_routes = "no routes configured: every request will be answered 404";
+        // Unset, the public URLs follow the listeners: nothing to warn about.
+        assert_eq!(config("", ""), [no_routes]);
+        let https = "public_url = \"https://proxy.test\"";
+        assert_eq!(config(https, https), [no_routes]);
+        let http = "public_url = \"http://proxy.test\"";
+        let warnings = config(http, http);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[1].starts_with("server.tls is set but server.public_url is http://"));
+        assert!(warnings[2].starts_with("admin.tls is set but admin.public_url is http://"));
+        assert!(Config::parse("proxy.toml", GOOD)
+            .unwrap()
+            .warnings()
+            .is_empty());
     }
 }

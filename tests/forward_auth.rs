@@ -458,6 +458,16 @@ fn a_description_that_is_missing_repeated_or_for_tokengate_itself_is_refused() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("route it to tokengate"), "{}", r.text());
+    // So is npm's whoami: forwarded, the upstream would name the proxy's account.
+    let r = send(
+        decision,
+        "GET",
+        "/envoy/npm/acme/web/-/whoami",
+        &[("Authorization", &format!("Bearer {secret}"))],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("route it to tokengate"), "{}", r.text());
     // Unknown decision paths.
     assert_eq!(send(decision, "GET", "/", &[], b"").status, 404);
     assert_eq!(up.seen().len(), 0);

@@ -144,6 +144,45 @@ fn the_upstreams_own_credentials_replace_the_clients() {
     assert!(!gate.logs().contains("s3cret"));
 }
 
+/// Forwarded, npm's whoami would tell any deploy token the proxy's upstream
+/// account name; tokengate answers with the token's own username.
+#[test]
+fn npm_whoami_names_the_deploy_token_and_is_never_forwarded() {
+    let up = Recorder::start();
+    let gate = Gate::start(&config(&up));
+    let t = gate.token("project:acme/web", "read_package_registry", &[]);
+    let bearer = format!("Bearer {}", t.secret);
+    let r = send(
+        gate.port,
+        "GET",
+        "/npm/acme/web/-/whoami",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(body, serde_json::json!({ "username": t.username }));
+    // Still a decision: no token, another project's token, a revoked one.
+    let other = gate.token("project:acme/api", "read_package_registry", &[]);
+    let revoked = gate.token("project:acme/web", "read_package_registry", &[]);
+    gate.cli(&["token", "revoke", &revoked.id.to_string()]);
+    for (auth, status) in [
+        (String::new(), 401),
+        (format!("Bearer {}", other.secret), 403),
+        (format!("Bearer {}", revoked.secret), 401),
+    ] {
+        let headers: &[(&str, &str)] = if auth.is_empty() {
+            &[]
+        } else {
+            &[("Authorization", &auth)]
+        };
+        let r = send(gate.port, "GET", "/npm/acme/web/-/whoami", headers, b"");
+        assert_eq!(r.status, status, "{auth}: {}", r.text());
+    }
+    assert_eq!(up.seen().len(), 0);
+}
+
 #[test]
 fn the_forwarded_path_is_exactly_the_matched_one() {
     let up = Recorder::start();

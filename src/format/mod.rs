@@ -144,6 +144,13 @@ pub trait Format: Send + Sync + 'static {
         false
     }
 
+    /// Whether this request asks whom its credential belongs to (npm's
+    /// `/-/whoami`). tokengate answers it with the deploy token's username:
+    /// forwarded, the upstream would name the proxy's own account.
+    fn asks_identity(&self, _method: &Method, _rest: &[&str]) -> bool {
+        false
+    }
+
     /// What a client is told when this format refuses a request outright.
     fn refusal(&self) -> &'static str {
         "this request is not allowed with a deploy token"

@@ -22,6 +22,10 @@ impl Format for Npm {
         }
     }
 
+    fn asks_identity(&self, method: &Method, rest: &[&str]) -> bool {
+        is_read(method) && rest == ["-", "whoami"]
+    }
+
     /// Scoped package names travel as one segment, `@scope%2fname`.
     fn allows_encoded_slash(&self, decoded: &str) -> bool {
         decoded.starts_with('@') && decoded.matches('/').count() == 1 && !decoded.ends_with('/')

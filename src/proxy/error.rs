@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use super::body::Buffered;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Either;
 
 use super::ResponseBody;
 use crate::auth::Denial;
@@ -229,13 +227,9 @@ impl ProxyError {
             serde_json::json!({ "message": message, "error": message })
         }
         .to_string();
-        let mut response = Response::new(Either::Right(Buffered::new(body)));
+        let mut response = super::own_response(body, "application/json");
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, style.challenge.clone());
         }

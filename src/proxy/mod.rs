@@ -349,6 +349,12 @@ impl Proxy {
         let token = record.expect("allowed implies a record");
         outcome.decision = "allowed";
         self.last_used.mark(token.id, now.timestamp());
+        if format.asks_identity(&head.method, &rest) {
+            return match mode {
+                Mode::Decide => Err(ProxyError::OwnEndpoint),
+                Mode::Proxy { .. } => Ok(identity(&token)),
+            };
+        }
         let rewrite = Rewrite {
             urls: format.rewrites_metadata(&head.method, &rest),
             url_grant: format.url_grant(&head.method, &rest),
@@ -557,6 +563,21 @@ async fn answer_after_upload<F: Future>(
             Err(_) => return None,
         }
     }
+}
+
+/// A response tokengate makes itself (a 200 unless changed).
+fn own_response(body: impl Into<Bytes>, content_type: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Buffered::new(body)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The answer to a format's "who am I" request, in npm's shape.
+fn identity(token: &TokenRecord) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "username": token.username }).to_string();
+    own_response(body, "application/json")
 }
 
 /// Whether a response is a successful, unencoded text document.

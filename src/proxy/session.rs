@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use super::body::Buffered;
 use http::request::Parts;
-use http::{header, HeaderValue, Response};
-use http_body_util::Either;
+use http::Response;
 
 use super::{Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
@@ -59,11 +57,7 @@ impl Proxy {
                 token.username.clone()
             }
         };
-        let mut response = Response::new(Either::Right(Buffered::new(body)));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        Ok(response)
+        Ok(super::own_response(body, "text/plain"))
     }
 
     /// The deploy token behind a request's session JWT (`Bearer`), and the

@@ -5,6 +5,7 @@
 #
 #   clients.sh npm-publish  REGISTRY_URL USER TOKEN PKGDIR_PARENT NAME VERSION [bearer|basic]
 #   clients.sh npm-install  REGISTRY_URL USER TOKEN NAME VERSION [bearer|basic]
+#   clients.sh npm-whoami   REGISTRY_URL USER TOKEN EXPECTED_USERNAME [bearer|basic]
 #   clients.sh twine-upload UPLOAD_URL USER TOKEN NAME VERSION
 #   clients.sh pip-install  INDEX_URL USER TOKEN NAME VERSION
 #   clients.sh mvn-deploy   REPO_URL USER TOKEN GROUP ARTIFACT VERSION [basic|header]
@@ -17,7 +18,8 @@
 #        (bearer, default) or //host:port/path/:_auth=base64(USER:TOKEN) (basic).
 #        npm-publish creates PKGDIR_PARENT/<name>-VERSION (tiny package, scoped names allowed)
 #        and publishes it; npm-install installs NAME@VERSION into a fresh project and checks
-#        node_modules/NAME/package.json has that version.
+#        node_modules/NAME/package.json has that version. npm-whoami checks `npm whoami`
+#        prints EXPECTED_USERNAME.
 # PyPI:  twine-upload builds an sdist + wheel of a tiny project NAME==VERSION
 #        (python -m build --no-isolation, from the venv) and runs
 #        twine upload --non-interactive --repository-url UPLOAD_URL -u USER -p TOKEN dist/*.
@@ -171,6 +173,18 @@ cmd_npm_install() {
   got=$(node -p "require('$pj').version")
   [ "$got" = "$version" ] || { log "FAIL: installed $name@$got, wanted $version"; return 1; }
   log "OK: node_modules/$name/package.json has version $got"
+}
+
+cmd_npm_whoami() {
+  [ $# -eq 4 ] || [ $# -eq 5 ] || usage
+  local url user expected mode who
+  url=$(with_slash "$1"); user=$2; TOKEN=$3; expected=$4; mode=${5:-bearer}
+  new_home
+  : >"$HOME/empty-globalrc"
+  write_npmrc "$HOME/.npmrc" "$url" "$user" "$TOKEN" "$mode"
+  who=$(npm_cmd "$HOME/.npmrc" whoami) || return $?
+  [ "$who" = "$expected" ] || { log "FAIL: npm whoami printed '$who', wanted '$expected'"; return 1; }
+  log "OK: npm whoami printed $who"
 }
 
 # ------------------------------------------------------------------------------------- PyPI
@@ -357,6 +371,7 @@ sub=${1:-}
 case $sub in
   npm-publish) cmd_npm_publish "$@" ;;
   npm-install) cmd_npm_install "$@" ;;
+  npm-whoami) cmd_npm_whoami "$@" ;;
   twine-upload) cmd_twine_upload "$@" ;;
   pip-install) cmd_pip_install "$@" ;;
   mvn-deploy) cmd_mvn_deploy "$@" ;;

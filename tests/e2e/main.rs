@@ -695,6 +695,12 @@ fn npm_through_tokengate() {
         "npm install, read+write token (bearer)",
         &["npm-install", &url, &rw.username, &rw.secret, name, "1.0.0"],
     );
+    // `npm whoami` names the deploy token, not the proxy's upstream account.
+    expect_ok(
+        &gate,
+        "npm whoami, read+write token",
+        &["npm-whoami", &url, &rw.username, &rw.secret, &rw.username],
+    );
     // npm's Basic mode (`_auth`), with a scoped package (`@scope%2fname` packument, tarball
     // URL rewritten to the proxy).
     expect_ok(
