@@ -1,12 +1,14 @@
-//! Path normalization and route matching, with a differential check: the
-//! path the proxy forwards, normalized again, names exactly the segments the
-//! route matched (upstream base + the namespace of a stripped placeholder +
-//! the rest after the stripped prefix).
+//! Path normalization, the query check and route matching, with a
+//! differential check: the path the proxy forwards, normalized again, names
+//! exactly the segments the route matched (upstream base + the namespace of a
+//! stripped placeholder + the rest after the stripped prefix), and its query
+//! is the one that was checked, byte for byte.
 #![no_main]
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tokengate::config::Config;
+use tokengate::route::normalize::check_query;
 use tokengate::route::{NamespaceSource, NormalizedPath};
 
 const ROUTES: &str = r#"
@@ -48,14 +50,33 @@ fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(path) = NormalizedPath::parse(raw) else {
+    let (raw_path, query) = match raw.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (raw, None),
+    };
+    if let Some(query) = query {
+        if check_query(query).is_err() {
+            return;
+        }
+        // What an upstream could read as a fragment or a line break never passes.
+        assert!(
+            !query.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'#'),
+            "{query:?}"
+        );
+    }
+    let Ok(path) = NormalizedPath::parse(raw_path) else {
         return;
     };
     let Ok(matched) = config().routes.find(&path) else {
         return;
     };
-    let forwarded = matched.upstream_path_and_query(&path, None);
-    let again = NormalizedPath::parse(&forwarded).expect("the forwarded path normalizes");
+    let forwarded = matched.upstream_path_and_query(&path, query);
+    let (forwarded, forwarded_query) = match forwarded.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (forwarded.as_str(), None),
+    };
+    assert_eq!(forwarded_query, query, "the query forwarded for {raw:?}");
+    let again = NormalizedPath::parse(forwarded).expect("the forwarded path normalizes");
     let base: Vec<&str> = matched
         .route
         .upstream

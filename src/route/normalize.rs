@@ -297,17 +297,29 @@ pub fn check_query(query: &str) -> Result<(), PathError> {
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name));
     let credential = names.any(|name| {
         // Escapes only lengthen a name: shorter ones are none of these.
-        name.len() >= "job_token".len()
-            && form_decode(name).is_some_and(|name| {
-                CREDENTIAL_PARAMS
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(&name))
-            })
+        name.len() >= "job_token".len() && form_decode(name).is_some_and(|n| is_credential(&n))
     });
     if credential {
         return Err(PathError::CredentialInQuery);
     }
     Ok(())
+}
+
+/// Whether a decoded parameter name is one of [`CREDENTIAL_PARAMS`] as some
+/// server reads it: case aside, Rack and PHP take `name[]` and `name[key]`
+/// for `name`, and PHP drops leading spaces and reads `.` and ` ` as `_`.
+fn is_credential(name: &str) -> bool {
+    let base = name
+        .split('[')
+        .next()
+        .unwrap_or(name)
+        .trim_start_matches(' ');
+    CREDENTIAL_PARAMS.iter().any(|c| {
+        c.len() == base.len()
+            && c.bytes().zip(base.bytes()).all(|(c, b)| {
+                c == b.to_ascii_lowercase() || (c == b'_' && matches!(b, b'.' | b' '))
+            })
+    })
 }
 
 /// The byte rules of [`check_query`]: valid escapes, no control characters, no `#`.
@@ -424,6 +436,11 @@ mod tests {
             "deploy%5Ftoken=x",
             "private_token",
             "a=1;private_token=x",
+            // As Rack and PHP read them: arrays and hashes, PHP's name mangling.
+            "private_token[]=x",
+            "deploy_token%5Ba%5D=x",
+            "private.token=x",
+            "+job+token=x",
         ] {
             assert_eq!(
                 check_query(query),
@@ -431,7 +448,13 @@ mod tests {
                 "{query}"
             );
         }
-        assert!(check_query("token=x&private_tokens=y").is_ok());
+        for query in [
+            "token=x&private_tokens=y",
+            "[private_token]=x",
+            "private_token_=x",
+        ] {
+            assert!(check_query(query).is_ok(), "{query}");
+        }
         assert_eq!(check_query("a=%00"), Err(PathError::ControlCharacter));
         assert_eq!(check_query("a=%zz"), Err(PathError::BadEncoding));
         assert_eq!(check_query("a#b"), Err(PathError::ReservedCharacter));
