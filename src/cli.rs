@@ -605,11 +605,18 @@ fn explain(
     println!("namespace: {}", matched.namespace);
     println!("access:    {}", access.as_str());
     println!("needs:     {needs}");
-    println!(
-        "upstream:  {}{}",
-        route.upstream.origin(),
-        matched.upstream_path_and_query(&path, query)
-    );
+    let format = &*route.format;
+    if format.asks_identity(&method, &rest) {
+        println!("answered:  by tokengate itself, with the deploy token's username");
+    } else if format.session_endpoint(&method, &rest).is_some() {
+        println!("answered:  by tokengate itself, a login with a session JWT");
+    } else {
+        println!(
+            "upstream:  {}{}",
+            route.upstream.origin(),
+            matched.upstream_path_and_query(&path, query)
+        );
+    }
     let Some(token) = token else {
         return Ok(());
     };

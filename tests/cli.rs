@@ -375,6 +375,25 @@ fn explain_shows_route_scope_and_upstream() {
     );
     assert!(own.status.success(), "{}", stderr(&own));
     assert!(stdout(&own).contains("answered by tokengate itself"));
+    // Route paths tokengate answers itself: npm's whoami, Conan's logins.
+    for (path, want) in [
+        (
+            "/npm/acme/web/-/whoami",
+            "answered:  by tokengate itself, with the deploy token's username",
+        ),
+        (
+            "/conan/acme/web/v2/users/authenticate",
+            "answered:  by tokengate itself, a login",
+        ),
+    ] {
+        let out = run(dir.path(), &["explain", "GET", path, "--config", example]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(want) && !text.contains("upstream:"),
+            "{path}:\n{text}"
+        );
+    }
 }
 
 #[test]
