@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, send, wait_for_port, Gate, Token};
+use super::{free_port, free_ports, outcome, send, wait_for_port, Gate, Token};
 
 /// PEM files for a TLS server: the CA, the certificate chain and its key.
 pub struct TlsFiles {
@@ -218,48 +218,98 @@ impl RedisCluster {
 
     /// With `tls`, the nodes also listen on TLS ports, talk to each other
     /// over TLS, and tell TLS clients of their TLS ports.
+    ///
+    /// Ports picked by `free_port` can be taken by another test's process
+    /// before a node binds them, so a failed start is retried on new ports
+    /// (twice at most) and the last failure names every node's log.
     pub fn start_with(dir: &Path, tls: Option<&TlsFiles>) -> RedisCluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let tls_ports: Vec<u16> = match tls {
-            Some(_) => (0..3).map(|_| free_port()).collect(),
-            None => Vec::new(),
+        let mut failure = String::new();
+        for attempt in 1..=3 {
+            match RedisCluster::try_start(dir, tls, attempt) {
+                Ok(cluster) => return cluster,
+                Err(why) => failure = why,
+            }
+        }
+        panic!("Redis Cluster did not start in three tries: {failure}");
+    }
+
+    fn try_start(dir: &Path, tls: Option<&TlsFiles>, attempt: u32) -> Result<RedisCluster, String> {
+        // Plain, bus and (with TLS) client TLS ports, all distinct.
+        let mut ports = free_ports(if tls.is_some() { 9 } else { 6 });
+        let mut bus_ports = ports.split_off(3);
+        let tls_ports = bus_ports.split_off(3);
+        let mut cluster = RedisCluster {
+            ports,
+            tls_ports,
+            children: Vec::new(),
         };
-        let children = ports
+        let logs: Vec<PathBuf> = cluster
+            .ports
             .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let conf = dir.join(format!("nodes-{port}.conf"));
-                // The bus port is named: its default (port + 10000) does not
-                // exist for the ephemeral ports above 55535.
-                let bus_port = free_port().to_string();
-                let mut args: Vec<String> = [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus_port,
-                    "--cluster-config-file",
-                    conf.to_str().unwrap(),
-                    "--cluster-node-timeout",
-                    "5000",
-                ]
-                .map(String::from)
-                .into();
-                if let Some(tls) = tls {
-                    args.extend(tls_args(tls, tls_ports[i]));
-                    args.extend(["--tls-cluster", "yes"].map(String::from));
-                }
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let child = redis_server(*port, dir, &args);
-                wait_for_port(*port, Duration::from_secs(10));
-                child
-            })
+            .map(|port| dir.join(format!("node-{attempt}-{port}.log")))
             .collect();
+        let logs_text = || {
+            logs.iter()
+                .map(|log| {
+                    format!(
+                        "\n{}:\n{}",
+                        log.display(),
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    )
+                })
+                .collect::<String>()
+        };
+        for (i, port) in cluster.ports.clone().into_iter().enumerate() {
+            let conf = dir.join(format!("nodes-{attempt}-{port}.conf"));
+            // The bus port is named: its default (port + 10000) does not
+            // exist for the ephemeral ports above 55535.
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_ports[i].to_string(),
+                "--cluster-config-file",
+                conf.to_str().unwrap(),
+                "--cluster-node-timeout",
+                "5000",
+                "--logfile",
+                logs[i].to_str().unwrap(),
+            ]
+            .map(String::from)
+            .into();
+            if let Some(tls) = tls {
+                args.extend(tls_args(tls, cluster.tls_ports[i]));
+                args.extend(["--tls-cluster", "yes"].map(String::from));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut child = redis_server(port, dir, &args);
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(10)
+                {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("node on port {port} did not start{}", logs_text()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cluster.children.push(child);
+            // Whatever answers on the port must be this node, not another
+            // test's server that took the port first.
+            let answer = redis_cli(port, &["config", "get", "cluster-config-file"]);
+            if !answer.contains(conf.to_str().unwrap()) {
+                return Err(format!(
+                    "port {port} is not this node ({answer:?}){}",
+                    logs_text()
+                ));
+            }
+        }
         let (create_ports, create_tls) = match tls {
             Some(tls) => (
-                &tls_ports,
+                &cluster.tls_ports,
                 vec!["--tls", "--cacert", tls.ca.to_str().unwrap()],
             ),
-            None => (&ports, vec![]),
+            None => (&cluster.ports, vec![]),
         };
         let nodes: Vec<String> = create_ports
             .iter()
@@ -272,29 +322,25 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let cluster = RedisCluster {
-            ports,
-            tls_ports,
-            children,
-        };
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                outcome(&out).1,
+                logs_text()
+            ));
+        }
         let start = Instant::now();
         while !cluster
             .ports
             .iter()
             .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
         {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "cluster never became ok"
-            );
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!("cluster never became ok{}", logs_text()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        cluster
+        Ok(cluster)
     }
 
     /// Six tokens served through `first` are read by `second` from the
