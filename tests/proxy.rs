@@ -74,6 +74,7 @@ fn credentials_never_reach_the_upstream(layout: &str) {
             ("Private-Token", "glpat-leak"),
             ("Job-Token", "job-leak"),
             ("X-NuGet-ApiKey", "nuget-leak"),
+            ("X-JFrog-Art-Api", "jfrog-leak"),
             ("X-Forwarded-For", "6.6.6.6"),
             ("X-Forwarded-Host", "evil.test"),
             ("Forwarded", "for=6.6.6.6"),
@@ -95,6 +96,7 @@ fn credentials_never_reach_the_upstream(layout: &str) {
         "private-token",
         "job-token",
         "x-nuget-apikey",
+        "x-jfrog-art-api",
         "forwarded",
         "keep-alive",
         "connection",
@@ -444,6 +446,9 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
         "/generic/acme/web/f?x=%00",
         "/generic/acme/web/f?private_token=glpat-x",
         "/generic/acme/web/f?a=1&job%5Ftoken=x",
+        // Upstream diagnostics that would show the proxy's own credentials.
+        "/generic/acme/web/f?describe=json",
+        "/generic/acme/web/f?trace",
         "/api/v4/projects/acme%2F..%2Fother/packages/generic/f",
         "http://evil.test/generic/acme/web/f",
         "*",
@@ -461,9 +466,14 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
         ("X-Method-Override", "DELETE"),
         ("X-Original-URL", "/admin"),
         ("X-Rewrite-URL", "/admin"),
+        // Artifactory upload directives: a checksum deploy copies whatever
+        // artifact has the checksum, any project's.
+        ("X-Checksum-Deploy", "true"),
+        ("X-Explode-Archive", "true"),
+        ("X-Explode-Archive-Atomic", "true"),
     ] {
         let headers = [("Authorization", good.as_str()), (name, value)];
-        let r = send(gate.port, "GET", "/generic/acme/web/f", &headers, b"");
+        let r = send(gate.port, "PUT", "/generic/acme/web/f", &headers, b"");
         assert_eq!(r.status, 400, "{name}: {}", r.text());
     }
     // A GET or HEAD with a body, however it is framed.

@@ -323,6 +323,16 @@ mod tests {
                 Access::Refused,
             ),
             ("npm", Method::GET, &["-", "all"], Access::Refused),
+            // Artifactory's `.npmrc` for a scope, with the proxy's password;
+            // the package named `auth` is still read.
+            ("npm", Method::GET, &["auth", "acme"], Access::Refused),
+            ("npm", Method::GET, &["auth"], Access::Read),
+            (
+                "npm",
+                Method::GET,
+                &["auth", "-", "auth-1.0.0.tgz"],
+                Access::Read,
+            ),
             // A tarball path has `-` further in: package access as before.
             (
                 "npm",

@@ -18,6 +18,11 @@ impl Format for Npm {
     fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         match rest {
             ["-", api @ ..] => registry_api(method, api),
+            // Artifactory answers `auth/<scope>` with `.npmrc` lines holding
+            // the credentials of the account asking: the proxy's own. For a
+            // package named `auth` it would be one version's document,
+            // which clients read from the package document instead.
+            ["auth", version] if *version != "-" => Access::Refused,
             _ => read_or_write(method, &[Method::PUT, Method::DELETE]),
         }
     }

@@ -22,9 +22,14 @@ impl Format for NuGet {
     /// `nuget push` first GETs the publish endpoint itself (`api/v2/package`)
     /// and gives up unless that succeeds, so either scope may read that one
     /// URL (it lists nothing), and a write-only token can push.
+    ///
+    /// NuGet.Server's `clear-cache` rebuilds the server's package cache on a
+    /// GET: an act on the whole server, refused.
     fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         let access = read_or_write(method, &[Method::PUT, Method::DELETE]);
-        if access == Access::Read && rest.ends_with(&["api", "v2", "package"]) {
+        if rest.last() == Some(&"clear-cache") {
+            Access::Refused
+        } else if access == Access::Read && rest.ends_with(&["api", "v2", "package"]) {
             Access::ReadForWrite
         } else {
             access
@@ -69,6 +74,10 @@ mod tests {
         assert_eq!(
             NuGet.access(&Method::GET, &["api", "v2", "package"], None),
             Access::ReadForWrite
+        );
+        assert_eq!(
+            NuGet.access(&Method::GET, &["api", "clear-cache"], None),
+            Access::Refused
         );
         assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "index.json"]));
         assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "registration", "x", "index.json"]));

@@ -42,12 +42,15 @@ fn credential(name: &str) -> Option<HeaderName> {
     const X_NUGET_APIKEY: HeaderName = HeaderName::from_static("x-nuget-apikey");
     const JOB_TOKEN: HeaderName = HeaderName::from_static("job-token");
     const PRIVATE_TOKEN: HeaderName = HeaderName::from_static("private-token");
+    const X_JFROG_ART_API: HeaderName = HeaderName::from_static("x-jfrog-art-api");
     match name {
         "authorization" => Some(header::AUTHORIZATION),
         "deploy-token" => Some(DEPLOY_TOKEN),
         "x-nuget-apikey" => Some(X_NUGET_APIKEY),
         "job-token" => Some(JOB_TOKEN),
         "private-token" => Some(PRIVATE_TOKEN),
+        // Artifactory's API key header.
+        "x-jfrog-art-api" => Some(X_JFROG_ART_API),
         _ => None,
     }
 }
@@ -67,20 +70,30 @@ fn is_forwarding(name: &str) -> bool {
     )
 }
 
-/// Whether a request carries a header that some servers take as its real
-/// method or URL (Symfony, IIS, Express, Rack middleware). The decision is made
-/// on the request line; an upstream that read one of these would serve what
-/// was never authorized.
-pub fn overrides_request_line(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        matches!(
-            name.as_str(),
-            "x-http-method-override"
-                | "x-http-method"
-                | "x-method-override"
-                | "x-original-url"
-                | "x-rewrite-url"
-        )
+/// Why a request is refused for a header some upstream would act on beyond
+/// what the decision saw, if it carries one:
+/// - the real method or URL (Symfony, IIS, Express, Rack middleware): the
+///   decision is made on the request line;
+/// - Artifactory's upload directives: deploy-by-checksum writes a copy of
+///   whichever artifact on the server has the named checksum, another
+///   project's too, and an exploded archive writes the files it names; the
+///   decision covers the request's path and body, not those. (Clients that
+///   try a checksum deploy fall back to a plain upload when it fails.)
+pub fn refused_header(headers: &HeaderMap) -> Option<&'static str> {
+    headers.keys().find_map(|name| match name.as_str() {
+        "x-http-method-override"
+        | "x-http-method"
+        | "x-method-override"
+        | "x-original-url"
+        | "x-rewrite-url" => Some(
+            "headers that override the method or URL (X-HTTP-Method-Override, X-Original-URL, \
+             X-Rewrite-URL) are not accepted: the request line is what is authorized",
+        ),
+        "x-checksum-deploy" | "x-explode-archive" | "x-explode-archive-atomic" => Some(
+            "upload directives (X-Checksum-Deploy, X-Explode-Archive) are not accepted: \
+             only the request's own path and body are authorized; upload the content",
+        ),
+        _ => None,
     })
 }
 

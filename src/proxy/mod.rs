@@ -237,11 +237,8 @@ impl Proxy {
         if headers::head_size(&head) > MAX_HEAD_BYTES {
             return Err(ProxyError::HeadTooLarge(MAX_HEAD_BYTES));
         }
-        if headers::overrides_request_line(&head.headers) {
-            return Err(ProxyError::BadRequest(
-                "headers that override the method or URL (X-HTTP-Method-Override, X-Original-URL, \
-                 X-Rewrite-URL) are not accepted: the request line is what is authorized",
-            ));
+        if let Some(why) = headers::refused_header(&head.headers) {
+            return Err(ProxyError::BadRequest(why));
         }
         if mode.has_body() && crate::format::is_read(&head.method) {
             // An upstream that ignored its framing would read the body as

@@ -35,6 +35,8 @@ pub enum PathError {
     TooLong,
     #[error("credentials in the query string are not accepted: send the deploy token in a header")]
     CredentialInQuery,
+    #[error("diagnostic query parameters (describe, trace) are not accepted: the upstream would describe the proxy's own credentials")]
+    DiagnosticQuery,
 }
 
 const MAX_SEGMENTS: usize = 64;
@@ -285,36 +287,60 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 /// someone other than the deploy token that was checked.
 const CREDENTIAL_PARAMS: [&str; 4] = ["private_token", "job_token", "access_token", "deploy_token"];
 
+/// Query parameters that make an upstream describe the request instead of
+/// serving it: Nexus's `?describe` lists the request's headers, which
+/// upstream carry the proxy's own credentials; Artifactory's `?trace`
+/// names the account it ran as.
+const DIAGNOSTIC_PARAMS: [&str; 2] = ["describe", "trace"];
+
 /// Checks a raw query string: forwarded verbatim, so it must hold nothing
-/// that an upstream could read as a fragment, a control character or a
-/// credential.
+/// that an upstream could read as a fragment, a control character, a
+/// credential or a request to describe itself.
 pub fn check_query(query: &str) -> Result<(), PathError> {
     check_query_bytes(query)?;
     // Split on `;` as well: some servers take it for `&` (Rack 2, which
     // GitLab runs on; Python before 3.9.2).
-    let mut names = query
+    let names = query
         .split(['&', ';'])
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name));
-    let credential = names.any(|name| {
+    for name in names {
         // Escapes only lengthen a name: shorter ones are none of these.
-        name.len() >= "job_token".len() && form_decode(name).is_some_and(|n| is_credential(&n))
-    });
-    if credential {
-        return Err(PathError::CredentialInQuery);
+        if name.len() < "trace".len() {
+            continue;
+        }
+        // Decoded only where escapes are (an allocation per name otherwise).
+        let decoded;
+        let name = if name.contains(['%', '+']) {
+            match form_decode(name) {
+                Some(text) => {
+                    decoded = text;
+                    decoded.as_str()
+                }
+                None => continue,
+            }
+        } else {
+            name
+        };
+        if reads_as_any(name, &CREDENTIAL_PARAMS) {
+            return Err(PathError::CredentialInQuery);
+        }
+        if reads_as_any(name, &DIAGNOSTIC_PARAMS) {
+            return Err(PathError::DiagnosticQuery);
+        }
     }
     Ok(())
 }
 
-/// Whether a decoded parameter name is one of [`CREDENTIAL_PARAMS`] as some
-/// server reads it: case aside, Rack and PHP take `name[]` and `name[key]`
-/// for `name`, and PHP drops leading spaces and reads `.` and ` ` as `_`.
-fn is_credential(name: &str) -> bool {
+/// Whether a decoded parameter name is one of `params` as some server
+/// reads it: case aside, Rack and PHP take `name[]` and `name[key]` for
+/// `name`, and PHP drops leading spaces and reads `.` and ` ` as `_`.
+fn reads_as_any(name: &str, params: &[&str]) -> bool {
     let base = name
         .split('[')
         .next()
         .unwrap_or(name)
         .trim_start_matches(' ');
-    CREDENTIAL_PARAMS.iter().any(|c| {
+    params.iter().any(|c| {
         c.len() == base.len()
             && c.bytes().zip(base.bytes()).all(|(c, b)| {
                 c == b.to_ascii_lowercase() || (c == b'_' && matches!(b, b'.' | b' '))
@@ -449,6 +475,21 @@ mod tests {
             );
         }
         for query in [
+            "describe",
+            "describe=json",
+            "a=1&TRACE",
+            "trace[]=1",
+            "%64escribe=x",
+        ] {
+            assert_eq!(
+                check_query(query),
+                Err(PathError::DiagnosticQuery),
+                "{query}"
+            );
+        }
+        for query in [
+            "describes=1",
+            "tracer=1",
             "token=x&private_tokens=y",
             "[private_token]=x",
             "private_token_=x",
