@@ -2,13 +2,16 @@
 # generic route to the upstream on $UP, its token in $TOKEN, its pid in $TG_PID.
 # Needs $WORK, $TG, $UP, $GATE, $ADMIN; with $DECISION, the forward-auth
 # decision listener too (trusting loopback). TG_SERVER_EXTRA: more [server]
-# keys (e.g. TG_SERVER_EXTRA="workers = 0").
+# keys (e.g. TG_SERVER_EXTRA="workers = 0"). $BIND (default 127.0.0.1) is
+# the address the upstream, the proxies and tokengate listen on.
+BIND=${BIND:-127.0.0.1}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # Stops the nginx instances and tokengate of the run and removes $WORK (trap cleanup EXIT).
 cleanup() {
   local pid
+  [ -n "${NETNS:-}" ] && ip netns del "$NETNS" 2>/dev/null
   for pid in "$WORK"/*.pid; do
     [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
   done
@@ -51,7 +54,7 @@ file_upstream() {
   mkdir -p "$WORK/www/up" "$WORK/tmp"
   chmod 777 "$WORK/www/up" "$WORK/tmp"
   nginx_conf nginx 1 "server {
-    listen 127.0.0.1:$UP;
+    listen $BIND:$UP;
     root $WORK/www;
     client_max_body_size 0;
     client_body_buffer_size 1m;
@@ -87,7 +90,7 @@ start_tokengate() {
     forward_auth=$(printf '[forward_auth]\nlisten = "127.0.0.1:%s"\ntrusted_peers = ["127.0.0.1"]' "$DECISION")
   cat > "$WORK/proxy.toml" <<CONF
 [server]
-listen = "127.0.0.1:$GATE"
+listen = "$BIND:$GATE"
 log_level = "warn"
 ${TG_SERVER_EXTRA:-}
 [admin]
@@ -96,7 +99,7 @@ listen = "127.0.0.1:$ADMIN"
 url = "sqlite://$WORK/tokens.db"
 $forward_auth
 [upstream.up]
-url = "http://127.0.0.1:$UP"
+url = "http://$BIND:$UP"
 [[route]]
 name = "web"
 format = "generic"

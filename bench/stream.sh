@@ -10,6 +10,14 @@
 #      request: tokengate's RSS.
 #
 #   bench/stream.sh [SIZE_MIB] [IDLE_CONNECTIONS] [ROUNDS]     (default 1024 10000 5)
+#
+# LINK=<rate> (tc's units: 10gbit, 2500mbit; needs root) puts curl in a
+# network namespace of its own behind a veth pair shaped to that rate each
+# way (tbf), as a client across a network link would be; the servers listen
+# on the pair's host end and tokengate reaches the upstream on the host
+# itself. Loopback alone measures three processes copying on shared cores;
+# the link shows whether the proxy keeps a real link's rate. The idle
+# connections are left out then.
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
@@ -27,13 +35,38 @@ TG=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
 [ -x "$TG" ] || (cd "$ROOT" && cargo build --release --bin tokengate)
 UP=$(free_port); GATE=$(free_port); ADMIN=$(free_port); PROXY=$(free_port)
 trap cleanup EXIT
+# tc_rate_bytes RATE: a tc rate (10gbit, 2500mbit, 100kbit) in bytes per second.
+tc_rate_bytes() {
+  awk -v r="$1" 'BEGIN {
+    n = r + 0; unit = tolower(substr(r, length(n "") + 1))
+    m = unit == "gbit" ? 1e9 : unit == "mbit" ? 1e6 : unit == "kbit" ? 1e3 : 0
+    if (m == 0) { print "LINK: a rate in kbit, mbit or gbit" > "/dev/stderr"; exit 1 }
+    printf "%d\n", n * m / 8
+  }'
+}
+CLIENT=()
+if [ -n "${LINK:-}" ]; then
+  NETNS=tgbench$$ BIND=10.231.$(($$ % 250)).1
+  ip netns add "$NETNS"
+  ip link add "tgb$$" type veth peer name eth0 netns "$NETNS"
+  ip addr add "$BIND/30" dev "tgb$$"
+  ip link set "tgb$$" up
+  ip -n "$NETNS" addr add "${BIND%.1}.2/30" dev eth0
+  ip -n "$NETNS" link set eth0 up
+  # A burst of 1 ms at the rate, so the shaper is not what limits below it.
+  burst=$(tc_rate_bytes "$LINK" | awk '{ printf "%d", ($1 / 1000 > 65536 ? $1 / 1000 : 65536) }')
+  tc qdisc add dev "tgb$$" root tbf rate "$LINK" burst "$burst" latency 20ms
+  tc -n "$NETNS" qdisc add dev eth0 root tbf rate "$LINK" burst "$burst" latency 20ms
+  CLIENT=(ip netns exec "$NETNS")
+  log "client behind a $LINK link (veth, tbf each way) to $BIND"
+fi
 
 mkdir -p "$WORK/www" "$WORK/logs"
 truncate -s "${SIZE_MIB}M" "$WORK/www/big.bin"
 file_upstream
-nginx_conf proxy 1 "upstream up { server 127.0.0.1:$UP; keepalive 8; }
+nginx_conf proxy 1 "upstream up { server $BIND:$UP; keepalive 8; }
   server {
-    listen 127.0.0.1:$PROXY;
+    listen $BIND:$PROXY;
     client_max_body_size 0;
     client_body_buffer_size 256k;
     location /files/ {
@@ -55,15 +88,15 @@ RSS0=$(rss "$TG_PID" VmRSS)
 transfer() {
   local url args=(-H "Deploy-Token: $TOKEN")   # the header is ignored by nginx
   case $2 in
-    direct) url=http://127.0.0.1:$UP ;;
-    tokengate) url=http://127.0.0.1:$GATE/files ;;
-    nginx) url=http://127.0.0.1:$PROXY/files ;;
+    direct) url=http://$BIND:$UP ;;
+    tokengate) url=http://$BIND:$GATE/files ;;
+    nginx) url=http://$BIND:$PROXY/files ;;
   esac
   case $1 in
     down) args+=("$url/big.bin") ;;
     up) args+=(-T "$WORK/www/big.bin" "$url/up/$2.bin") ;;
   esac
-  curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "${args[@]}" |
+  "${CLIENT[@]}" curl -fsS -o /dev/null -w '%{speed_download} %{speed_upload}' "${args[@]}" |
     awk '{ printf "%.0f\n", ($1 > $2 ? $1 : $2) / 1048576 }'
 }
 # ROUNDS rounds, the targets alternating in each (so drift hits all alike);
@@ -85,7 +118,7 @@ for kind in down up; do
 done
 HWM=$(rss "$TG_PID" VmHWM)
 
-echo "| transfer (${SIZE_MIB} MiB, median of $ROUNDS) | direct MiB/s | through tokengate MiB/s | ratio | through nginx proxy_pass MiB/s | ratio |"
+echo "| transfer (${SIZE_MIB} MiB, median of $ROUNDS${LINK:+, over a $LINK link}) | direct MiB/s | through tokengate MiB/s | ratio | through nginx proxy_pass MiB/s | ratio |"
 echo "|---|---|---|---|---|---|"
 for kind in down up; do
   direct=${SPEED[$kind.direct]} gate=${SPEED[$kind.tokengate]} nginx=${SPEED[$kind.nginx]}
@@ -93,6 +126,7 @@ for kind in down up; do
 done
 echo "tokengate RSS: $((RSS0 / 1024)) MiB at start, peak $((HWM / 1024)) MiB: growth $(((HWM - RSS0) / 1024)) MiB (target < 32)"
 
+[ -z "${LINK:-}" ] || exit 0
 # Idle keep-alive connections: each sends one request, reads the answer, stays open.
 ulimit -n 65536 2>/dev/null || true
 python3 - "$GATE" "$IDLE" "$TOKEN" "$TG_PID" <<'PY'
