@@ -273,6 +273,30 @@ fn the_forward_auth_examples_ask_the_decision_listener() {
         "/envoy",
         "tokengate's default envoy_path_prefix"
     );
+    // Envoy passes the check only the headers it lists: every header the
+    // decision refuses must be among them, or Envoy would forward it.
+    let allowed = yaml_field(
+        &envoy,
+        &format!("[p['exact'] for p in {service}['authorization_request']['allowed_headers']['patterns']]"),
+    );
+    for refused in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-checksum-deploy",
+        "x-explode-archive",
+        "x-explode-archive-atomic",
+        "authorization",
+        "deploy-token",
+        "x-nuget-apikey",
+    ] {
+        assert!(
+            allowed.contains(&format!("'{refused}'")),
+            "{refused}: {allowed}"
+        );
+    }
     let response = format!("{service}['authorization_response']");
     assert_eq!(
         yaml_field(
