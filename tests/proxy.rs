@@ -471,6 +471,12 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
         ("X-Checksum-Deploy", "true"),
         ("X-Explode-Archive", "true"),
         ("X-Explode-Archive-Atomic", "true"),
+        // A form body: servers read its fields (`describe=`,
+        // `private_token=`) as parameters beside the checked query.
+        (
+            "Content-Type",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        ),
     ] {
         let headers = [("Authorization", good.as_str()), (name, value)];
         let r = send(gate.port, "PUT", "/generic/acme/web/f", &headers, b"");

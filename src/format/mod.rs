@@ -206,6 +206,25 @@ pub fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
+/// A URL-encoded form's media type. Servlet containers (Nexus, Artifactory)
+/// and Rack (GitLab) read such a body's fields as request parameters, beside
+/// the query's.
+pub const URLENCODED_FORM: &str = "application/x-www-form-urlencoded";
+
+/// Whether any `Content-Type` of the request names one of `media_types`
+/// (parameters and case aside).
+pub fn has_media_type(headers: &HeaderMap, media_types: &[&str]) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .any(|value| {
+            let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("");
+            media_types
+                .iter()
+                .any(|t| essence.trim().eq_ignore_ascii_case(t))
+        })
+}
+
 /// GET and HEAD read, the given methods write, anything else is refused:
 /// the rule most package formats share.
 fn read_or_write(method: &Method, write: &[Method]) -> Access {

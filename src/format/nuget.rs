@@ -27,7 +27,11 @@ impl Format for NuGet {
     /// GET: an act on the whole server, refused.
     fn access(&self, method: &Method, rest: &[&str], _query: Option<&str>) -> Access {
         let access = read_or_write(method, &[Method::PUT, Method::DELETE]);
-        if rest.last() == Some(&"clear-cache") {
+        // ASP.NET routes ignore case.
+        if rest
+            .last()
+            .is_some_and(|s| s.eq_ignore_ascii_case("clear-cache"))
+        {
             Access::Refused
         } else if access == Access::Read && rest.ends_with(&["api", "v2", "package"]) {
             Access::ReadForWrite
@@ -77,6 +81,10 @@ mod tests {
         );
         assert_eq!(
             NuGet.access(&Method::GET, &["api", "clear-cache"], None),
+            Access::Refused
+        );
+        assert_eq!(
+            NuGet.access(&Method::GET, &["nuget", "Clear-Cache"], None),
             Access::Refused
         );
         assert!(NuGet.rewrites_metadata(&Method::GET, &["v3", "index.json"]));

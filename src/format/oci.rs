@@ -162,12 +162,7 @@ fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
 /// registry reading parameters with a form parser would let the body's
 /// `from=` override the query the proxy checked.
 pub fn has_form_body(headers: &http::HeaderMap) -> bool {
-    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
-        let essence = v.to_str().unwrap_or("").split(';').next().unwrap_or("");
-        let essence = essence.trim();
-        essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            || essence.eq_ignore_ascii_case("multipart/form-data")
-    })
+    super::has_media_type(headers, &[super::URLENCODED_FORM, "multipart/form-data"])
 }
 
 impl Format for Oci {

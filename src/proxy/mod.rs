@@ -265,6 +265,17 @@ impl Proxy {
                 return response;
             }
         }
+        // Past tokengate's own endpoints (an OAuth2 POST to the token
+        // endpoint must still get its 404): servlet containers and Rack read
+        // a URL-encoded body's fields as parameters, so `describe=` or
+        // `private_token=` in one would pass the query check. Multipart is
+        // left to the formats that upload with it.
+        if format::has_media_type(&head.headers, &[format::URLENCODED_FORM]) {
+            return Err(ProxyError::BadRequest(
+                "URL-encoded form bodies are not accepted: an upstream would read their fields \
+                 as parameters beside the query, unchecked (send the content with its own type)",
+            ));
+        }
         let matched = self.config.routes.find(&path)?;
         let route = matched.route;
         outcome.route = Some(route.name.clone());

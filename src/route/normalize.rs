@@ -258,6 +258,11 @@ pub fn encode_segment(decoded: &str, out: &mut String) {
 /// Decodes one `application/x-www-form-urlencoded` value; `None` when it is
 /// not valid percent-encoded UTF-8.
 pub fn form_decode(text: &str) -> Option<String> {
+    String::from_utf8(form_decode_bytes(text)?).ok()
+}
+
+/// The bytes `form_decode` reads, before any UTF-8 check.
+fn form_decode_bytes(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {
@@ -270,7 +275,7 @@ pub fn form_decode(text: &str) -> Option<String> {
             b => b,
         });
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// A query's (or form body's) `name=value` pairs as written, empty ones skipped.
@@ -308,16 +313,15 @@ pub fn check_query(query: &str) -> Result<(), PathError> {
         if name.len() < "trace".len() {
             continue;
         }
-        // Decoded only where escapes are (an allocation per name otherwise).
+        // Decoded only where escapes are (an allocation per name otherwise);
+        // bytes that are not UTF-8 read as U+FFFD, as Java servers read them.
         let decoded;
         let name = if name.contains(['%', '+']) {
-            match form_decode(name) {
-                Some(text) => {
-                    decoded = text;
-                    decoded.as_str()
-                }
-                None => continue,
-            }
+            let Some(bytes) = form_decode_bytes(name) else {
+                continue;
+            };
+            decoded = String::from_utf8_lossy(&bytes).into_owned();
+            decoded.as_str()
         } else {
             name
         };
@@ -480,6 +484,7 @@ mod tests {
             "a=1&TRACE",
             "trace[]=1",
             "%64escribe=x",
+            "trace[%FF]=1",
         ] {
             assert_eq!(
                 check_query(query),

@@ -288,6 +288,7 @@ fn the_forward_auth_examples_ask_the_decision_listener() {
         "x-checksum-deploy",
         "x-explode-archive",
         "x-explode-archive-atomic",
+        "content-type",
         "authorization",
         "deploy-token",
         "x-nuget-apikey",
