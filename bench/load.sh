@@ -13,7 +13,8 @@
 # serving processes (from /proc), then the ratios against the targets.
 #
 # Then the p99 latency tokengate adds at half its peak (paced load, bench/paced.lua,
-# alternating rounds as above; nginx proxy_pass's added p99 is printed for scale).
+# alternating rounds as above; nginx proxy_pass's added p99 is printed for scale),
+# and the latency each proxy adds with one connection (nothing queued).
 #
 #   bench/load.sh [SECONDS_PER_ROUND] [ROUNDS] [CONNECTIONS]     (default 10 3 64)
 #
@@ -184,9 +185,33 @@ for t in "${PACED[@]}"; do
   PACED_P99[$t]=$(awk '{print $2}' "$WORK/$t.paced" | median)
 done
 added() { awk -v a="${PACED_P99[$1]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }'; }
+
+# What one hop costs with nothing queued: one connection, one request at a
+# time (wrk -t1 -c1), so the paced figure's share of waiting for the shared
+# cores shows apart from the hop itself.
+for t in "${PACED[@]}"; do : > "$WORK/$t.single"; done
+for round in $(seq "$ROUNDS"); do
+  for t in "${PACED[@]}"; do
+    out=$(wrk -t1 -c1 -d"${SECS}s" --latency -H "Deploy-Token: $TOKEN" "${URL[$t]}")
+    p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+    echo "$p50 $p99" >> "$WORK/$t.single"
+    log "one connection, round $round $t: p50 $p50 ms, p99 $p99 ms"
+  done
+done
+declare -A SINGLE_P50 SINGLE_P99
+for t in "${PACED[@]}"; do
+  SINGLE_P50[$t]=$(awk '{print $1}' "$WORK/$t.single" | median)
+  SINGLE_P99[$t]=$(awk '{print $2}' "$WORK/$t.single" | median)
+done
+single_added() {
+  awk -v a50="${SINGLE_P50[$1]}" -v b50="${SINGLE_P50[direct]}" -v a99="${SINGLE_P99[$1]}" \
+    -v b99="${SINGLE_P99[direct]}" 'BEGIN { printf "p50 %.3f ms, p99 %.3f ms", a50 - b50, a99 - b99 }'
+}
 echo
 echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RPS[nginx]}") (target >= 0.9)"
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(added tokengate) ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
 echo "  for scale, nginx proxy_pass under the same pacing (${PACED_RPS[nginx]} req/s served): $(added nginx) ms (p99 ${PACED_P99[nginx]} ms)"
+echo "added with one connection (nothing queued): tokengate $(single_added tokengate); nginx proxy_pass $(single_added nginx)"
 echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"

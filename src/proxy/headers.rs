@@ -55,7 +55,12 @@ fn credential(name: &str) -> Option<HeaderName> {
     }
 }
 
-/// Forwarding headers the proxy alone sets.
+/// Forwarding headers: the ones the proxy sets, and those through which
+/// upstreams learn the public scheme, host or base URL otherwise (Rack and
+/// so GitLab read `X-Forwarded-Scheme` and `X-Forwarded-Ssl` before
+/// `X-Forwarded-Proto`; Artifactory builds its URLs from
+/// `X-Artifactory-Override-Base-Url`). Only the proxy tells the upstream
+/// where it is reached.
 fn is_forwarding(name: &str) -> bool {
     matches!(
         name,
@@ -66,6 +71,12 @@ fn is_forwarding(name: &str) -> bool {
             | "x-forwarded-host"
             | "x-forwarded-port"
             | "x-forwarded-prefix"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+            | "x-forwarded-server"
+            | "x-url-scheme"
+            | "front-end-https"
+            | "x-artifactory-override-base-url"
             | "x-real-ip"
     )
 }
@@ -320,6 +331,13 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-scheme", "http"),
+            ("x-forwarded-ssl", "off"),
+            ("x-forwarded-prefix", "/evil"),
+            (
+                "x-artifactory-override-base-url",
+                "https://evil.test/artifactory",
+            ),
             ("x-tokengate-token-id", "1"),
             ("x-tokengate-admin", "yes"),
             (
@@ -355,6 +373,10 @@ mod tests {
             "job-token",
             "x-nuget-apikey",
             "forwarded",
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-prefix",
+            "x-artifactory-override-base-url",
             "x-custom",
             "keep-alive",
             "connection",
