@@ -40,7 +40,7 @@ cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
 
 LOAD_CPUS=1-$(($(nproc) - 1))   # dedicated: wrk's and the upstream's
 case $LAYOUT in
-  shared) PROXY_WORKERS=auto; WRK=(wrk -t2) ;;
+  shared) PROXY_WORKERS=auto; WRK=(wrk -t"$(( CONNS < 2 ? 1 : 2 ))") ;;
   dedicated) PROXY_WORKERS=1; WRK=(taskset -c "$LOAD_CPUS" wrk -t1) ;;
   *) echo "usage: bench/breakdown.sh [shared|dedicated] [SECONDS] [CONNECTIONS] [ROUNDS]" >&2; exit 2 ;;
 esac

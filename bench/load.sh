@@ -168,42 +168,42 @@ fi
 HALF=$(awk -v r="${RPS[tokengate]}" 'BEGIN { printf "%d", r / 2 }')
 DELAY=$(awk -v c="$CONNS" -v r="$HALF" 'BEGIN { printf "%d", c * 1000 / r }')
 PACED=(direct nginx tokengate)
-for t in "${PACED[@]}"; do : > "$WORK/$t.paced"; done
-for round in $(seq "$ROUNDS"); do
-  for t in "${PACED[@]}"; do
-    out=$(WRK_DELAY_MS=$DELAY wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/paced.lua" \
-      -H "Deploy-Token: $TOKEN" "${URL[$t]}")
-    rps=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
-    p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-    echo "$rps $p99" >> "$WORK/$t.paced"
-    log "paced round $round $t: $rps req/s, p99 $p99 ms"
+
+# latency_rounds NAME LABEL WRK_ARGS...: $ROUNDS rounds over the PACED targets in
+# turn, each a line "requests/s p50 p99" (ms) of $WORK/<target>.NAME.
+latency_rounds() {
+  local name=$1 label=$2 round t out rps p50 p99
+  shift 2
+  for t in "${PACED[@]}"; do : > "$WORK/$t.$name"; done
+  for round in $(seq "$ROUNDS"); do
+    for t in "${PACED[@]}"; do
+      out=$(wrk "$@" -d"${SECS}s" --latency -H "Deploy-Token: $TOKEN" "${URL[$t]}")
+      rps=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
+      p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+      p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+      echo "$rps $p50 $p99" >> "$WORK/$t.$name"
+      log "$label round $round $t: $rps req/s, p50 $p50 ms, p99 $p99 ms"
+    done
   done
-done
-declare -A PACED_RPS PACED_P99
+}
+# column NAME TARGET N: the median over the rounds of field N.
+column() { awk -v n="$3" '{print $n}' "$WORK/$2.$1" | median; }
+
+export WRK_DELAY_MS=$DELAY
+latency_rounds paced paced -t2 -c"$CONNS" -s "$ROOT/bench/paced.lua"
+# What one hop costs with nothing queued: one connection, one request at a
+# time, so the paced figure's share of waiting for the shared cores shows
+# apart from the hop itself.
+latency_rounds single "one connection," -t1 -c1
+declare -A PACED_RPS PACED_P99 SINGLE_RPS SINGLE_P50 SINGLE_P99
 for t in "${PACED[@]}"; do
-  PACED_RPS[$t]=$(awk '{print $1}' "$WORK/$t.paced" | median)
-  PACED_P99[$t]=$(awk '{print $2}' "$WORK/$t.paced" | median)
+  PACED_RPS[$t]=$(column paced "$t" 1)
+  SINGLE_RPS[$t]=$(column single "$t" 1)
+  PACED_P99[$t]=$(column paced "$t" 3)
+  SINGLE_P50[$t]=$(column single "$t" 2)
+  SINGLE_P99[$t]=$(column single "$t" 3)
 done
 added() { awk -v a="${PACED_P99[$1]}" -v b="${PACED_P99[direct]}" 'BEGIN { printf "%.3f", a - b }'; }
-
-# What one hop costs with nothing queued: one connection, one request at a
-# time (wrk -t1 -c1), so the paced figure's share of waiting for the shared
-# cores shows apart from the hop itself.
-for t in "${PACED[@]}"; do : > "$WORK/$t.single"; done
-for round in $(seq "$ROUNDS"); do
-  for t in "${PACED[@]}"; do
-    out=$(wrk -t1 -c1 -d"${SECS}s" --latency -H "Deploy-Token: $TOKEN" "${URL[$t]}")
-    p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
-    p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-    echo "$p50 $p99" >> "$WORK/$t.single"
-    log "one connection, round $round $t: p50 $p50 ms, p99 $p99 ms"
-  done
-done
-declare -A SINGLE_P50 SINGLE_P99
-for t in "${PACED[@]}"; do
-  SINGLE_P50[$t]=$(awk '{print $1}' "$WORK/$t.single" | median)
-  SINGLE_P99[$t]=$(awk '{print $2}' "$WORK/$t.single" | median)
-done
 single_added() {
   awk -v a50="${SINGLE_P50[$1]}" -v b50="${SINGLE_P50[direct]}" -v a99="${SINGLE_P99[$1]}" \
     -v b99="${SINGLE_P99[direct]}" 'BEGIN { printf "p50 %.3f ms, p99 %.3f ms", a50 - b50, a99 - b99 }'
@@ -213,5 +213,5 @@ echo "tokengate / nginx proxy_pass throughput: $(ratio "${RPS[tokengate]}" "${RP
 echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${RPS[auth_request]}") (target >= 1.5)"
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(added tokengate) ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
 echo "  for scale, nginx proxy_pass under the same pacing (${PACED_RPS[nginx]} req/s served): $(added nginx) ms (p99 ${PACED_P99[nginx]} ms)"
-echo "added with one connection (nothing queued): tokengate $(single_added tokengate); nginx proxy_pass $(single_added nginx)"
+echo "added with one connection (nothing queued): tokengate $(single_added tokengate); nginx proxy_pass $(single_added nginx); tokengate / nginx requests/s $(ratio "${SINGLE_RPS[tokengate]}" "${SINGLE_RPS[nginx]}")"
 echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
