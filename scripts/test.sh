@@ -4,7 +4,9 @@
 # PostgreSQL, multi-instance and fault tests with real Redis and PostgreSQL,
 # loopback integration tests, and the
 # end-to-end tests with real registries (Verdaccio, pypiserver, nginx WebDAV)
-# and real clients (npm, twine, pip, mvn, curl). Safe to re-run.
+# and real clients (npm, twine, pip, mvn, curl); then the micro-benchmarks, the
+# soak, the load and streaming benchmarks and the fuzz targets, each briefly,
+# so they keep running. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,11 @@ cargo test --bench hot_path
 
 step "soak under faults, briefly (the 10-minute run: BENCHMARKS.md)"
 python3 bench/soak.py --seconds 30 --bin target/debug/tokengate
+
+step "load and streaming benchmarks, briefly on the debug build (measured runs: BENCHMARKS.md)"
+# They keep running as the code changes; their figures here mean nothing.
+TOKENGATE_BIN=target/debug/tokengate bash bench/load.sh 1 1 8 > /dev/null
+TOKENGATE_BIN=target/debug/tokengate bash bench/stream.sh 8 100 1 > /dev/null
 
 step "fuzz targets, briefly (long runs: BENCHMARKS.md)"
 cargo fmt --manifest-path fuzz/Cargo.toml --check
