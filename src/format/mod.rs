@@ -179,6 +179,14 @@ pub trait Format: Send + Sync + 'static {
     fn rewrites_metadata(&self, _method: &Method, _rest: &[&str]) -> bool {
         false
     }
+
+    /// Whether this format's clients upload multipart forms (twine, `nuget
+    /// push`). Elsewhere a multipart body is refused: Rack (GitLab) reads its
+    /// fields as parameters beside the checked query, as it does a
+    /// URL-encoded form's.
+    fn uploads_multipart(&self) -> bool {
+        false
+    }
 }
 
 /// Looks up a format by its config name.
@@ -206,23 +214,32 @@ pub fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// A URL-encoded form's media type. Servlet containers (Nexus, Artifactory)
-/// and Rack (GitLab) read such a body's fields as request parameters, beside
+/// A body whose fields an upstream may read as request parameters, beside
 /// the query's.
-pub const URLENCODED_FORM: &str = "application/x-www-form-urlencoded";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormBody {
+    /// `application/x-www-form-urlencoded`: servlet containers (Nexus,
+    /// Artifactory) and Rack (GitLab) read its fields as parameters.
+    UrlEncoded,
+    /// `multipart/form-data`: Rack reads its fields as parameters too.
+    Multipart,
+}
 
-/// Whether any `Content-Type` of the request names one of `media_types`
-/// (parameters and case aside).
-pub fn has_media_type(headers: &HeaderMap, media_types: &[&str]) -> bool {
-    headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .any(|value| {
-            let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("");
-            media_types
-                .iter()
-                .any(|t| essence.trim().eq_ignore_ascii_case(t))
-        })
+/// The form a request's body is, by any of its `Content-Type`s (parameters
+/// and case aside); a URL-encoded one wins if both are named.
+pub fn form_body(headers: &HeaderMap) -> Option<FormBody> {
+    let mut form = None;
+    for value in headers.get_all(http::header::CONTENT_TYPE) {
+        let essence = value.as_bytes().split(|&b| b == b';').next().unwrap_or(b"");
+        let essence = essence.trim_ascii();
+        if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+            return Some(FormBody::UrlEncoded);
+        }
+        if essence.eq_ignore_ascii_case(b"multipart/form-data") {
+            form = Some(FormBody::Multipart);
+        }
+    }
+    form
 }
 
 /// GET and HEAD read, the given methods write, anything else is refused:
@@ -268,6 +285,40 @@ pub fn credentials<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_bodies_are_recognised_by_their_media_type() {
+        let with = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(value),
+                );
+            }
+            form_body(&headers)
+        };
+        let url_encoded = Some(FormBody::UrlEncoded);
+        assert_eq!(with(&["application/x-www-form-urlencoded"]), url_encoded);
+        assert_eq!(
+            with(&[" Application/X-WWW-Form-Urlencoded ; charset=utf-8"]),
+            url_encoded
+        );
+        assert_eq!(
+            with(&["Multipart/Form-Data; boundary=x"]),
+            Some(FormBody::Multipart)
+        );
+        // Any of several: an upstream may read the last, or the first.
+        let both = ["multipart/form-data", "application/x-www-form-urlencoded"];
+        assert_eq!(with(&both), url_encoded);
+        assert_eq!(
+            with(&["text/plain", "multipart/form-data"]),
+            Some(FormBody::Multipart)
+        );
+        assert_eq!(with(&["application/octet-stream"]), None);
+        assert_eq!(with(&["multipart/form-data-x"]), None);
+        assert_eq!(with(&[]), None);
+    }
 
     #[test]
     fn every_listed_format_exists() {

@@ -47,6 +47,11 @@ impl Format for NuGet {
                 .last()
                 .is_some_and(|f| f.ends_with(".nupkg") || f.ends_with(".snupkg"))
     }
+
+    /// `nuget push` sends the package as a multipart form.
+    fn uploads_multipart(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -158,13 +158,6 @@ fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
     })
 }
 
-/// Whether a request carries a form body. The registry API takes none, and a
-/// registry reading parameters with a form parser would let the body's
-/// `from=` override the query the proxy checked.
-pub fn has_form_body(headers: &http::HeaderMap) -> bool {
-    super::has_media_type(headers, &[super::URLENCODED_FORM, "multipart/form-data"])
-}
-
 impl Format for Oci {
     fn name(&self) -> &'static str {
         "oci"
@@ -372,22 +365,6 @@ mod tests {
         // Other names may be escaped; an undecodable name is no `from`.
         let plain = upload("fr%zzom=acme/secret&x%20y=1");
         assert_eq!(plain, repo("acme/web", Action::Push));
-    }
-
-    #[test]
-    fn form_bodies_are_recognised_by_their_media_type() {
-        let with = |value: &'static str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(value),
-            );
-            has_form_body(&headers)
-        };
-        assert!(with("application/x-www-form-urlencoded"));
-        assert!(with("Multipart/Form-Data; boundary=x"));
-        assert!(!with("application/octet-stream"));
-        assert!(!has_form_body(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -30,4 +30,9 @@ impl Format for PyPi {
     fn rewrites_metadata(&self, method: &Method, rest: &[&str]) -> bool {
         method == Method::GET && rest.first() == Some(&"simple")
     }
+
+    /// twine uploads a multipart form.
+    fn uploads_multipart(&self) -> bool {
+        true
+    }
 }

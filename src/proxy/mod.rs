@@ -40,7 +40,7 @@ pub use error::{ErrorStyle, ProxyError, Side};
 use crate::auth::{self, Ask};
 use crate::cache::TokenResolver;
 use crate::config::Config;
-use crate::format::{self, Authentication};
+use crate::format::{self, Access, Authentication, FormBody};
 use crate::metrics::{Metrics, Name, RequestLabels, RouteMetrics};
 use crate::oci::RegistryAuth;
 use crate::route::normalize::check_query;
@@ -267,10 +267,11 @@ impl Proxy {
         }
         // Past tokengate's own endpoints (an OAuth2 POST to the token
         // endpoint must still get its 404): servlet containers and Rack read
-        // a URL-encoded body's fields as parameters, so `describe=` or
+        // a form body's fields as parameters, so `describe=` or
         // `private_token=` in one would pass the query check. Multipart is
-        // left to the formats that upload with it.
-        if format::has_media_type(&head.headers, &[format::URLENCODED_FORM]) {
+        // left to the uploads of the formats that send it.
+        let form = format::form_body(&head.headers);
+        if form == Some(FormBody::UrlEncoded) {
             return Err(ProxyError::BadRequest(
                 "URL-encoded form bodies are not accepted: an upstream would read their fields \
                  as parameters beside the query, unchecked (send the content with its own type)",
@@ -283,10 +284,19 @@ impl Proxy {
         outcome.format = route.format.name();
         let rest: SmallVec<[&str; 8]> = path.decoded().skip(matched.prefix_len).collect();
         let access = route.access(&head.method, &rest, query);
+        let format = &*route.format;
+        if form == Some(FormBody::Multipart)
+            && !(access == Access::Write && format.uploads_multipart())
+        {
+            return Err(ProxyError::BadRequest(
+                "multipart form bodies are accepted only as the uploads of the formats that send \
+                 them (PyPI, NuGet): an upstream would read their fields as parameters beside the \
+                 query, unchecked",
+            ));
+        }
         if self.failures.is_blocked(client) {
             return Err(ProxyError::TooManyFailures);
         }
-        let format = &*route.format;
         // A query of our own to forward instead of the client's.
         let mut own_query = None;
         let (record, username) = match format.authentication() {
@@ -680,7 +690,7 @@ struct Rewrite {
     /// Map absolute upstream URLs to the proxy's public URL.
     urls: bool,
     /// Add a grant for this access to each URL (pre-signed file URLs).
-    url_grant: Option<format::Access>,
+    url_grant: Option<Access>,
 }
 
 /// What the access log, the metrics and the audit log say about a request,

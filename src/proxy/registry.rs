@@ -14,7 +14,7 @@ use http_body_util::Either;
 use super::{ErrorStyle, Outcome, Proxy, ProxyError, ResponseBody};
 use crate::auth::{self, Ask, Denial};
 use crate::config::RegistryAuthConfig;
-use crate::format::oci::{classify, has_form_body, Action, Endpoint};
+use crate::format::oci::{classify, Action, Endpoint};
 use crate::format::{self, Access};
 use crate::oci::RegistryAuth;
 use crate::route::{Matched, NormalizedPath};
@@ -113,9 +113,6 @@ impl Proxy {
         };
         if endpoint == Endpoint::Invalid {
             return Err(ProxyError::NoRoute);
-        }
-        if has_form_body(&head.headers) {
-            return Err(ProxyError::Refused("the registry API takes no form bodies"));
         }
         let format = &*matched.route.format;
         let presented =
