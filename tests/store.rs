@@ -304,6 +304,29 @@ async fn writes_cancelled_at_any_point_leave_the_store_writable(config: StoreCon
     ));
 }
 
+/// A write that times out waiting for SQLite's write lock gives its pooled
+/// connection back within the store timeout: its `BEGIN IMMEDIATE` runs on
+/// in a task of its own, and waits for the lock no longer than that either,
+/// so a writer holding the lock for long cannot drain the pool.
+#[tokio::test]
+async fn sqlite_writes_waiting_for_the_lock_give_their_connections_back() {
+    use sqlx::{Connection, Executor};
+    let (_keep, mut config) = sqlite();
+    config.timeout = Duration::from_secs(1);
+    let store = TokenStore::connect(&config).await.unwrap();
+    // Another process's writer takes the lock and keeps it.
+    let mut holder = sqlx::SqliteConnection::connect(&config.url).await.unwrap();
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+    // As many writes as the pool has connections, all waiting for the lock.
+    let write = || store.create(new_token("acme/web", None).1);
+    let (a, b, c, d) = tokio::join!(write(), write(), write(), write());
+    assert!(a.is_err() && b.is_err() && c.is_err() && d.is_err());
+    // The connections are back: a read gets one while the lock is still held.
+    store.ping().await.expect("a pooled connection for a read");
+    holder.execute("ROLLBACK").await.unwrap();
+    store.create(new_token("acme/web", None).1).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_unreachable_store_fails_within_its_timeout() {
     // A listener that accepts and never answers: the worst kind of outage.

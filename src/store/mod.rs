@@ -82,12 +82,10 @@ pub struct TokenStore {
     timeout: Duration,
 }
 
-/// Connection setup and migrations, on every start.
+/// Database setup and migrations, on every start.
 async fn prepare(pool: &AnyPool, dialect: Dialect) -> Result<(), StoreError> {
     if dialect == Dialect::Sqlite {
-        sqlx::query("PRAGMA busy_timeout=5000")
-            .execute(pool)
-            .await?;
+        // Kept in the file: one connection sets it for all.
         sqlx::query("PRAGMA journal_mode=WAL").execute(pool).await?;
     }
     Ok(migrations::apply(pool, dialect).await?)
@@ -116,9 +114,23 @@ impl TokenStore {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
+        // Each SQLite connection waits for the write lock as long as a store
+        // operation may take, no longer (sqlx's default is 5 s): a write's
+        // `BEGIN IMMEDIATE` runs on past its operation's timeout (see
+        // `begin_write`) and holds its pooled connection while it waits.
+        let busy_timeout = format!("PRAGMA busy_timeout={}", config.timeout.as_millis());
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
             .acquire_timeout(config.timeout)
+            .after_connect(move |connection, _| {
+                let busy_timeout = busy_timeout.clone();
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        sqlx::query(&busy_timeout).execute(connection).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         // SQLite answers "database is locked" at once, without waiting, when
@@ -167,7 +179,9 @@ impl TokenStore {
     /// the statement ran but before it returned the transaction (a store
     /// timeout, a shutdown), it leaves its pooled connection inside the
     /// transaction, holding the write lock, and every later write fails.
-    /// Run to completion, an unwanted transaction is dropped and rolled back.
+    /// Run to completion, an unwanted transaction is dropped and rolled back;
+    /// waiting for the lock, it gives up after the store timeout (the
+    /// connection's busy timeout).
     async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.dialect {
             Dialect::Sqlite => {
