@@ -1024,6 +1024,8 @@ fn silent_connections_and_stalled_bodies_are_cut() {
     let mut buf = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stalled, &mut buf);
     common::assert_within(started, Duration::from_secs(5), "stalled upload held for");
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         up.seen().iter().all(|s| s.body_len < 1000),
         "{:?}",

@@ -37,6 +37,11 @@ pub enum ProxyError {
     TooManyFailures,
     #[error("token store unavailable")]
     StoreUnavailable(Arc<StoreError>),
+    /// The client's request body broke off while it was being forwarded.
+    #[error("the request body was cut off or badly framed; the upload was not completed")]
+    BodyBroken,
+    #[error("the request body stalled: no data for longer than the proxy waits; the upload was not completed")]
+    BodyStalled,
     #[error("upstream {0} unreachable")]
     UpstreamUnreachable(String),
     #[error("upstream {0} did not answer in time")]
@@ -125,7 +130,10 @@ impl ProxyError {
             | ProxyError::UntrustedPeer
             | ProxyError::OwnEndpoint
             | ProxyError::NeedsProxyMode(_) => StatusCode::FORBIDDEN,
-            ProxyError::BadCheck(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadCheck(_) | ProxyError::BadRequest(_) | ProxyError::BodyBroken => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             ProxyError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::StoreUnavailable(_) | ProxyError::MetadataBusy => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -184,6 +192,8 @@ impl ProxyError {
             ProxyError::Refused(_) => "refused",
             ProxyError::TooManyFailures => "rate_limited",
             ProxyError::StoreUnavailable(_) => "store_unavailable",
+            ProxyError::BodyBroken => "body_broken",
+            ProxyError::BodyStalled => "body_stalled",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamLogin(_) => "upstream_login",

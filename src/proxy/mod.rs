@@ -50,7 +50,7 @@ use crate::token::TokenRecord;
 use body::{Buffered, IdleTimeout, Progress, WriteStall};
 pub use client::canonical as canonical_peer;
 pub use limit::FailureLimiter;
-use pool::{PooledBody, UpstreamPool};
+use pool::{BodyFailure, PooledBody, UpstreamPool};
 pub use registry::own_endpoint;
 pub use rewrite::HELD_PER_BYTE;
 use rewrite::{CollectError, MetadataBudget, UrlMap};
@@ -471,10 +471,14 @@ impl Proxy {
                 self.metrics.upstream_failed(&upstream.name);
                 ProxyError::UpstreamTimeout(upstream.name.to_string())
             })?
-            .map_err(|e| {
-                self.metrics.upstream_failed(&upstream.name);
-                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-                ProxyError::UpstreamUnreachable(upstream.name.to_string())
+            .map_err(|e| match e.body_failure() {
+                Some(BodyFailure::Stalled) => ProxyError::BodyStalled,
+                Some(BodyFailure::Broken) => ProxyError::BodyBroken,
+                None => {
+                    self.metrics.upstream_failed(&upstream.name);
+                    tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                    ProxyError::UpstreamUnreachable(upstream.name.to_string())
+                }
             })?;
         self.route_metrics[matched.index]
             .upstream_seconds

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use super::body::IdleTimeoutError;
 use super::UpstreamBody;
 use crate::route::Upstream;
 
@@ -50,6 +51,36 @@ pub enum UpstreamError {
     Tls(io::Error),
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+}
+
+/// How the request body the client was sending failed, when that is what
+/// failed the upstream request: hyper reports a body's error as the
+/// request's, but the client, not the upstream, broke it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// No data within the body idle timeout.
+    Stalled,
+    /// Cut off or misframed (a bad chunk).
+    Broken,
+}
+
+impl UpstreamError {
+    pub fn body_failure(&self) -> Option<BodyFailure> {
+        let UpstreamError::Http(e) = self else {
+            return None;
+        };
+        // The only user error a well-formed request can meet: its body's.
+        if !e.is_user() {
+            return None;
+        }
+        let stalled =
+            std::error::Error::source(e).is_some_and(|cause| cause.is::<IdleTimeoutError>());
+        Some(if stalled {
+            BodyFailure::Stalled
+        } else {
+            BodyFailure::Broken
+        })
+    }
 }
 
 /// The connections of one worker to every upstream.

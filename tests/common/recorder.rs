@@ -20,6 +20,8 @@ pub struct Seen {
     pub body_len: u64,
     /// The body's first bytes (up to [`KEPT_BODY`]).
     pub body: Vec<u8>,
+    /// Whether the body ended as its framing said (not cut off).
+    pub complete: bool,
 }
 
 /// How much of each request body is kept for inspection.
@@ -128,6 +130,7 @@ async fn handle(
     let mut body = req.into_body();
     let mut body_len = 0u64;
     let mut kept = Vec::new();
+    let mut complete = true;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
@@ -137,7 +140,10 @@ async fn handle(
                     kept.extend_from_slice(&d[..d.len().min(room)]);
                 }
             }
-            Err(_) => break,
+            Err(_) => {
+                complete = false;
+                break;
+            }
         }
     }
     let is_get = method == "GET";
@@ -148,6 +154,7 @@ async fn handle(
         headers,
         body_len,
         body: kept,
+        complete,
     });
     let path = target.split('?').next().unwrap_or("");
     let tail = path.rsplit('/').next().unwrap_or("");
