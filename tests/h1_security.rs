@@ -15,25 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{read_response, Gate};
+use common::{acme_web_route, read_response, Gate};
 use recorder::{Recorder, Seen};
-
-fn config(upstream: &str) -> String {
-    format!(
-        r#"
-[upstream.up]
-url = "{upstream}/base"
-
-[[route]]
-name = "web"
-format = "generic"
-path = "/generic/acme/web"
-namespace = "acme/web"
-upstream = "up"
-strip_prefix = true
-"#
-    )
-}
 
 /// A proxy in front of a recording upstream, and a token for acme/web.
 struct Setup {
@@ -45,13 +28,8 @@ struct Setup {
 impl Setup {
     fn start() -> Setup {
         let up = Recorder::start();
-        let gate = Gate::start(&config(&up.url()));
-        let token = gate.token(
-            "project:acme/web",
-            "read_package_registry,write_package_registry",
-            &[],
-        );
-        let auth = token.basic();
+        let gate = Gate::start(&acme_web_route(&up.url()));
+        let auth = gate.package_writer("project:acme/web").basic();
         Setup { up, gate, auth }
     }
 
@@ -281,7 +259,7 @@ fn bytes_after_an_upstream_response_never_answer_another_request() {
             });
         }
     });
-    let gate = Gate::start(&config(&upstream));
+    let gate = Gate::start(&acme_web_route(&upstream));
     let auth = gate
         .token("project:acme/web", "read_package_registry", &[])
         .basic();

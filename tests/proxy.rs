@@ -248,7 +248,7 @@ fn every_denial_has_its_status_and_is_never_forwarded() {
     let gate = Gate::start(&config(&up));
     let reader = gate.token("project:acme/web", "read_package_registry", &[]);
     let writer = gate.token("project:acme/web", "write_package_registry", &[]);
-    let other = package_writer(&gate, "project:acme/api");
+    let other = gate.package_writer("project:acme/api");
     let sibling = gate.token("group:acme-other", "read_package_registry", &[]);
     let registry = gate.token("project:acme/web", "read_registry,write_registry", &[]);
     let revoked = gate.token("project:acme/web", "read_package_registry", &[]);
@@ -428,7 +428,7 @@ fn every_denial_has_its_status_and_is_never_forwarded() {
 fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
     let up = Recorder::start();
     let gate = Gate::start(&config(&up));
-    let t = package_writer(&gate, "group:acme");
+    let t = gate.package_writer("group:acme");
     let good = t.basic();
     let paths = [
         "/generic/acme/web/%2e%2e/%2e%2e/etc/passwd",
@@ -577,7 +577,7 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
 fn multipart_bodies_pass_only_as_the_uploads_that_send_them() {
     let up = Recorder::start();
     let gate = Gate::start(&config(&up));
-    let auth = package_writer(&gate, "project:acme/web").basic();
+    let auth = gate.package_writer("project:acme/web").basic();
     let form = b"--b\r\nContent-Disposition: form-data; name=\"private_token\"\r\n\r\nglpat-x\r\n--b--\r\n";
     let multipart = "multipart/form-data; boundary=b";
     for (method, target) in [
@@ -622,7 +622,7 @@ fn multipart_bodies_pass_only_as_the_uploads_that_send_them() {
 fn a_head_over_the_limit_is_refused_however_it_arrives() {
     let up = Recorder::start();
     let gate = Gate::start(&config(&up));
-    let t = package_writer(&gate, "project:acme/web");
+    let t = gate.package_writer("project:acme/web");
     let token = ("Deploy-Token", t.secret.as_str());
     let fits = "x".repeat(60_000);
     let r = send(
@@ -660,11 +660,6 @@ fn a_head_over_the_limit_is_refused_however_it_arrives() {
     let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
     assert_eq!(targets, ["/base/fits", "/base/big"]);
     assert_eq!(seen[1].body_len, 1 << 20);
-}
-
-/// A token that reads and writes `owner`'s packages.
-fn package_writer(gate: &Gate, owner: &str) -> common::Token {
-    gate.token(owner, "read_package_registry,write_package_registry", &[])
 }
 
 fn base64_of(s: &str) -> String {
@@ -806,7 +801,7 @@ fn gigabyte_bodies_stream_both_ways_with_flat_memory() {
     const GIB: u64 = 1 << 30;
     let up = Recorder::start();
     let gate = Gate::start(&config(&up));
-    let t = package_writer(&gate, "project:acme/web");
+    let t = gate.package_writer("project:acme/web");
     let (rss_before, _) = gate.rss_kib();
 
     // Upload: 1 GiB written in 1 MiB chunks.

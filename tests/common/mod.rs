@@ -290,6 +290,11 @@ impl Gate {
             .to_string()
     }
 
+    /// A token that reads and writes `owner`'s packages.
+    pub fn package_writer(&self, owner: &str) -> Token {
+        self.token(owner, "read_package_registry,write_package_registry", &[])
+    }
+
     pub fn token(&self, owner: &str, scopes: &str, extra: &[&str]) -> Token {
         let (flag, path) = owner.split_once(':').expect("owner like project:acme/web");
         let flag = format!("--{flag}");
@@ -409,6 +414,25 @@ impl Token {
     pub fn basic(&self) -> String {
         basic(&self.username, &self.secret)
     }
+}
+
+/// Config for one `generic` route, `/generic/acme/web` for the namespace
+/// acme/web, to `upstream` + `/base` (prefix stripped).
+pub fn acme_web_route(upstream: &str) -> String {
+    format!(
+        r#"
+[upstream.up]
+url = "{upstream}/base"
+
+[[route]]
+name = "web"
+format = "generic"
+path = "/generic/acme/web"
+namespace = "acme/web"
+upstream = "up"
+strip_prefix = true
+"#
+    )
 }
 
 pub fn basic(user: &str, pass: &str) -> String {
