@@ -83,6 +83,7 @@ fn credentials_never_reach_the_upstream(layout: &str) {
             ("Job-Token", "job-leak"),
             ("X-NuGet-ApiKey", "nuget-leak"),
             ("X-JFrog-Art-Api", "jfrog-leak"),
+            ("Cookie", "_gitlab_session=leak"),
             ("X-Forwarded-For", "6.6.6.6"),
             ("X-Forwarded-Host", "evil.test"),
             ("Forwarded", "for=6.6.6.6"),
@@ -108,6 +109,7 @@ fn credentials_never_reach_the_upstream(layout: &str) {
         "job-token",
         "x-nuget-apikey",
         "x-jfrog-art-api",
+        "cookie",
         "forwarded",
         "x-forwarded-scheme",
         "x-forwarded-ssl",
@@ -158,6 +160,16 @@ fn the_upstreams_own_credentials_replace_the_clients() {
         [basic("proxy", "s3cret")]
     );
     assert!(!gate.logs().contains("s3cret"));
+    // A session the upstream opens for the proxy's account stays with the proxy.
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/session",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("set-cookie"), None, "{:?}", r.headers);
 }
 
 /// Forwarded, npm's whoami would tell any deploy token the proxy's upstream

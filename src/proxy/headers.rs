@@ -51,6 +51,9 @@ fn credential(name: &str) -> Option<HeaderName> {
         "private-token" => Some(PRIVATE_TOKEN),
         // Artifactory's API key header.
         "x-jfrog-art-api" => Some(X_JFROG_ART_API),
+        // Upstream sessions (GitLab's, Nexus's, Harbor's): a deploy token
+        // is the only credential the proxy takes.
+        "cookie" => Some(header::COOKIE),
         _ => None,
     }
 }
@@ -281,9 +284,11 @@ where
     }
 }
 
-/// Turns upstream response headers into client response headers.
+/// Turns upstream response headers into client response headers. Cookies
+/// stay behind: a session the upstream opens is the proxy's own account's,
+/// with all of its access, whoever's deploy token the request carried.
 pub fn to_downstream(headers: &mut HeaderMap) {
-    strip(headers, |_| false);
+    strip(headers, |name| name == "set-cookie");
 }
 
 #[cfg(test)]

@@ -106,7 +106,8 @@ impl Recorder {
     }
 }
 
-/// Responses by path: `/big/N` streams N bytes; `.../redirect` answers 302 to
+/// Responses by path: `/big/N` streams N bytes; `.../session` sets cookies;
+/// `.../redirect` answers 302 to
 /// the upstream URL `.../elsewhere/x?y=1` beside it; `/meta` returns a JSON document naming upstream URLs;
 /// anything else echoes `ok`.
 async fn handle(
@@ -199,6 +200,15 @@ async fn handle(
             .body(http_body_util::Either::Right(StreamBody::new(
                 futures_util::stream::iter(frames),
             )))
+            .unwrap()
+    } else if path.ends_with("/session") {
+        // A session for whoever authenticated: the proxy's own account.
+        Response::builder()
+            .header("set-cookie", "sid=upstream-session; Path=/; HttpOnly")
+            .header("set-cookie", "theme=dark")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"ok",
+            ))))
             .unwrap()
     } else if path.ends_with("/unauthorized") {
         Response::builder()
