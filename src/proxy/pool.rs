@@ -69,17 +69,21 @@ impl UpstreamError {
         let UpstreamError::Http(e) = self else {
             return None;
         };
-        // The only user error a well-formed request can meet: its body's.
+        // A body's error is a user error caused by the body's own: the idle
+        // timer's, or hyper's reading the client's body. (Other user
+        // errors, such as a dispatch task gone with its connection, have
+        // no cause.)
         if !e.is_user() {
             return None;
         }
-        let stalled =
-            std::error::Error::source(e).is_some_and(|cause| cause.is::<IdleTimeoutError>());
-        Some(if stalled {
-            BodyFailure::Stalled
+        let cause = std::error::Error::source(e)?;
+        if cause.is::<IdleTimeoutError>() {
+            Some(BodyFailure::Stalled)
+        } else if cause.is::<hyper::Error>() {
+            Some(BodyFailure::Broken)
         } else {
-            BodyFailure::Broken
-        })
+            None
+        }
     }
 }
 
