@@ -154,7 +154,7 @@ impl Setup {
         exchange(self.gate.port, &fields, body)
     }
 
-    /// Sends each request and asserts it was refused and nothing forwarded.
+    /// Sends the request and asserts it was refused and nothing forwarded.
     fn assert_refused(
         &self,
         method: &str,

@@ -114,25 +114,24 @@ impl TokenStore {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
-        // Each SQLite connection waits for the write lock as long as a store
-        // operation may take, no longer (sqlx's default is 5 s): a write's
-        // `BEGIN IMMEDIATE` runs on past its operation's timeout (see
-        // `begin_write`) and holds its pooled connection while it waits.
-        let busy_timeout = format!("PRAGMA busy_timeout={}", config.timeout.as_millis());
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
-            .acquire_timeout(config.timeout)
-            .after_connect(move |connection, _| {
+            .acquire_timeout(config.timeout);
+        if dialect == Dialect::Sqlite {
+            // Each connection waits for the write lock as long as a store
+            // operation may take, no longer (sqlx's default is 5 s): a write's
+            // `BEGIN IMMEDIATE` runs on past its operation's timeout (see
+            // `begin_write`) and holds its pooled connection while it waits.
+            let busy_timeout = format!("PRAGMA busy_timeout={}", config.timeout.as_millis());
+            options = options.after_connect(move |connection, _| {
                 let busy_timeout = busy_timeout.clone();
                 Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        sqlx::query(&busy_timeout).execute(connection).await?;
-                    }
+                    sqlx::query(&busy_timeout).execute(connection).await?;
                     Ok(())
                 })
-            })
-            .connect(&url)
-            .await?;
+            });
+        }
+        let pool = options.connect(&url).await?;
         // SQLite answers "database is locked" at once, without waiting, when
         // starts race on a fresh file (one switches it to WAL while another
         // reads): such a start tries again for a while.
