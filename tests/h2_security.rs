@@ -3,7 +3,9 @@
 //! request can carry that HTTP/1 would read as framing (CR LF in a value, a
 //! `transfer-encoding`, a length its DATA frames contradict) would smuggle
 //! a request past the check. The frames are written by hand: a stock client
-//! refuses to send them.
+//! refuses to send them. Then the floods HTTP/2 allows a single
+//! connection (CVE-2023-44487, CVE-2025-8671, CONTINUATION): each must end
+//! its connection before the proxy does unbounded work for it.
 
 mod common;
 #[path = "common/recorder.rs"]
@@ -22,9 +24,13 @@ const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
@@ -75,41 +81,62 @@ enum Answer {
     Reset,
 }
 
-/// Opens a connection, sends `fields` as stream 1's headers and `body` as
-/// its DATA, and reads until stream 1 is answered.
-fn exchange(port: u16, fields: &[(&[u8], &[u8])], body: Option<&[u8]>) -> Answer {
+/// One frame as read: kind, flags, stream id and payload.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    id: u32,
+    payload: Vec<u8>,
+}
+
+/// Reads the next frame, `None` once the connection is closed or reset.
+fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).ok()?;
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        id: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// Opens a connection and sends the preface, SETTINGS and `frames` at once.
+/// A write the proxy cuts off (it closed the connection) is not an error:
+/// what it answered is read afterwards.
+fn open(port: u16, frames: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend_from_slice(frames);
+    let _ = stream.write_all(&out);
+    stream
+}
+
+/// Opens a connection, sends `fields` as stream 1's headers and `body` as
+/// its DATA, and reads until stream 1 is answered.
+fn exchange(port: u16, fields: &[(&[u8], &[u8])], body: Option<&[u8]>) -> Answer {
     let headers_flags = END_HEADERS | if body.is_none() { END_STREAM } else { 0 };
-    out.extend(frame(HEADERS, headers_flags, 1, &header_block(fields)));
+    let mut out = frame(HEADERS, headers_flags, 1, &header_block(fields));
     if let Some(body) = body {
         out.extend(frame(DATA, END_STREAM, 1, body));
     }
-    stream.write_all(&out).unwrap();
-    loop {
-        let mut head = [0u8; 9];
-        if stream.read_exact(&mut head).is_err() {
-            return Answer::Reset;
-        }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).is_err() {
-            return Answer::Reset;
-        }
-        match kind {
-            SETTINGS if flags & ACK == 0 => {
+    let mut stream = open(port, &out);
+    while let Some(f) = read_frame(&mut stream) {
+        match f.kind {
+            SETTINGS if f.flags & ACK == 0 => {
                 stream.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap()
             }
             GOAWAY => return Answer::Reset,
-            RST_STREAM if id == 1 => return Answer::Reset,
-            HEADERS if id == 1 => {
-                return if payload.first() == Some(&0x88) {
+            RST_STREAM if f.id == 1 => return Answer::Reset,
+            HEADERS if f.id == 1 => {
+                return if f.payload.first() == Some(&0x88) {
                     Answer::Ok
                 } else {
                     Answer::OtherStatus
@@ -118,12 +145,52 @@ fn exchange(port: u16, fields: &[(&[u8], &[u8])], body: Option<&[u8]>) -> Answer
             _ => {}
         }
     }
+    Answer::Reset
+}
+
+/// How a flood's connection ended.
+#[derive(Debug)]
+struct FloodEnd {
+    /// The GOAWAY's error code, if the proxy sent one.
+    goaway: Option<u32>,
+    /// Streams the proxy answered with a response before it ended.
+    responses: usize,
+}
+
+/// Sends `frames` on a new connection and reads until the proxy ends it.
+fn flood(port: u16, frames: &[u8]) -> FloodEnd {
+    let mut stream = open(port, frames);
+    let mut responses = 0;
+    while let Some(f) = read_frame(&mut stream) {
+        match f.kind {
+            SETTINGS if f.flags & ACK == 0 => {
+                let _ = stream.write_all(&frame(SETTINGS, ACK, 0, &[]));
+            }
+            HEADERS => responses += 1,
+            GOAWAY => {
+                let code = f
+                    .payload
+                    .get(4..8)
+                    .map(|c| u32::from_be_bytes(c.try_into().unwrap()));
+                return FloodEnd {
+                    goaway: code,
+                    responses,
+                };
+            }
+            _ => {}
+        }
+    }
+    FloodEnd {
+        goaway: None,
+        responses,
+    }
 }
 
 struct Setup {
     up: Recorder,
     gate: Gate,
     secret: String,
+    authority: String,
 }
 
 impl Setup {
@@ -131,7 +198,24 @@ impl Setup {
         let up = Recorder::start();
         let gate = Gate::start(&acme_web_route(&up.url()));
         let secret = gate.package_writer("project:acme/web").secret;
-        Setup { up, gate, secret }
+        let authority = format!("127.0.0.1:{}", gate.port);
+        Setup {
+            up,
+            gate,
+            secret,
+            authority,
+        }
+    }
+
+    /// An authorized request's pseudo-headers and credential.
+    fn fields<'a>(&'a self, method: &'a str, path: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
+        vec![
+            (b":method", method.as_bytes()),
+            (b":scheme", b"http"),
+            (b":authority", self.authority.as_bytes()),
+            (b":path", path),
+            (b"deploy-token", self.secret.as_bytes()),
+        ]
     }
 
     /// An authorized request's pseudo-headers and credential, then `extra`.
@@ -142,14 +226,7 @@ impl Setup {
         extra: &[(&[u8], &[u8])],
         body: Option<&[u8]>,
     ) -> Answer {
-        let authority = format!("127.0.0.1:{}", self.gate.port);
-        let mut fields: Vec<(&[u8], &[u8])> = vec![
-            (b":method", method.as_bytes()),
-            (b":scheme", b"http"),
-            (b":authority", authority.as_bytes()),
-            (b":path", path),
-            (b"deploy-token", self.secret.as_bytes()),
-        ];
+        let mut fields = self.fields(method, path);
         fields.extend_from_slice(extra);
         exchange(self.gate.port, &fields, body)
     }
@@ -280,4 +357,78 @@ fn malformed_header_names_are_refused() {
     ] {
         s.assert_refused("GET", b"/generic/acme/web/f", &[(name, value)], None);
     }
+}
+
+/// Streams opened by a flood, each by the frames `per_stream` makes for
+/// its id, as one write.
+fn streams(count: u32, per_stream: impl Fn(u32) -> Vec<u8>) -> Vec<u8> {
+    (0..count).flat_map(|i| per_stream(2 * i + 1)).collect()
+}
+
+/// Asserts a flood ended its connection as too costly, forwarded at most
+/// `max_forwarded` of its requests, and left the proxy serving others.
+fn assert_flood_stopped(s: &Setup, end: &FloodEnd, max_forwarded: usize) {
+    assert_eq!(end.goaway, Some(ENHANCE_YOUR_CALM), "{end:?}");
+    assert_eq!(
+        s.send("GET", b"/generic/acme/web/f", &[], None),
+        Answer::Ok,
+        "the proxy stopped serving"
+    );
+    // The control request just answered is the last one forwarded.
+    let forwarded = s.up.seen().len() - 1;
+    assert!(
+        forwarded <= max_forwarded,
+        "{forwarded} forwarded ({end:?})"
+    );
+    assert!(end.responses <= max_forwarded, "{end:?}");
+}
+
+/// Rapid reset (CVE-2023-44487): a stream opened and cancelled at once
+/// costs the client two frames and never counts against the limit of
+/// concurrent streams, while a proxy would start a request upstream for
+/// each. Past a few streams reset before the proxy took them up, the
+/// connection is ended.
+#[test]
+fn rapid_reset_floods_end_the_connection() {
+    let s = Setup::start();
+    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
+    let out = streams(1000, |id| {
+        let mut f = frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
+        f.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        f
+    });
+    let end = flood(s.gate.port, &out);
+    assert_flood_stopped(&s, &end, 50);
+}
+
+/// MadeYouReset (CVE-2025-8671): the same flood without RST_STREAM, the
+/// client making the proxy reset each stream itself (here by a window
+/// increment past the largest window, a stream error).
+#[test]
+fn made_you_reset_floods_end_the_connection() {
+    let s = Setup::start();
+    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
+    let out = streams(2000, |id| {
+        let mut f = frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
+        f.extend(frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes()));
+        f
+    });
+    let end = flood(s.gate.port, &out);
+    assert_flood_stopped(&s, &end, 50);
+}
+
+/// CONTINUATION flood: a header block that never ends, in frames too
+/// small to reach the size limit, would hold the connection and its
+/// buffer forever. Past the frames the size limit needs, it is ended.
+#[test]
+fn continuation_floods_end_the_connection() {
+    let s = Setup::start();
+    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
+    let mut out = frame(HEADERS, 0, 1, &block);
+    let padding = header_block(&[(b"x-pad", b"a")]);
+    for _ in 0..10_000 {
+        out.extend(frame(CONTINUATION, 0, 1, &padding));
+    }
+    let end = flood(s.gate.port, &out);
+    assert_flood_stopped(&s, &end, 0);
 }

@@ -785,7 +785,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(header_timeout)
-        .keep_alive_timeout(body_idle.max(header_timeout));
+        .keep_alive_timeout(body_idle.max(header_timeout))
+        // Floods a single connection can send (tests/h2_security.rs): past
+        // 20 streams the client resets before they are taken up, or 1,024
+        // the client makes the proxy reset, the connection ends. hyper's and
+        // h2's defaults, pinned so an upgrade cannot loosen them silently.
+        .max_concurrent_streams(200)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // The head is capped by itself, not by capping the read buffer: that
     // would also cap every read of an upload's body at the head's limit
