@@ -23,6 +23,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
@@ -431,4 +432,42 @@ fn continuation_floods_end_the_connection() {
     }
     let end = flood(s.gate.port, &out);
     assert_flood_stopped(&s, &end, 0);
+}
+
+/// PING and SETTINGS floods from a client that never reads: each frame asks
+/// for an answer, and a server that queued the answers would grow without
+/// bound. h2 keeps one answer of each kind pending and reads no further
+/// until it is sent: the flood stalls on TCP backpressure (here after ~8 MiB,
+/// most of it in socket buffers) with the proxy's memory where it was.
+#[test]
+fn control_frame_floods_from_a_client_that_never_reads_stay_bounded() {
+    const FLOOD: usize = 16 << 20;
+    let s = Setup::start();
+    let (_, peak_before) = s.gate.rss_kib();
+    for (kind, payload) in [(PING, &[0u8; 8][..]), (SETTINGS, &[][..])] {
+        let chunk = frame(kind, 0, 0, payload).repeat(4096);
+        let mut stream = open(s.gate.port, &[]);
+        stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut sent = 0;
+        while sent < FLOOD {
+            match stream.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        // The flooding connection stays open while another is served.
+        assert_eq!(
+            s.send("GET", b"/generic/acme/web/f", &[], None),
+            Answer::Ok,
+            "kind {kind}: {sent} bytes sent"
+        );
+        let (_, peak) = s.gate.rss_kib();
+        assert!(
+            peak - peak_before < 16 * 1024,
+            "kind {kind}: peak RSS grew by {} KiB ({sent} bytes sent)",
+            peak - peak_before
+        );
+    }
 }
