@@ -15,6 +15,10 @@ Request kinds and what each must get:
                                                                       address is over its limit
   traversal     `..`, encoded `/`, bad percent-encoding                400
   no_route      a path no route covers                                404
+  smuggle       on a connection of its own, a PUT framed both ways (Content-Length and
+                chunked) with a second request hidden after its chunked body, a PUT of
+                `up/smuggled`: one answer, 201/204, then the connection closes; and at the
+                end no `up/smuggled` file exists upstream (no hidden request ever reached it)
   churn         a token that is revoked during the run: 200 before the revocation was asked,
                 401 from 1 s after it answered (DESIGN.md's bound), either in between; each
                 such token from an address of its own, so once it is refused its failures
@@ -38,6 +42,7 @@ import itertools
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -301,9 +306,33 @@ class Run:
             return started, time.monotonic(), f"error:{type(e).__name__}"
         return started, time.monotonic(), status
 
+    def smuggle(self, gate_index, order):
+        """A request-smuggling attempt on a connection of its own: the statuses of
+        the answers read until the proxy closed it, or "hung" if it never did."""
+        web = "/generic/acme/web"
+        auth = f"Host: x\r\nDeploy-Token: {self.rw}\r\n"
+        hidden = f"PUT {web}/up/smuggled HTTP/1.1\r\n{auth}Content-Length: 1\r\n\r\nS"
+        chunked = "5\r\nhello\r\n0\r\n\r\n"
+        framing = [f"Content-Length: {len(chunked) + len(hidden)}\r\n", "Transfer-Encoding: chunked\r\n"]
+        if order == "TE.CL":
+            framing.reverse()
+        attack = f"PUT {web}/up/s HTTP/1.1\r\n{auth}{''.join(framing)}\r\n{chunked}{hidden}"
+        port = self.s.gates[gate_index]["port"]
+        data = b""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                sock.sendall(attack.encode())
+                while chunk := sock.recv(65536):
+                    data += chunk
+        except (socket.timeout, TimeoutError):
+            return "hung"
+        except OSError as e:
+            return f"error:{type(e).__name__}"
+        return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)]
+
     def check(self, kind, status, ok, detail=""):
         with self.lock:
-            self.counts[(kind, status)] += 1
+            self.counts[(kind, str(status))] += 1
             if status == "hung":
                 self.hung += 1
             if not ok:
@@ -313,7 +342,8 @@ class Run:
         rng = random.Random(n)
         conns = {}
         kinds = ["read"] * 30 + ["write"] * 10 + ["forbidden"] * 5 + ["other"] * 5 + \
-            ["bad_token"] * 5 + ["traversal"] * 5 + ["no_route"] * 3 + ["churn"] * 20 + ["rotated"] * 17
+            ["bad_token"] * 5 + ["traversal"] * 5 + ["no_route"] * 3 + ["smuggle"] * 2 + \
+            ["churn"] * 20 + ["rotated"] * 17
         while not self.stop.is_set():
             kind = rng.choice(kinds)
             g = rng.randrange(3)
@@ -344,6 +374,9 @@ class Run:
             elif kind == "no_route":
                 _, _, st = self.request(conns, g, "GET", "/etc/passwd", {"Deploy-Token": self.rw})
                 self.check(kind, st, st == 404)
+            elif kind == "smuggle":
+                statuses = self.smuggle(g, rng.choice(["CL.TE", "TE.CL"]))
+                self.check(kind, statuses, statuses in ([201], [204]))
             elif kind == "churn":
                 with self.lock:
                     t = rng.choice(self.churn)
@@ -487,6 +520,8 @@ def main():
         print(f"| {kind} | {status} | {n} |")
     print("\n| instance | RSS after warm-up | RSS at end | growth |\n|---|---|---|---|")
     failed = list(run.violations)
+    if os.path.exists(os.path.join(work, "www/generic/acme/web/up/smuggled")):
+        failed.append("a smuggled request reached the upstream: up/smuggled exists")
     for n, samples in run.rss.items():
         if len(samples) < 2:
             continue
