@@ -360,10 +360,19 @@ fn malformed_header_names_are_refused() {
     }
 }
 
-/// Streams opened by a flood, each by the frames `per_stream` makes for
-/// its id, as one write.
-fn streams(count: u32, per_stream: impl Fn(u32) -> Vec<u8>) -> Vec<u8> {
-    (0..count).flat_map(|i| per_stream(2 * i + 1)).collect()
+/// Floods a new connection with `count` authorized GETs, each followed by
+/// the frame `follow` makes for its stream id, in one write.
+fn request_flood(s: &Setup, count: u32, follow: impl Fn(u32) -> Vec<u8>) -> FloodEnd {
+    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
+    let out: Vec<u8> = (0..count)
+        .map(|i| 2 * i + 1)
+        .flat_map(|id| {
+            let mut f = frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
+            f.extend(follow(id));
+            f
+        })
+        .collect();
+    flood(s.gate.port, &out)
 }
 
 /// Asserts a flood ended its connection as too costly, forwarded at most
@@ -392,13 +401,9 @@ fn assert_flood_stopped(s: &Setup, end: &FloodEnd, max_forwarded: usize) {
 #[test]
 fn rapid_reset_floods_end_the_connection() {
     let s = Setup::start();
-    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
-    let out = streams(1000, |id| {
-        let mut f = frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
-        f.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-        f
+    let end = request_flood(&s, 1000, |id| {
+        frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes())
     });
-    let end = flood(s.gate.port, &out);
     assert_flood_stopped(&s, &end, 50);
 }
 
@@ -408,13 +413,9 @@ fn rapid_reset_floods_end_the_connection() {
 #[test]
 fn made_you_reset_floods_end_the_connection() {
     let s = Setup::start();
-    let block = header_block(&s.fields("GET", b"/generic/acme/web/f"));
-    let out = streams(2000, |id| {
-        let mut f = frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
-        f.extend(frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes()));
-        f
+    let end = request_flood(&s, 2000, |id| {
+        frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes())
     });
-    let end = flood(s.gate.port, &out);
     assert_flood_stopped(&s, &end, 50);
 }
 
