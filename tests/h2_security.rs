@@ -105,6 +105,20 @@ fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
     })
 }
 
+/// Reads the next frame other than the proxy's SETTINGS, which it
+/// acknowledges; `None` once the connection is closed or reset.
+fn next_frame(stream: &mut TcpStream) -> Option<Frame> {
+    loop {
+        let f = read_frame(stream)?;
+        if f.kind != SETTINGS {
+            return Some(f);
+        }
+        if f.flags & ACK == 0 {
+            let _ = stream.write_all(&frame(SETTINGS, ACK, 0, &[]));
+        }
+    }
+}
+
 /// Opens a connection and sends the preface, SETTINGS and `frames` at once.
 /// A write the proxy cuts off (it closed the connection) is not an error:
 /// what it answered is read afterwards.
@@ -129,11 +143,8 @@ fn exchange(port: u16, fields: &[(&[u8], &[u8])], body: Option<&[u8]>) -> Answer
         out.extend(frame(DATA, END_STREAM, 1, body));
     }
     let mut stream = open(port, &out);
-    while let Some(f) = read_frame(&mut stream) {
+    while let Some(f) = next_frame(&mut stream) {
         match f.kind {
-            SETTINGS if f.flags & ACK == 0 => {
-                stream.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap()
-            }
             GOAWAY => return Answer::Reset,
             RST_STREAM if f.id == 1 => return Answer::Reset,
             HEADERS if f.id == 1 => {
@@ -162,11 +173,8 @@ struct FloodEnd {
 fn flood(port: u16, frames: &[u8]) -> FloodEnd {
     let mut stream = open(port, frames);
     let mut responses = 0;
-    while let Some(f) = read_frame(&mut stream) {
+    while let Some(f) = next_frame(&mut stream) {
         match f.kind {
-            SETTINGS if f.flags & ACK == 0 => {
-                let _ = stream.write_all(&frame(SETTINGS, ACK, 0, &[]));
-            }
             HEADERS => responses += 1,
             GOAWAY => {
                 let code = f
