@@ -194,9 +194,12 @@ fn a_broken_chunked_body_never_reaches_the_upstream_whole() {
         // The client's fault, told as such: not the upstream's 502.
         assert_eq!(s.attack(&request), [400], "{broken:?}");
     }
-    // The upstream got the first chunk of each, and then no end.
+    // The upstream got at most the first chunk of each, and then no end.
+    // (The proxy may give up before it has sent the head, and the upstream
+    // may still be reading an aborted one when the client has its 400.)
+    s.up.seen_at_least(3, Duration::from_secs(2));
     let seen = s.forwarded();
-    assert_eq!(seen.len(), 3);
+    assert!(seen.len() <= 3, "{seen:?}");
     for seen in seen {
         assert!(
             !seen.complete,

@@ -101,6 +101,20 @@ impl Recorder {
         self.seen.lock().unwrap().clone()
     }
 
+    /// What was seen once `n` requests were, or once `timeout` passed: the
+    /// proxy may answer its client before the upstream has finished reading
+    /// a request the proxy aborted.
+    pub fn seen_at_least(&self, n: usize, timeout: std::time::Duration) -> Vec<Seen> {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n || start.elapsed() >= timeout {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     pub fn clear(&self) {
         self.seen.lock().unwrap().clear();
     }
