@@ -229,6 +229,8 @@ struct RawAccessRule {
     method: Option<String>,
     path: String,
     access: String,
+    #[serde(default)]
+    multipart: bool,
 }
 
 /// The proxy's externally visible base URL (redirects, rewritten metadata).
@@ -808,6 +810,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 method: Some(Method::DELETE),
                 pattern: vec![PatternPart::AnyRest],
                 access: Access::Write,
+                multipart: false,
             });
         }
         routes.push(Route {
@@ -1452,6 +1455,12 @@ fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
             raw.access
         )
     })?;
+    if raw.multipart && access != Access::Write {
+        return Err(format!(
+            "multipart = true needs access = \"write\" (not {:?}): only an upload may carry a form",
+            raw.access
+        ));
+    }
     let body = raw
         .path
         .strip_prefix('/')
@@ -1471,6 +1480,7 @@ fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
         method,
         pattern,
         access,
+        multipart: raw.multipart,
     })
 }
 
@@ -1617,6 +1627,7 @@ access = "read"
             ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"https://ops.example/tokens\"\n", "admin.public_url", 3, "has a path"),
             ("[admin]\nlisten = \"127.0.0.1:9090\"\npublic_url = \"ftp://ops.example\"\n", "admin.public_url", 3, "must start with http"),
             ("[upstream.u]\nurl = \"http://u\"\n[[route]]\nname = \"a\"\nformat = \"npm\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\n[[route.access]]\nmethod = \"delete\"\npath = \"/**\"\naccess = \"deny\"\n", "route[0].access[0]", 9, "upper case (\"DELETE\")"),
+            ("[upstream.u]\nurl = \"http://u\"\n[[route]]\nname = \"a\"\nformat = \"generic\"\npath = \"/a\"\nnamespace = \"acme\"\nupstream = \"u\"\n[[route.access]]\nmethod = \"GET\"\npath = \"/**\"\naccess = \"read\"\nmultipart = true\n", "route[0].access[0]", 9, "multipart = true needs access = \"write\""),
         ];
         for (text, key, line, msg) in cases {
             let e = err(text);

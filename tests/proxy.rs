@@ -582,13 +582,32 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
     );
 }
 
+/// A Helm chart repository behind a generic route: its upload endpoint
+/// takes a multipart form, and the route's write rule says so.
+const CHARTS_ROUTE: &str = r#"
+[[route]]
+name = "charts"
+format = "generic"
+path = "/charts/acme/web"
+namespace = "acme/web"
+upstream = "rec"
+strip_prefix = true
+
+[[route.access]]
+method = "POST"
+path = "/api/*/charts"
+access = "write"
+multipart = true
+"#;
+
 /// Rack (GitLab) reads a multipart body's fields as parameters, as it does
 /// a URL-encoded form's: `private_token=` in one would pass the query check.
-/// Only the uploads that are multipart by protocol (twine's) carry one.
+/// Only the uploads that are multipart by protocol (twine's) carry one, and
+/// those a route's write rule names (`multipart = true`).
 #[test]
 fn multipart_bodies_pass_only_as_the_uploads_that_send_them() {
     let up = Recorder::start();
-    let gate = Gate::start(&config(&up));
+    let gate = Gate::start(&(config(&up) + CHARTS_ROUTE));
     let auth = gate.package_writer("project:acme/web").basic();
     let form = b"--b\r\nContent-Disposition: form-data; name=\"private_token\"\r\n\r\nglpat-x\r\n--b--\r\n";
     let multipart = "multipart/form-data; boundary=b";
@@ -599,6 +618,10 @@ fn multipart_bodies_pass_only_as_the_uploads_that_send_them() {
         // A PyPI request that is no upload: the index, another POST.
         ("GET", "/pypi/acme/web/simple/pkg/"),
         ("POST", "/pypi/acme/web/RPC2"),
+        // Beside the chart upload the rule names: another method, another path.
+        ("PUT", "/charts/acme/web/api/stable/charts"),
+        ("POST", "/charts/acme/web/api/stable/charts/x"),
+        ("POST", "/charts/acme/web/api/stable"),
     ] {
         for content_type in [multipart, "Multipart/Form-Data;boundary=b"] {
             let headers = [
@@ -621,10 +644,23 @@ fn multipart_bodies_pass_only_as_the_uploads_that_send_them() {
         let r = send(gate.port, "POST", target, &headers, form);
         assert_eq!(r.status, 200, "{target}: {}", r.text());
     }
+    // So is a chart upload where the rule allows it, to a writer only.
+    let chart = "/charts/acme/web/api/stable/charts";
+    let reader = gate.token("project:acme/web", "read_package_registry", &[]);
+    for (auth, status) in [(auth.clone(), 200), (reader.basic(), 403)] {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", multipart),
+        ];
+        let r = send(gate.port, "POST", chart, &headers, form);
+        assert_eq!(r.status, status, "{}", r.text());
+    }
     let seen = up.seen();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 3, "{seen:?}");
     assert_eq!(seen[1].target, "/base/legacy/");
     assert_eq!(seen[1].body, form);
+    assert_eq!(seen[2].target, "/base/api/stable/charts");
+    assert_eq!(seen[2].body, form);
 }
 
 /// The head limit (64 KiB) holds however the head arrives: in one piece

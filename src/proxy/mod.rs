@@ -286,12 +286,13 @@ impl Proxy {
         let access = route.access(&head.method, &rest, query);
         let format = &*route.format;
         if form == Some(FormBody::Multipart)
-            && !(access == Access::Write && format.uploads_multipart())
+            && !(access == Access::Write
+                && (format.uploads_multipart() || route.takes_multipart(&head.method, &rest)))
         {
             return Err(ProxyError::BadRequest(
                 "multipart form bodies are accepted only as the uploads of the formats that send \
-                 them (PyPI, NuGet): an upstream would read their fields as parameters beside the \
-                 query, unchecked",
+                 them (PyPI, NuGet) and where a route's write rule says `multipart = true`: an \
+                 upstream would read their fields as parameters beside the query, unchecked",
             ));
         }
         if self.failures.is_blocked(client) {

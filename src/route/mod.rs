@@ -74,6 +74,9 @@ pub struct AccessRule {
     pub method: Option<Method>,
     pub pattern: Vec<PatternPart>,
     pub access: Access,
+    /// `multipart = true`: the requests this write rule covers may carry a
+    /// multipart form (a Helm chart upload, say), which is refused elsewhere.
+    pub multipart: bool,
 }
 
 impl AccessRule {
@@ -120,6 +123,16 @@ impl Route {
                 || self.format.access(method, rest, query),
                 |rule| rule.access,
             )
+    }
+
+    /// Whether the rule that decides this request's access lets it carry a
+    /// multipart form. Asked only of multipart requests, so the rules are
+    /// matched a second time off the hot path.
+    pub fn takes_multipart(&self, method: &Method, rest: &[&str]) -> bool {
+        self.access_rules
+            .iter()
+            .find(|rule| rule.matches(method, rest))
+            .is_some_and(|rule| rule.multipart)
     }
 
     fn literal_count(&self) -> usize {
@@ -434,6 +447,7 @@ mod tests {
             method: Some(Method::GET),
             pattern: vec![PatternPart::AnyRest],
             access: Access::Write,
+            multipart: false,
         });
         r.access_rules.push(AccessRule {
             method: None,
@@ -442,6 +456,7 @@ mod tests {
                 PatternPart::AnySegment,
             ],
             access: Access::Refused,
+            multipart: false,
         });
         assert_eq!(r.access(&Method::GET, &["a", "b"], None), Access::Write);
         assert_eq!(
@@ -463,7 +478,38 @@ mod tests {
             method: Some(Method::HEAD),
             pattern: vec![PatternPart::AnyRest],
             access: Access::Refused,
+            multipart: false,
         });
         assert_eq!(head_only.access(&Method::GET, &["a"], None), Access::Read);
+    }
+
+    #[test]
+    fn multipart_is_taken_only_where_the_deciding_rule_says_so() {
+        let rule = |method: Method, pattern: &[&str], multipart| AccessRule {
+            method: Some(method),
+            pattern: pattern
+                .iter()
+                .map(|p| match *p {
+                    "*" => PatternPart::AnySegment,
+                    "**" => PatternPart::AnyRest,
+                    lit => PatternPart::Literal(lit.into()),
+                })
+                .collect(),
+            access: Access::Write,
+            multipart,
+        };
+        let mut r = route("c", "generic", "/charts", Some("acme"), true);
+        // First match wins: the plain rule before it shadows `api/x/charts`.
+        r.access_rules
+            .push(rule(Method::POST, &["api", "x", "charts"], false));
+        r.access_rules
+            .push(rule(Method::POST, &["api", "*", "charts"], true));
+        r.access_rules.push(rule(Method::POST, &["**"], false));
+        let takes = |method: Method, rest: &[&str]| r.takes_multipart(&method, rest);
+        assert!(takes(Method::POST, &["api", "stable", "charts"]));
+        assert!(!takes(Method::POST, &["api", "x", "charts"]));
+        assert!(!takes(Method::PUT, &["api", "stable", "charts"]));
+        assert!(!takes(Method::POST, &["api", "stable", "charts", "more"]));
+        assert!(!takes(Method::POST, &["other"]));
     }
 }
