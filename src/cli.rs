@@ -605,6 +605,9 @@ fn explain(
     println!("namespace: {}", matched.namespace);
     println!("access:    {}", access.as_str());
     println!("needs:     {needs}");
+    if route.accepts_multipart(&method, &rest, access) {
+        println!("body:      may be a multipart form (refused elsewhere)");
+    }
     let format = &*route.format;
     if format.asks_identity(&method, &rest) {
         println!("answered:  by tokengate itself, with the deploy token's username");

@@ -341,6 +341,16 @@ fn explain_shows_route_scope_and_upstream() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    assert!(!text.contains("multipart"), "{text}");
+    // twine's upload: the one kind of request here that may be a form.
+    let upload = stdout(&run(
+        dir.path(),
+        &["explain", "POST", "/pypi/acme/web/", "--config", example],
+    ));
+    assert!(
+        upload.contains("body:      may be a multipart form"),
+        "{upload}"
+    );
     let denied = stdout(&run(
         dir.path(),
         &[

@@ -286,8 +286,7 @@ impl Proxy {
         let access = route.access(&head.method, &rest, query);
         let format = &*route.format;
         if form == Some(FormBody::Multipart)
-            && !(access == Access::Write
-                && (format.uploads_multipart() || route.takes_multipart(&head.method, &rest)))
+            && !route.accepts_multipart(&head.method, &rest, access)
         {
             return Err(ProxyError::BadRequest(
                 "multipart form bodies are accepted only as the uploads of the formats that send \

@@ -125,14 +125,19 @@ impl Route {
             )
     }
 
-    /// Whether the rule that decides this request's access lets it carry a
-    /// multipart form. Asked only of multipart requests, so the rules are
-    /// matched a second time off the hot path.
-    pub fn takes_multipart(&self, method: &Method, rest: &[&str]) -> bool {
-        self.access_rules
-            .iter()
-            .find(|rule| rule.matches(method, rest))
-            .is_some_and(|rule| rule.multipart)
+    /// Whether a request of this `access` may carry a multipart form: a
+    /// write that is an upload of a format that sends one (twine, `nuget
+    /// push`) or that the deciding rule marks `multipart = true`. Asked only
+    /// of multipart requests (and by `explain`), so the rules are matched a
+    /// second time off the hot path.
+    pub fn accepts_multipart(&self, method: &Method, rest: &[&str], access: Access) -> bool {
+        access == Access::Write
+            && (self.format.uploads_multipart()
+                || self
+                    .access_rules
+                    .iter()
+                    .find(|rule| rule.matches(method, rest))
+                    .is_some_and(|rule| rule.multipart))
     }
 
     fn literal_count(&self) -> usize {
@@ -505,11 +510,19 @@ mod tests {
         r.access_rules
             .push(rule(Method::POST, &["api", "*", "charts"], true));
         r.access_rules.push(rule(Method::POST, &["**"], false));
-        let takes = |method: Method, rest: &[&str]| r.takes_multipart(&method, rest);
+        let takes = |method: Method, rest: &[&str]| {
+            let access = r.access(&method, rest, None);
+            r.accepts_multipart(&method, rest, access)
+        };
         assert!(takes(Method::POST, &["api", "stable", "charts"]));
+        assert!(!r.accepts_multipart(&Method::POST, &["api", "stable", "charts"], Access::Read));
         assert!(!takes(Method::POST, &["api", "x", "charts"]));
         assert!(!takes(Method::PUT, &["api", "stable", "charts"]));
         assert!(!takes(Method::POST, &["api", "stable", "charts", "more"]));
         assert!(!takes(Method::POST, &["other"]));
+        // A format whose uploads are multipart takes them without a rule.
+        let pypi = route("p", "pypi", "/pypi", Some("acme"), true);
+        assert!(pypi.accepts_multipart(&Method::POST, &[], Access::Write));
+        assert!(!pypi.accepts_multipart(&Method::GET, &["simple"], Access::Read));
     }
 }
