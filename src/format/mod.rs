@@ -181,9 +181,9 @@ pub trait Format: Send + Sync + 'static {
     }
 
     /// Whether this format's clients upload multipart forms (twine, `nuget
-    /// push`). Elsewhere a multipart body is refused: Rack (GitLab) reads its
-    /// fields as parameters beside the checked query, as it does a
-    /// URL-encoded form's.
+    /// push`). Elsewhere a multipart body is refused unless a route's write
+    /// rule says `multipart = true`: Rack (GitLab) reads its fields as
+    /// parameters beside the checked query, as it does a URL-encoded form's.
     fn uploads_multipart(&self) -> bool {
         false
     }
