@@ -116,13 +116,10 @@ pub struct Route {
 impl Route {
     /// The access a request needs: the first matching override, else the format's rule.
     pub fn access(&self, method: &Method, rest: &[&str], query: Option<&str>) -> Access {
-        self.access_rules
-            .iter()
-            .find(|rule| rule.matches(method, rest))
-            .map_or_else(
-                || self.format.access(method, rest, query),
-                |rule| rule.access,
-            )
+        self.deciding_rule(method, rest).map_or_else(
+            || self.format.access(method, rest, query),
+            |rule| rule.access,
+        )
     }
 
     /// Whether a request of this `access` may carry a multipart form: a
@@ -134,10 +131,15 @@ impl Route {
         access == Access::Write
             && (self.format.uploads_multipart()
                 || self
-                    .access_rules
-                    .iter()
-                    .find(|rule| rule.matches(method, rest))
+                    .deciding_rule(method, rest)
                     .is_some_and(|rule| rule.multipart))
+    }
+
+    /// The override that decides a request's access: the first that matches.
+    fn deciding_rule(&self, method: &Method, rest: &[&str]) -> Option<&AccessRule> {
+        self.access_rules
+            .iter()
+            .find(|rule| rule.matches(method, rest))
     }
 
     fn literal_count(&self) -> usize {
