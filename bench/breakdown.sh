@@ -35,8 +35,8 @@ trap cleanup EXIT
 
 mkdir -p "$WORK/www/generic/acme/web" "$WORK/logs"
 chmod 755 "$WORK"
-head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
-cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
+FILE=/generic/acme/web/file   # every target fetches the same file
+head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www$FILE"
 
 LOAD_CPUS=1-$(($(nproc) - 1))   # dedicated: wrk's and the upstream's
 case $LAYOUT in
@@ -48,7 +48,7 @@ nginx_conf upstream auto "server { listen 127.0.0.1:$UP; root $WORK/www; locatio
 nginx_conf proxy "$PROXY_WORKERS" "upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    location / { $(nginx_proxy up) }
   }"
 start_tokengate /generic/acme/web false read_package_registry
 sleep 0.5
@@ -73,9 +73,9 @@ printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for round in $(seq "$ROUNDS"); do
   for target in direct nginx tokengate; do
     case $target in
-      direct) url=http://127.0.0.1:$UP/file; pids="" ;;
-      nginx) url=http://127.0.0.1:$PROXY/file; pids=$PROXY_PIDS ;;
-      tokengate) url=http://127.0.0.1:$GATE/generic/acme/web/file; pids=$TG_PID ;;
+      direct) url=http://127.0.0.1:$UP$FILE; pids="" ;;
+      nginx) url=http://127.0.0.1:$PROXY$FILE; pids=$PROXY_PIDS ;;
+      tokengate) url=http://127.0.0.1:$GATE$FILE; pids=$TG_PID ;;
     esac
     # shellcheck disable=SC2086
     read -r user0 system0 v0 n0 < <(usage $pids)
@@ -102,4 +102,4 @@ for round in $(seq "$ROUNDS"); do
       }'
   done
 done
-echo "layout: $LAYOUT; $CONNS connections; ${SECS}s per row; $(nproc) cores; ${TG_SERVER_EXTRA:-tokengate defaults}; $(date -u +%F)"
+echo "layout: $LAYOUT; $CONNS connections; ${SECS}s per row; nginx forwarding headers ${NGINX_FORWARDING:-on}; $(nproc) cores; ${TG_SERVER_EXTRA:-tokengate defaults}; $(date -u +%F)"

@@ -48,6 +48,24 @@ EOF
   "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/$name.conf" -p "$WORK/"
 }
 
+# nginx_proxy UPSTREAM: the location directives of an nginx proxy_pass to the
+# upstream block UPSTREAM, keep-alive. With NGINX_FORWARDING=on (the default)
+# nginx tells the upstream what tokengate tells it (X-Forwarded-For, -Proto
+# and -Host, set rather than appended), as an nginx in front of a registry
+# must for the registry to build its URLs; NGINX_FORWARDING=off is the bare
+# proxy_pass of the benchmarks before the twenty-first machine (BENCHMARKS.md).
+nginx_proxy() {
+  local directives="proxy_pass http://$1; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+  case ${NGINX_FORWARDING:-on} in
+    on) directives+=" proxy_set_header X-Forwarded-For \$remote_addr;"
+        directives+=" proxy_set_header X-Forwarded-Proto \$scheme;"
+        directives+=" proxy_set_header X-Forwarded-Host \$http_host;" ;;
+    off) ;;
+    *) echo "NGINX_FORWARDING is on or off" >&2; exit 2 ;;
+  esac
+  printf '%s' "$directives"
+}
+
 # file_upstream: one nginx worker on $UP serving $WORK/www and taking PUTs
 # under /up/ (WebDAV), bodies of any size: the streaming benchmarks' upstream.
 file_upstream() {

@@ -4,7 +4,8 @@
 # alternating the targets round by round so drift hits all of them alike:
 #
 #   direct        wrk -> upstream
-#   nginx         wrk -> nginx proxy_pass (keep-alive to the upstream) -> upstream
+#   nginx         wrk -> nginx proxy_pass (keep-alive to the upstream, setting the
+#                 forwarding headers tokengate sets: NGINX_FORWARDING in common.sh) -> upstream
 #   tokengate     wrk -> tokengate (warm deploy token) -> upstream
 #   auth_request  wrk -> nginx auth_request (tokengate's forward-auth decision
 #                 listener, GET /nginx) -> upstream: nginx stays in the data path
@@ -44,10 +45,11 @@ DECISION=$(free_port)
 
 trap cleanup EXIT
 
+# Every target fetches the same file, so the upstream's work is the same for all.
+FILE=/generic/acme/web/file
 mkdir -p "$WORK/www/generic/acme/web" "$WORK/logs"
 chmod 755 "$WORK"   # nginx workers run unprivileged
-head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/file"
-cp "$WORK/www/file" "$WORK/www/generic/acme/web/file"
+head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www$FILE"
 
 # One nginx (a worker per core, as nginx advises; tokengate: its default) serves the
 # upstream and the proxy_pass and auth_request servers. NGINX_LAYOUT=separate
@@ -61,13 +63,13 @@ proxy_servers=$(cat <<EOF
   upstream decision { server 127.0.0.1:$DECISION; keepalive 64; }
   server {
     listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { $(nginx_proxy up) }
   }
   server {
     listen 127.0.0.1:$AUTHREQ;
     location / {
       auth_request /check;
-      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      $(nginx_proxy up)
     }
     location = /check {
       internal;
@@ -103,7 +105,7 @@ for t in "${TARGETS[@]}"; do
       port=$(free_port)
       "$ROOT/bench/hyper-baseline/target/release/hyper-baseline" "$layout" "127.0.0.1:$port" "127.0.0.1:$UP" &
       BASELINE_PIDS="${BASELINE_PIDS:-} $!"
-      URL[$t]="http://127.0.0.1:$port/file"; PIDS[$t]="$! NGINX_PIDS"
+      URL[$t]="http://127.0.0.1:$port$FILE"; PIDS[$t]="$! NGINX_PIDS"
       ;;
   esac
 done
@@ -115,10 +117,10 @@ PROXY_NGINX_PIDS=$NGINX_PIDS
 HZ=$(getconf CLK_TCK)
 
 for t in "${!PIDS[@]}"; do PIDS[$t]=${PIDS[$t]/NGINX_PIDS/$NGINX_PIDS}; done
-URL[direct]="http://127.0.0.1:$UP/file";               PIDS[direct]="$NGINX_PIDS"
-URL[nginx]="http://127.0.0.1:$PROXY/file";             PIDS[nginx]="$PROXY_NGINX_PIDS"
-URL[tokengate]="http://127.0.0.1:$GATE/generic/acme/web/file"; PIDS[tokengate]="$TG_PID $NGINX_PIDS"
-URL[auth_request]="http://127.0.0.1:$AUTHREQ/generic/acme/web/file";    PIDS[auth_request]="$TG_PID $PROXY_NGINX_PIDS"
+URL[direct]="http://127.0.0.1:$UP$FILE";             PIDS[direct]="$NGINX_PIDS"
+URL[nginx]="http://127.0.0.1:$PROXY$FILE";           PIDS[nginx]="$PROXY_NGINX_PIDS"
+URL[tokengate]="http://127.0.0.1:$GATE$FILE";        PIDS[tokengate]="$TG_PID $NGINX_PIDS"
+URL[auth_request]="http://127.0.0.1:$AUTHREQ$FILE";  PIDS[auth_request]="$TG_PID $PROXY_NGINX_PIDS"
 
 for t in "${TARGETS[@]}"; do : > "$WORK/$t.runs"; done
 log "warm-up"
@@ -214,4 +216,4 @@ echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(added tokengate) ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
 echo "  for scale, nginx proxy_pass under the same pacing (${PACED_RPS[nginx]} req/s served): $(added nginx) ms (p99 ${PACED_P99[nginx]} ms)"
 echo "added with one connection (nothing queued): tokengate $(single_added tokengate); nginx proxy_pass $(single_added nginx); tokengate / nginx requests/s $(ratio "${SINGLE_RPS[tokengate]}" "${SINGLE_RPS[nginx]}")"
-echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
+echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT, forwarding headers ${NGINX_FORWARDING:-on}; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
