@@ -17,7 +17,8 @@ use crate::cache::RedisTarget;
 use crate::format::{self, Access, Authentication};
 use crate::proxy::HELD_PER_BYTE;
 use crate::route::{
-    AccessRule, NamespaceSource, NormalizedPath, PathPart, PatternPart, Route, RouteTable, Upstream,
+    self, AccessRule, NamespaceSource, NormalizedPath, PathPart, PatternPart, Route, RouteTable,
+    Upstream,
 };
 use crate::token::validate_namespace;
 
@@ -714,7 +715,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             src.at(&r.format, key("format"), msg)
         })?;
         let path =
-            parse_route_path(r.path.get_ref()).map_err(|m| src.at(&r.path, key("path"), m))?;
+            route::parse_path(r.path.get_ref()).map_err(|m| src.at(&r.path, key("path"), m))?;
         if !paths.insert(path.clone()) {
             return Err(src.at(&r.path, key("path"), "another route has the same path"));
         }
@@ -1404,36 +1405,6 @@ fn build_upstream(
     })
 }
 
-/// Route path literals: the characters package paths use, nothing to decode.
-fn is_literal(seg: &str) -> bool {
-    !seg.is_empty()
-        && seg != "."
-        && seg != ".."
-        && seg.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'@' | b':' | b'+')
-        })
-}
-
-fn parse_route_path(path: &str) -> Result<Vec<PathPart>, String> {
-    let body = path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("{path:?} must start with '/'"))?;
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if body.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut parts = Vec::new();
-    for seg in body.split('/') {
-        parts.push(match seg {
-            "{namespace}" if !parts.contains(&PathPart::Namespace) => PathPart::Namespace,
-            "{namespace}" => return Err("{namespace} may appear only once".into()),
-            lit if is_literal(lit) => PathPart::Literal(lit.to_string()),
-            other => return Err(format!("invalid path segment {other:?}")),
-        });
-    }
-    Ok(parts)
-}
-
 fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
     let method = match raw.method.as_deref() {
         None | Some("*") => None,
@@ -1461,24 +1432,9 @@ fn parse_access_rule(raw: &RawAccessRule) -> Result<AccessRule, String> {
             raw.access
         ));
     }
-    let body = raw
-        .path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("path {:?} must start with '/'", raw.path))?;
-    let segs: Vec<&str> = body.split('/').filter(|s| !s.is_empty()).collect();
-    let mut pattern = Vec::with_capacity(segs.len());
-    for (i, seg) in segs.iter().enumerate() {
-        pattern.push(match *seg {
-            "**" if i + 1 == segs.len() => PatternPart::AnyRest,
-            "**" => return Err("`**` may only end a pattern".into()),
-            "*" => PatternPart::AnySegment,
-            lit if is_literal(lit) => PatternPart::Literal(lit.to_string()),
-            other => return Err(format!("invalid pattern segment {other:?}")),
-        });
-    }
     Ok(AccessRule {
         method,
-        pattern,
+        pattern: route::parse_pattern(&raw.path)?,
         access,
         multipart: raw.multipart,
     })

@@ -67,6 +67,59 @@ pub enum PatternPart {
     AnyRest,
 }
 
+/// Route path literals: the characters package paths use, nothing to
+/// decode, so a literal matches the normalized segment it spells.
+fn is_literal(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg != "."
+        && seg != ".."
+        && seg.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'@' | b':' | b'+')
+        })
+}
+
+/// A route's `path` (`/npm/{namespace}`): literal segments and at most one
+/// `{namespace}`; a trailing `/` is ignored.
+pub fn parse_path(path: &str) -> Result<Vec<PathPart>, String> {
+    let body = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("{path:?} must start with '/'"))?;
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut parts = Vec::new();
+    for seg in body.split('/') {
+        parts.push(match seg {
+            "{namespace}" if !parts.contains(&PathPart::Namespace) => PathPart::Namespace,
+            "{namespace}" => return Err("{namespace} may appear only once".into()),
+            lit if is_literal(lit) => PathPart::Literal(lit.to_string()),
+            other => return Err(format!("invalid path segment {other:?}")),
+        });
+    }
+    Ok(parts)
+}
+
+/// An access rule's `path` pattern (`/api/*/charts`, `/**`): literal
+/// segments, `*` for any one segment, `**` (last only) for the rest.
+pub fn parse_pattern(pattern: &str) -> Result<Vec<PatternPart>, String> {
+    let body = pattern
+        .strip_prefix('/')
+        .ok_or_else(|| format!("path {pattern:?} must start with '/'"))?;
+    let segs: Vec<&str> = body.split('/').filter(|s| !s.is_empty()).collect();
+    let mut parts = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        parts.push(match *seg {
+            "**" if i + 1 == segs.len() => PatternPart::AnyRest,
+            "**" => return Err("`**` may only end a pattern".into()),
+            "*" => PatternPart::AnySegment,
+            lit if is_literal(lit) => PatternPart::Literal(lit.to_string()),
+            other => return Err(format!("invalid pattern segment {other:?}")),
+        });
+    }
+    Ok(parts)
+}
+
 /// An operator's override: this method and path (after the route prefix) need this access.
 #[derive(Debug, Clone)]
 pub struct AccessRule {
@@ -331,17 +384,7 @@ mod tests {
         Route {
             name: name.into(),
             format: by_name(format).unwrap(),
-            path: path
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    if s == "{namespace}" {
-                        PathPart::Namespace
-                    } else {
-                        PathPart::Literal(s.into())
-                    }
-                })
-                .collect(),
+            path: parse_path(path).unwrap(),
             namespace: ns.map_or(NamespaceSource::Placeholder, |n| {
                 NamespaceSource::Fixed(n.into())
             }),
@@ -448,6 +491,48 @@ mod tests {
     }
 
     #[test]
+    fn route_paths_and_patterns_parse_by_their_grammar() {
+        use PathPart::{Literal as Lit, Namespace};
+        assert_eq!(
+            parse_path("/npm/{namespace}/").unwrap(),
+            [Lit("npm".into()), Namespace]
+        );
+        assert_eq!(parse_path("/").unwrap(), []);
+        assert_eq!(
+            parse_pattern("/api/*/charts/**").unwrap(),
+            [
+                PatternPart::Literal("api".into()),
+                PatternPart::AnySegment,
+                PatternPart::Literal("charts".into()),
+                PatternPart::AnyRest,
+            ]
+        );
+        let refused = [
+            (parse_path("npm").unwrap_err(), "must start with '/'"),
+            (
+                parse_path("/{namespace}/{namespace}").unwrap_err(),
+                "only once",
+            ),
+            (parse_path("/a/../b").unwrap_err(), "invalid path segment"),
+            (parse_path("/a%2Fb").unwrap_err(), "invalid path segment"),
+            (parse_path("/a//b").unwrap_err(), "invalid path segment"),
+            (parse_pattern("api").unwrap_err(), "must start with '/'"),
+            (parse_pattern("/**/x").unwrap_err(), "may only end"),
+            (parse_pattern("/a*").unwrap_err(), "invalid pattern segment"),
+            (
+                parse_pattern("/./x").unwrap_err(),
+                "invalid pattern segment",
+            ),
+        ];
+        for (error, expected) in refused {
+            assert!(
+                error.contains(expected),
+                "{error:?} should say {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn access_overrides_come_first() {
         let mut r = route("m", "maven", "/maven", Some("acme"), true);
         r.access_rules.push(AccessRule {
@@ -458,10 +543,7 @@ mod tests {
         });
         r.access_rules.push(AccessRule {
             method: None,
-            pattern: vec![
-                PatternPart::Literal("admin".into()),
-                PatternPart::AnySegment,
-            ],
+            pattern: parse_pattern("/admin/*").unwrap(),
             access: Access::Refused,
             multipart: false,
         });
@@ -492,26 +574,19 @@ mod tests {
 
     #[test]
     fn multipart_is_taken_only_where_the_deciding_rule_says_so() {
-        let rule = |method: Method, pattern: &[&str], multipart| AccessRule {
+        let rule = |method: Method, pattern: &str, multipart| AccessRule {
             method: Some(method),
-            pattern: pattern
-                .iter()
-                .map(|p| match *p {
-                    "*" => PatternPart::AnySegment,
-                    "**" => PatternPart::AnyRest,
-                    lit => PatternPart::Literal(lit.into()),
-                })
-                .collect(),
+            pattern: parse_pattern(pattern).unwrap(),
             access: Access::Write,
             multipart,
         };
         let mut r = route("c", "generic", "/charts", Some("acme"), true);
         // First match wins: the plain rule before it shadows `api/x/charts`.
         r.access_rules
-            .push(rule(Method::POST, &["api", "x", "charts"], false));
+            .push(rule(Method::POST, "/api/x/charts", false));
         r.access_rules
-            .push(rule(Method::POST, &["api", "*", "charts"], true));
-        r.access_rules.push(rule(Method::POST, &["**"], false));
+            .push(rule(Method::POST, "/api/*/charts", true));
+        r.access_rules.push(rule(Method::POST, "/**", false));
         let takes = |method: Method, rest: &[&str]| {
             let access = r.access(&method, rest, None);
             r.accepts_multipart(&method, rest, access)
