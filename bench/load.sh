@@ -21,7 +21,8 @@
 #
 # Needs: wrk and nginx (apt), a release build (built here if missing).
 # Environment: TOKENGATE_BIN (default target/release/tokengate; e.g. the
-# `profiling` profile's build for perf), TARGETS (default the four above).
+# `profiling` profile's build for perf), TARGETS (default the four above),
+# NGINX_FORWARDING (on, the default, or off: see nginx_proxy in bench/common.sh).
 # The ceiling targets `hyper-shared`, `hyper-per-core` and `hyper-own-pool`
 # run bench/hyper-baseline, a bare hyper proxy (no auth) in each layout, to
 # tell what hyper costs on this machine from what tokengate adds, e.g.
