@@ -102,4 +102,4 @@ for round in $(seq "$ROUNDS"); do
       }'
   done
 done
-echo "layout: $LAYOUT; $CONNS connections; ${SECS}s per row; nginx forwarding headers ${NGINX_FORWARDING:-on}; $(nproc) cores; ${TG_SERVER_EXTRA:-tokengate defaults}; $(date -u +%F)"
+echo "layout: $LAYOUT; $CONNS connections; ${SECS}s per row; nginx forwarding headers $NGINX_FORWARDING; $(nproc) cores; ${TG_SERVER_EXTRA:-tokengate defaults}; $(date -u +%F)"

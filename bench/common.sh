@@ -54,16 +54,16 @@ EOF
 # and -Host, set rather than appended), as an nginx in front of a registry
 # must for the registry to build its URLs; NGINX_FORWARDING=off is the bare
 # proxy_pass of the benchmarks before the twenty-first machine (BENCHMARKS.md).
+# Checked here, once: an `exit` inside the `$(nginx_proxy ...)` that writes a
+# config would end only that subshell, and nginx would start on a broken file.
+case ${NGINX_FORWARDING:=on} in
+  on | off) ;;
+  *) echo "NGINX_FORWARDING is on or off, not \"$NGINX_FORWARDING\"" >&2; exit 2 ;;
+esac
 nginx_proxy() {
-  local directives="proxy_pass http://$1; proxy_http_version 1.1; proxy_set_header Connection \"\";"
-  case ${NGINX_FORWARDING:-on} in
-    on) directives+=" proxy_set_header X-Forwarded-For \$remote_addr;"
-        directives+=" proxy_set_header X-Forwarded-Proto \$scheme;"
-        directives+=" proxy_set_header X-Forwarded-Host \$http_host;" ;;
-    off) ;;
-    *) echo "NGINX_FORWARDING is on or off" >&2; exit 2 ;;
-  esac
-  printf '%s' "$directives"
+  printf 'proxy_pass http://%s; proxy_http_version 1.1; proxy_set_header Connection "";' "$1"
+  [ "$NGINX_FORWARDING" = off ] ||
+    printf ' proxy_set_header X-Forwarded-%s;' 'For $remote_addr' 'Proto $scheme' 'Host $http_host'
 }
 
 # file_upstream: one nginx worker on $UP serving $WORK/www and taking PUTs

@@ -217,4 +217,4 @@ echo "tokengate / nginx auth_request throughput: $(ratio "${RPS[tokengate]}" "${
 echo "p99 added latency at half of peak (~$HALF req/s offered; direct ${PACED_RPS[direct]}, tokengate ${PACED_RPS[tokengate]} req/s served): $(added tokengate) ms (p99 ${PACED_P99[tokengate]} vs ${PACED_P99[direct]} ms; target <= 1 ms)"
 echo "  for scale, nginx proxy_pass under the same pacing (${PACED_RPS[nginx]} req/s served): $(added nginx) ms (p99 ${PACED_P99[nginx]} ms)"
 echo "added with one connection (nothing queued): tokengate $(single_added tokengate); nginx proxy_pass $(single_added nginx); tokengate / nginx requests/s $(ratio "${SINGLE_RPS[tokengate]}" "${SINGLE_RPS[nginx]}")"
-echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT, forwarding headers ${NGINX_FORWARDING:-on}; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
+echo "runs: $ROUNDS x ${SECS}s per target, $CONNS connections, wrk -t2; nginx layout: $NGINX_LAYOUT, forwarding headers $NGINX_FORWARDING; tokengate: ${TG_SERVER_EXTRA:-defaults}; $(nproc) cores; $(date -u +%F)"
