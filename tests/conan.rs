@@ -315,10 +315,10 @@ fn the_upstream_login_is_renewed_after_a_401_and_fails_closed() {
     assert_eq!(logins(), 1, "the upstream token is reused");
     // The upstream no longer takes the proxy's token: the client sees its
     // 401 (and retries), and the proxy logs in again for the next request.
-    assert_eq!(
-        get(gate, "/v2/conans/c/1/_/_/unauthorized", &jwt).status,
-        401
-    );
+    let refused = get(gate, "/v2/conans/c/1/_/_/unauthorized", &jwt);
+    assert_eq!(refused.status, 401);
+    let challenge = refused.header("www-authenticate").unwrap_or_default();
+    assert!(!challenge.contains("elsewhere"), "{challenge}");
     assert_eq!(get(gate, "/v2/conans/a/1/_/_/latest", &jwt).status, 200);
     assert_eq!(logins(), 2);
 

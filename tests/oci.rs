@@ -445,6 +445,9 @@ fn a_mount_hidden_from_the_proxy_is_refused_and_not_forwarded() {
     for query in [
         "?mount=sha256%3Aab&fr%6Fm=acme%2Fsecret%2Fapp",
         "?mount=sha256%3Aab&from=acme%2Fweb%2Fapp&from=acme%2Fsecret%2Fapp",
+        // Go before 1.17 (distribution 2.7) splits pairs on `;` too.
+        "?x=1;from=acme%2Fsecret%2Fapp&mount=sha256%3Aab&from=acme%2Fweb%2Fapp",
+        "?x=1;mount=sha256%3Aab;from=acme%2Fsecret%2Fapp",
     ] {
         let r = bearer(&gate, "POST", &format!("{upload}{query}"), &push);
         assert_eq!(r.status, 403, "{query}: {}", r.text());
@@ -479,6 +482,34 @@ fn a_mount_hidden_from_the_proxy_is_refused_and_not_forwarded() {
     let literal = format!("{upload}?mount=sha256%3Aab&from=acme%2Fweb%2Fapp");
     assert_eq!(bearer(&gate, "POST", &literal, &push).status, 200);
     assert_eq!(up.seen().len(), 2);
+}
+
+/// An upstream that refuses the proxy's credentials answers with its own
+/// token service's challenge; docker would send that service the deploy
+/// token. The client is sent to tokengate's token endpoint instead.
+#[test]
+fn an_upstream_challenge_never_reaches_the_client() {
+    let up = Recorder::start();
+    let gate = start(&up, "");
+    let web = gate.token("project:acme/web", "read_registry", &[]);
+    let pull = jwt(&gate, &web, &["repository:acme/web/app:pull"]);
+    let r = bearer(
+        &gate,
+        "GET",
+        "/v2/acme/web/app/manifests/unauthorized",
+        &pull,
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(up.seen().len(), 1, "the request was forwarded");
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with(&format!(
+            "Bearer realm=\"http://127.0.0.1:{}/jwt/auth\"",
+            gate.port
+        )),
+        "{challenge}"
+    );
+    assert!(!challenge.contains("elsewhere"), "{challenge}");
 }
 
 #[test]

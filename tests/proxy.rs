@@ -170,6 +170,26 @@ fn the_upstreams_own_credentials_replace_the_clients() {
     );
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
     assert_eq!(r.header("set-cookie"), None, "{:?}", r.headers);
+    // The upstream refusing the proxy's credentials: the client is told to
+    // authenticate with tokengate, never sent to the upstream's realm
+    // (docker would send it the deploy token).
+    let r = send(
+        gate.port,
+        "GET",
+        "/generic/acme/web/unauthorized",
+        &[("Deploy-Token", &t.secret)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Basic realm="tokengate""#),
+        "{:?}",
+        r.headers
+    );
+    assert!(gate
+        .logs()
+        .contains("upstream refused the proxy's credentials"));
 }
 
 /// Forwarded, npm's whoami would tell any deploy token the proxy's upstream
@@ -468,6 +488,9 @@ fn bad_input_gets_a_clear_4xx_and_nothing_is_forwarded() {
         "/generic/acme/web/f?describe=json",
         "/generic/acme/web/f?trace",
         "/api/v4/projects/acme%2F..%2Fother/packages/generic/f",
+        // A dot step inside an npm scoped name's encoded slash.
+        "/npm/acme/web/@x%2F../-/npm/v1/tokens",
+        "/npm/acme/web/@x%2F..%2F..%2Fother/p",
         "http://evil.test/generic/acme/web/f",
         "*",
     ];

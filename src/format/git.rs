@@ -65,8 +65,12 @@ impl Format for Git {
 /// server could read otherwise: exactly one `service` parameter, its name
 /// decoded as git-http-backend decodes it, with the literal value
 /// `git-upload-pack` (`service=git-upload-pack&service=git-receive-pack`
-/// would be the push service to a server taking the last).
+/// would be the push service to a server taking the last), and no `;`,
+/// which Rack 2 (GitLab's) reads as `&`.
 fn asks_upload_pack(query: &str) -> bool {
+    if query.contains(';') {
+        return false;
+    }
     let mut services =
         query_pairs(query).filter(|(name, _)| form_decode(name).as_deref() == Some("service"));
     services.next() == Some(("service", "git-upload-pack")) && services.next().is_none()
@@ -116,6 +120,12 @@ mod tests {
                 Method::GET,
                 with(&["info", "refs"]),
                 Some("service=git-upload-pack&s%65rvice=git-receive-pack"),
+                Access::Refused,
+            ),
+            (
+                Method::GET,
+                with(&["info", "refs"]),
+                Some("service=git-upload-pack&x;service=git-receive-pack"),
                 Access::Refused,
             ),
             (

@@ -31,9 +31,15 @@ impl Format for Npm {
         is_read(method) && rest == ["-", "whoami"]
     }
 
-    /// Scoped package names travel as one segment, `@scope%2fname`.
+    /// Scoped package names travel as one segment, `@scope%2fname`: a
+    /// scope and a name, neither empty nor starting with `.` or `_` (npm's
+    /// own rule), so no part of one is a path step upstream.
     fn allows_encoded_slash(&self, decoded: &str) -> bool {
-        decoded.starts_with('@') && decoded.matches('/').count() == 1 && !decoded.ends_with('/')
+        let is_name = |part: &str| !part.is_empty() && !part.starts_with(['.', '_']);
+        decoded
+            .strip_prefix('@')
+            .and_then(|scoped| scoped.split_once('/'))
+            .is_some_and(|(scope, name)| is_name(scope) && is_name(name) && !name.contains('/'))
     }
 
     /// Package documents (`GET /name`, `GET /@scope/name`) carry `dist.tarball` URLs.
@@ -55,5 +61,32 @@ fn registry_api(method: &Method, api: &[&str]) -> Access {
         ["package", _, "dist-tags"] if read => Access::Read,
         ["package", _, "dist-tags", _] => read_or_write(method, &[Method::PUT, Method::DELETE]),
         _ => Access::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_scope_and_a_name_may_hold_an_encoded_slash() {
+        for ok in ["@scope/name", "@acme/web.js", "@a/b-c"] {
+            assert!(Npm.allows_encoded_slash(ok), "{ok}");
+        }
+        for refused in [
+            "@x/..",
+            "@x/.",
+            "@../x",
+            "@x/.hidden",
+            "@x/_private",
+            "@/name",
+            "@scope/",
+            "@a/b/c",
+            "@a//b",
+            "scope/name",
+            "@scope",
+        ] {
+            assert!(!Npm.allows_encoded_slash(refused), "{refused}");
+        }
     }
 }

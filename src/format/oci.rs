@@ -7,7 +7,7 @@ use http::Method;
 
 use super::{is_read, Access, Authentication, CredentialSource, Format};
 use crate::oci::scope::valid_repository;
-use crate::route::normalize::{form_decode, query_pairs};
+use crate::route::normalize::form_decode;
 use crate::token::{Scope, ScopeSet};
 
 pub struct Oci;
@@ -132,17 +132,23 @@ struct Ambiguous;
 /// decodes names too (Go's `FormValue`: `fr%6Fm` is `from`) and takes the
 /// first of repeated keys, so a `from` or `mount` spelled with escapes or
 /// `from` given twice is [`Ambiguous`] and refused rather than guessed at.
+/// So is a mount query holding a `;`: Go before 1.17 (distribution 2.7's)
+/// split pairs on it as on `&`, later Go drops the pair it is in.
 fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
     let mut from = None;
     let mut mount = false;
-    for (raw, value) in query_pairs(query) {
+    let pairs = query
+        .split(['&', ';'])
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")));
+    for (raw, value) in pairs {
         let Some(key) = form_decode(raw) else {
             continue; // a name the registry cannot decode either
         };
         if !matches!(key.as_str(), "from" | "mount") {
             continue;
         }
-        if key != raw || (key == "from" && from.is_some()) {
+        if key != raw || (key == "from" && from.is_some()) || query.contains(';') {
             return Err(Ambiguous);
         }
         if key == "from" {
@@ -359,6 +365,9 @@ mod tests {
             "mount=sha256:ab&%66rom=acme/secret",
             "m%6Funt=sha256:ab&from=acme/web",
             "mount=sha256:ab&from=acme/web&from=acme/secret",
+            "x=1;from=acme/secret&mount=sha256:ab&from=acme/web",
+            "mount=sha256:ab;from=acme/secret",
+            "mount=sha256:ab&from=acme/web;x=1",
         ] {
             assert_eq!(upload(query), repo("acme/web", Action::Refused), "{query}");
         }

@@ -62,26 +62,34 @@ fn credential(name: &str) -> Option<HeaderName> {
 /// upstreams learn the public scheme, host or base URL otherwise (Rack and
 /// so GitLab read `X-Forwarded-Scheme` and `X-Forwarded-Ssl` before
 /// `X-Forwarded-Proto`; Artifactory builds its URLs from
-/// `X-Artifactory-Override-Base-Url`). Only the proxy tells the upstream
-/// where it is reached.
+/// `X-Artifactory-Override-Base-Url`, version 7 from
+/// `X-JFrog-Override-Base-Url`). Only the proxy tells the upstream where it
+/// is reached. Every `X-Forwarded-*` is the proxy's: the family also names
+/// users (`X-Forwarded-User`, `-Email`, `-Groups`, `-Access-Token`).
 fn is_forwarding(name: &str) -> bool {
-    matches!(
-        name,
-        "forwarded"
-            | "host"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-forwarded-port"
-            | "x-forwarded-prefix"
-            | "x-forwarded-scheme"
-            | "x-forwarded-ssl"
-            | "x-forwarded-server"
-            | "x-url-scheme"
-            | "front-end-https"
-            | "x-artifactory-override-base-url"
-            | "x-real-ip"
-    )
+    name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "forwarded"
+                | "host"
+                | "x-url-scheme"
+                | "front-end-https"
+                | "x-artifactory-override-base-url"
+                | "x-jfrog-override-base-url"
+                | "x-real-ip"
+        )
+}
+
+/// Headers through which an edge in front of an upstream asserts who the
+/// user is, for the upstreams that trust one (Nexus's Remote User Token
+/// realm, Gitea's and Grafana's reverse-proxy login, Artifactory's SSO
+/// header, oauth2-proxy's `X-Auth-Request-*`): from a client, a claim to be
+/// any account; the decision was made for the deploy token.
+fn is_user_assertion(name: &str) -> bool {
+    name.starts_with("x-webauth-")
+        || name.starts_with("x-auth-request-")
+        || name.starts_with("x-remote-")
+        || name == "remote-user"
 }
 
 /// Why a request is refused for a header some upstream would act on beyond
@@ -174,9 +182,13 @@ fn constant_twin(name: &HeaderName) -> HeaderName {
 }
 
 /// Client headers the proxy never forwards beyond the hop-by-hop ones:
-/// credentials, the forwarding headers it sets itself, identity headers.
+/// credentials, the forwarding headers it sets itself, identity headers and
+/// user assertions.
 fn proxy_owned(name: &str) -> bool {
-    is_credential(name) || is_forwarding(name) || name.starts_with(IDENTITY_PREFIX)
+    is_credential(name)
+        || is_forwarding(name)
+        || name.starts_with(IDENTITY_PREFIX)
+        || is_user_assertion(name)
 }
 
 /// What the proxy tells the upstream about the request.
@@ -286,9 +298,13 @@ where
 
 /// Turns upstream response headers into client response headers. Cookies
 /// stay behind: a session the upstream opens is the proxy's own account's,
-/// with all of its access, whoever's deploy token the request carried.
+/// with all of its access, whoever's deploy token the request carried. So
+/// do challenges: a client sends its stored credentials (the deploy
+/// token) to the realm one names, which may be another host's.
 pub fn to_downstream(headers: &mut HeaderMap) {
-    strip(headers, |name| name == "set-cookie");
+    strip(headers, |name| {
+        name == "set-cookie" || name == "www-authenticate"
+    });
 }
 
 #[cfg(test)]
@@ -343,6 +359,13 @@ mod tests {
                 "x-artifactory-override-base-url",
                 "https://evil.test/artifactory",
             ),
+            ("x-jfrog-override-base-url", "https://evil.test/artifactory"),
+            ("x-forwarded-user", "admin"),
+            ("x-forwarded-access-token", "t"),
+            ("remote-user", "admin"),
+            ("x-remote-user", "admin"),
+            ("x-webauth-user", "admin"),
+            ("x-auth-request-user", "admin"),
             ("x-tokengate-token-id", "1"),
             ("x-tokengate-admin", "yes"),
             (
@@ -382,6 +405,13 @@ mod tests {
             "x-forwarded-ssl",
             "x-forwarded-prefix",
             "x-artifactory-override-base-url",
+            "x-jfrog-override-base-url",
+            "x-forwarded-user",
+            "x-forwarded-access-token",
+            "remote-user",
+            "x-remote-user",
+            "x-webauth-user",
+            "x-auth-request-user",
             "x-custom",
             "keep-alive",
             "connection",
@@ -401,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn response_loses_every_header_its_connection_header_names() {
+    fn response_loses_hop_headers_cookies_and_challenges() {
         let mut h = HeaderMap::new();
         // More than the eight names gathered without allocating.
         let named: Vec<String> = (0..12).map(|i| format!("x-hop-{i}")).collect();
@@ -421,6 +451,11 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         h.insert("x-hop-kept", HeaderValue::from_static("v"));
+        h.insert("set-cookie", HeaderValue::from_static("session=upstream"));
+        h.insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=\"https://elsewhere.test/token\""),
+        );
         to_downstream(&mut h);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();

@@ -168,6 +168,16 @@ impl Proxy {
         let close = matches!(mode, Mode::Proxy { .. }) && body_left_unread(&method);
         let mut outcome = Outcome::new();
         let response = match self.process(head, mode, client, &mut outcome).await {
+            // An upstream's 401 left its challenge behind (`to_downstream`):
+            // the client re-authenticates with tokengate, as for its own.
+            Ok(mut response) if response.status() == StatusCode::UNAUTHORIZED => {
+                let challenge = outcome.style.challenge.clone();
+                response
+                    .headers_mut()
+                    .entry(header::WWW_AUTHENTICATE)
+                    .or_insert(challenge);
+                response
+            }
             Ok(response) => response,
             Err(e) => {
                 if e.is_failed_authentication() {
@@ -487,6 +497,10 @@ impl Proxy {
         if parts.status == StatusCode::UNAUTHORIZED {
             self.upstream_logins
                 .invalidate(&upstream.name, authorization.as_ref());
+            // The client's credentials never reach the upstream: the
+            // proxy's own were refused (the client gets tokengate's
+            // challenge in `respond`, never the upstream's).
+            tracing::warn!(upstream = %upstream.name, "upstream refused the proxy's credentials (401)");
         }
         headers::to_downstream(&mut parts.headers);
         let needs_map = rewrite.urls || parts.headers.contains_key(header::LOCATION);

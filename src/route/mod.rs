@@ -464,8 +464,14 @@ mod tests {
             "acme"
         );
         assert_eq!(
-            find(&t, "/api/v4/projects/acme%2F..%2Fx/packages/generic/x"),
+            find(&t, "/api/v4/projects/acme%2F%2Fx/packages/generic/x"),
             Err(MatchError::InvalidNamespace)
+        );
+        // A dot step inside an encoded slash is one for an upstream that
+        // decodes before it resolves: refused before any route is asked.
+        assert_eq!(
+            find(&t, "/api/v4/projects/acme%2F..%2Fx/packages/generic/x"),
+            Err(MatchError::Path(PathError::DotSegment))
         );
     }
 
@@ -478,6 +484,10 @@ mod tests {
         );
         assert_eq!(
             find(&t, "/npm/acme/web/left%2fpad"),
+            Err(MatchError::Path(PathError::EncodedSlash))
+        );
+        assert_eq!(
+            find(&t, "/npm/acme/web/@x%2F_y"),
             Err(MatchError::Path(PathError::EncodedSlash))
         );
         assert_eq!(

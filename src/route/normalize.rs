@@ -215,7 +215,10 @@ fn decode_segment(raw: &str, out: &mut Vec<u8>) -> Result<bool, PathError> {
     if had_escape && std::str::from_utf8(decoded).is_err() {
         return Err(PathError::BadEncoding);
     }
-    if decoded == b"." || decoded == b".." {
+    // An upstream that decodes `%2F` before it resolves dot segments reads
+    // `@x%2F..` as `@x/..`: a dot segment inside one is one too.
+    let is_dot = |piece: &[u8]| piece == b"." || piece == b"..";
+    if is_dot(decoded) || (had_encoded_slash && decoded.split(|&b| b == b'/').any(is_dot)) {
         return Err(PathError::DotSegment);
     }
     Ok(had_encoded_slash)
@@ -419,6 +422,10 @@ mod tests {
             ("/a/%2e%2e/b", PathError::DotSegment),
             ("/a/%2E/b", PathError::DotSegment),
             ("/a/.%2e/b", PathError::DotSegment),
+            ("/npm/@x%2F../-/npm/v1/tokens", PathError::DotSegment),
+            ("/npm/@x%2f.", PathError::DotSegment),
+            ("/g/..%2Fsecret/p", PathError::DotSegment),
+            ("/g/a%2F.%2Fb/p", PathError::DotSegment),
             ("/a%00b", PathError::ControlCharacter),
             ("/git/a?cme/x", PathError::ReservedCharacter),
             ("/a%0ab", PathError::ControlCharacter),

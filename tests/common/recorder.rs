@@ -121,6 +121,7 @@ impl Recorder {
 }
 
 /// Responses by path: `/big/N` streams N bytes; `.../session` sets cookies;
+/// `.../unauthorized` answers 401 with another host's challenge;
 /// `.../redirect` answers 302 to
 /// the upstream URL `.../elsewhere/x?y=1` beside it; `/meta` returns a JSON document naming upstream URLs;
 /// anything else echoes `ok`.
@@ -225,8 +226,13 @@ async fn handle(
             ))))
             .unwrap()
     } else if path.ends_with("/unauthorized") {
+        // As ghcr.io or Docker Hub answer: their own token service's realm.
         Response::builder()
             .status(401)
+            .header(
+                "www-authenticate",
+                r#"Bearer realm="https://elsewhere.test/token",service="elsewhere""#,
+            )
             .body(http_body_util::Either::Left(Full::new(Bytes::new())))
             .unwrap()
     } else if path.ends_with("/redirect") {
