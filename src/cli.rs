@@ -614,11 +614,10 @@ fn explain(
     } else if format.session_endpoint(&method, &rest).is_some() {
         println!("answered:  by tokengate itself, a login with a session JWT");
     } else {
-        println!(
-            "upstream:  {}{}",
-            route.upstream.origin(),
-            matched.upstream_path_and_query(&path, query)
-        );
+        match matched.upstream_path_and_query(&path, query) {
+            Ok(forwarded) => println!("upstream:  {}{forwarded}", route.upstream.origin()),
+            Err(e) => println!("upstream:  refused (400): {e}"),
+        }
     }
     let Some(token) = token else {
         return Ok(());

@@ -442,7 +442,7 @@ impl Proxy {
         let public = &self.config.server.public_url;
         // Origin-form, as HTTP/1.1 sends it; `Host` names the upstream.
         let path_and_query =
-            http::uri::PathAndQuery::try_from(matched.upstream_path_and_query(path, query))
+            http::uri::PathAndQuery::try_from(matched.upstream_path_and_query(path, query)?)
                 .map_err(|_| ProxyError::BadPath(PathError::BadEncoding))?;
         parts.uri = path_and_query.into();
         parts.version = http::Version::HTTP_11;

@@ -233,7 +233,16 @@ impl Matched<'_> {
     /// namespace in its place (`/api/v4/projects/acme%2Fweb/packages/generic/f`
     /// → `<base>/acme/web/f`): stripped with it, every namespace would reach
     /// the same upstream path, and a token of one project another's packages.
-    pub fn upstream_path_and_query(&self, path: &NormalizedPath, query: Option<&str>) -> String {
+    ///
+    /// The base path, a namespace's steps and canonical escapes can make
+    /// the forwarded path longer than the one received: past the limits the
+    /// proxy keeps to ([`PathError::TooLong`]) it is not forwarded, so the
+    /// upstream never gets a path the proxy would itself refuse.
+    pub fn upstream_path_and_query(
+        &self,
+        path: &NormalizedPath,
+        query: Option<&str>,
+    ) -> Result<String, PathError> {
         let mut out = String::with_capacity(128);
         self.upstream_prefix(&mut out);
         let from = if self.route.strip_prefix {
@@ -245,11 +254,15 @@ impl Matched<'_> {
         if out.is_empty() {
             out.push('/');
         }
+        let segments = out.split('/').filter(|s| !s.is_empty()).count();
+        if out.len() > normalize::MAX_PATH || segments > normalize::MAX_SEGMENTS {
+            return Err(PathError::TooLong);
+        }
         if let Some(q) = query {
             out.push('?');
             out.push_str(q);
         }
-        out
+        Ok(out)
     }
 
     /// What every forwarded path of this request starts with: the upstream's
@@ -415,7 +428,7 @@ mod tests {
         Ok((
             m.route.name.to_string(),
             m.namespace.to_string(),
-            m.upstream_path_and_query(&path, None),
+            m.upstream_path_and_query(&path, None)?,
         ))
     }
 
@@ -473,6 +486,18 @@ mod tests {
             find(&t, "/api/v4/projects/acme%2F..%2Fx/packages/generic/x"),
             Err(MatchError::Path(PathError::DotSegment))
         );
+    }
+
+    /// A namespace's steps come back as segments once its prefix is
+    /// stripped: past the proxy's own limit the path is not forwarded.
+    #[test]
+    fn a_forwarded_path_keeps_to_the_limits_of_a_received_one() {
+        let t = table();
+        let namespace = vec!["n"; 60].join("%2F");
+        let deep = format!("/api/v4/projects/{namespace}/packages/generic/a/b/c/d/e");
+        assert_eq!(find(&t, &deep), Err(MatchError::Path(PathError::TooLong)));
+        let shallow = format!("/api/v4/projects/{namespace}/packages/generic/a/b/c/d");
+        assert_eq!(find(&t, &shallow).unwrap().2.split('/').count(), 65);
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub enum PathError {
     DiagnosticQuery,
 }
 
-const MAX_SEGMENTS: usize = 64;
-const MAX_PATH: usize = 8192;
+/// Limits on a path, the one a client sends and the one forwarded alike.
+pub(crate) const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_PATH: usize = 8192;
 
 /// A normalized path: its decoded segments plus whether it ended in `/`.
 ///
