@@ -695,6 +695,23 @@ fn web_page_sessions_are_cookies_and_forms_need_the_csrf_token() {
         "nothing from elsewhere"
     );
 
+    // A page elsewhere posting sign-ins from the admin's browser is refused
+    // before anything counts: it cannot lock the address out.
+    for _ in 0..12 {
+        let forged = send(
+            gate.admin_port,
+            "POST",
+            "/ui/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Origin", "https://evil.test"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+            format!("token={ADMIN_TOKEN}").as_bytes(),
+        );
+        assert_eq!(forged.status, 403);
+        assert!(forged.header("set-cookie").is_none());
+    }
     let wrong = send(
         gate.admin_port,
         "POST",

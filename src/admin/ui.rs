@@ -111,6 +111,16 @@ pub(super) async fn handle(admin: &Admin, req: &AdminRequest) -> AdminResponse {
 }
 
 fn login(admin: &Admin, req: &AdminRequest) -> AdminResponse {
+    // Before anything counts: a page elsewhere could otherwise send wrong
+    // sign-ins from the admin's browser until the address is locked out.
+    if sent_by_another_site(&req.headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            &sign_in(Some(
+                "A sign-in sent from another site is refused. Sign in on this page.",
+            )),
+        );
+    }
     let ip = req.peer.ip();
     if admin.failures.is_blocked(ip) {
         return page(
@@ -393,6 +403,26 @@ fn redirect(to: &str) -> AdminResponse {
     response
 }
 
+/// Whether a browser says the request comes from another site's page:
+/// `Sec-Fetch-Site` where it is sent (every current browser), else an
+/// `Origin` other than the host asked. Clients that are not browsers send
+/// neither.
+fn sent_by_another_site(headers: &http::HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, authority)| authority);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 fn set_cookie(response: &mut AdminResponse, value: &str, max_age: u64, secure: bool) {
     let secure = if secure { "; Secure" } else { "" };
     let cookie =
@@ -440,6 +470,43 @@ fn url_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_ins_from_other_sites_are_told_apart() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_static(value));
+            }
+            h
+        };
+        let host = ("host", "tokens.test:9090");
+        for ours in [
+            vec![],
+            vec![host],
+            vec![host, ("sec-fetch-site", "same-origin")],
+            vec![host, ("sec-fetch-site", "none")],
+            vec![host, ("origin", "http://tokens.test:9090")],
+            vec![host, ("origin", "https://TOKENS.test:9090")],
+        ] {
+            assert!(!sent_by_another_site(&headers(&ours)), "{ours:?}");
+        }
+        for theirs in [
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            // Sec-Fetch-Site decides where it is sent.
+            vec![
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "http://tokens.test:9090"),
+            ],
+            vec![host, ("origin", "https://evil.test")],
+            vec![host, ("origin", "null")],
+            vec![("origin", "http://tokens.test:9090")],
+        ] {
+            assert!(sent_by_another_site(&headers(&theirs)), "{theirs:?}");
+        }
+    }
 
     #[test]
     fn markup_in_names_is_escaped() {
