@@ -310,3 +310,77 @@ fn revoked_after(s: &Sample, revoked_at: Instant) -> bool {
         matches!(s.status, 200 | 401)
     }
 }
+
+/// An instance that revoked a token while Redis was unreachable keeps the
+/// shared entry's deletion in memory until Redis is back; if it stops
+/// first, the stale entry stays behind. A starting instance applies the
+/// recent changes again, so the entry cannot bring the token back.
+#[test]
+fn a_stale_entry_left_by_a_stopped_instance_does_not_bring_a_revoked_token_back() {
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let redis_link = Link::to(redis.port);
+    let db = PgDatabase::create();
+    let up = Recorder::start();
+    let backends = format!(
+        "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nredis_timeout_millis = 200\n",
+        db.url_via(None),
+        redis_link.port
+    );
+    let body = format!(
+        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
+        up.url()
+    );
+    let launch = || {
+        Gate::launch(Setup {
+            backends: Some(backends.clone()),
+            body: &body,
+            ..Setup::default()
+        })
+    };
+    let fetch = |gate: &Gate, token: &Token| {
+        let auth = [("Authorization", token.basic())];
+        let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(gate.port, "GET", "/generic/acme/web/f", &auth, b"").status
+    };
+    let wait_until = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let first = launch();
+    let token = first.token("project:acme/web", "read_package_registry", &[]);
+    assert_eq!(fetch(&first, &token), 200);
+    let key = services::cache_key(&token);
+    assert!(
+        redis.cli(&["GET", &key]).contains("\"revoked\":false"),
+        "the record is shared in Redis"
+    );
+    redis_link.cut();
+    wait_until("Redis down", &|| first.readyz().1["redis"] == "down");
+    first.revoke(token.id);
+    wait_until("revoked on the first instance", &|| {
+        fetch(&first, &token) == 401
+    });
+    drop(first);
+    redis_link.restore();
+    assert!(
+        redis.cli(&["GET", &key]).contains("\"revoked\":false"),
+        "the stopped instance left the stale entry"
+    );
+
+    let second = launch();
+    wait_until("revoked on the restarted instance", &|| {
+        fetch(&second, &token) == 401
+    });
+    assert!(
+        !redis.cli(&["GET", &key]).contains("\"revoked\":false"),
+        "the stale entry was buried"
+    );
+    for _ in 0..5 {
+        assert_eq!(fetch(&second, &token), 401);
+    }
+}

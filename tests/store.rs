@@ -77,7 +77,8 @@ fn new_token(path: &str, username: Option<&str>) -> (Secret, NewToken) {
 
 async fn create_find_list_revoke_and_feed(config: StoreConfig) {
     let store = TokenStore::connect(&config).await.unwrap();
-    let start = store.latest_change().await.unwrap();
+    let began = chrono::Utc::now().timestamp();
+    let start = store.change_before(i64::MAX).await.unwrap();
     let (secret, new) = new_token("acme/web", None);
     let t = store.create(new).await.unwrap();
     assert_eq!(t.username, default_username(t.id));
@@ -140,6 +141,14 @@ async fn create_find_list_revoke_and_feed(config: StoreConfig) {
     );
     assert_eq!(changes[2].digest, secret.digest());
     assert_eq!(store.changes_since(changes[2].seq).await.unwrap().len(), 0);
+    // From a time on: the changes made since (what a restart replays).
+    let replay = store.change_before(began).await.unwrap();
+    assert_eq!(store.changes_since(replay).await.unwrap(), changes);
+    assert_eq!(
+        store.change_before(began + 3600).await.unwrap(),
+        changes[2].seq,
+        "nothing changed since: the newest position"
+    );
 }
 
 async fn last_used_is_batched_and_never_moves_back(config: StoreConfig) {

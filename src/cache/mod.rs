@@ -36,6 +36,16 @@ fn in_flight_bound(store_timeout: Duration) -> Duration {
     store_timeout * 2 + Duration::from_secs(1)
 }
 
+/// How far back a starting instance replays the change feed. An instance
+/// that revoked a token while Redis was unreachable keeps the shared
+/// entry's deletion in memory until Redis is back; if it stops first, the
+/// stale entry stays, for at most the cache TTL after it was written. So
+/// the changes of that span (plus the time a write may be in flight and a
+/// minute for clocks that disagree) are applied again at start.
+fn replay_span(ttl: Duration, store_timeout: Duration) -> Duration {
+    ttl + in_flight_bound(store_timeout) + Duration::from_secs(60)
+}
+
 /// A cached lookup result: a record, or the knowledge that none exists.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -51,6 +61,8 @@ pub struct TokenResolver {
     redis: Option<Arc<RedisCache>>,
     store: TokenStore,
     metrics: Arc<Metrics>,
+    /// See [`replay_span`].
+    replay: Duration,
 }
 
 impl TokenResolver {
@@ -63,6 +75,7 @@ impl TokenResolver {
         TokenResolver {
             local: LocalCache::new(config),
             by_id: LocalCache::new(config),
+            replay: replay_span(config.ttl, store.timeout()),
             redis,
             store,
             metrics,
@@ -168,14 +181,16 @@ impl TokenResolver {
     }
 
     /// Polls the store's change feed until the task is dropped, invalidating
-    /// every cached entry of every token that changed. The poll doubles as
-    /// the store's health probe.
+    /// every cached entry of every token that changed, from the changes of
+    /// the last [`replay_span`] on. The poll doubles as the store's health
+    /// probe.
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = loop {
             tick.tick().await;
-            match self.store.latest_change().await {
+            let since = chrono::Utc::now() - self.replay;
+            match self.store.change_before(since.timestamp()).await {
                 Ok(seq) => break seq,
                 Err(e) => self.metrics.store.failed(&e),
             }

@@ -59,7 +59,7 @@ pub struct ListFilter<'a> {
 pub const CHANGES_PAGE: usize = 1000;
 
 /// One entry of the change feed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub seq: i64,
     pub token_id: i64,
@@ -433,12 +433,17 @@ impl TokenStore {
         .await
     }
 
-    /// The newest change-feed position.
-    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+    /// The feed position just before the first change made at or after
+    /// `since` (Unix seconds); the newest position when there is none.
+    pub async fn change_before(&self, since: i64) -> Result<i64, StoreError> {
         self.timed(async {
-            let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM token_changes")
-                .fetch_one(&self.pool)
-                .await?;
+            let row = sqlx::query(
+                "SELECT COALESCE((SELECT MIN(seq) - 1 FROM token_changes WHERE changed_at >= $1), \
+                 (SELECT MAX(seq) FROM token_changes), 0)",
+            )
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
             Ok(row.try_get(0)?)
         })
         .await
