@@ -126,6 +126,7 @@ struct RawCache {
     redis_url: Option<Spanned<String>>,
     redis_ca_file: Option<Spanned<String>>,
     redis_timeout_millis: Option<Spanned<u64>>,
+    redis_key_prefix: Option<Spanned<String>>,
     change_poll_millis: Option<Spanned<u64>>,
 }
 
@@ -313,6 +314,10 @@ pub struct RedisConfig {
     /// For `rediss://`: the PEM roots of `redis_ca_file`, trusted instead
     /// of the system's.
     pub ca_pem: Option<Vec<u8>>,
+    /// What every key and the channel start with: deployments sharing a
+    /// Redis (a Cluster has only database 0) must not read each other's
+    /// token records.
+    pub key_prefix: String,
 }
 
 /// The registry token service (`[registry_auth]` and `[signing]`).
@@ -625,10 +630,30 @@ fn build_cache(src: &Source<'_>, raw: &RawCache) -> Result<CacheConfig, ConfigEr
         1,
         250,
     )?;
+    let key_prefix = match &raw.redis_key_prefix {
+        None => crate::cache::DEFAULT_KEY_PREFIX.to_string(),
+        Some(prefix) if target.is_none() => {
+            let why = "a key prefix needs a Redis (redis_url)";
+            return Err(src.at(prefix, "cache.redis_key_prefix", why));
+        }
+        Some(prefix) => {
+            let text = prefix.get_ref();
+            let ok = (1..=64).contains(&text.len())
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                let why = "1 to 64 letters, digits, '-', '_' or '.'";
+                return Err(src.at(prefix, "cache.redis_key_prefix", why));
+            }
+            text.clone()
+        }
+    };
     let redis = target.map(|target| RedisConfig {
         target,
         timeout,
         ca_pem,
+        key_prefix,
     });
     Ok(CacheConfig {
         ttl: duration(
@@ -1574,6 +1599,9 @@ access = "read"
             ("[server]\nworkers = 100000\n", "server.workers", 2, "at most 256"),
             ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n", "server.trusted_proxies", 2, "\"lb.internal\" is not an address"),
             ("[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 3, "only a TLS Redis"),
+            ("[cache]\nredis_key_prefix = \"prod\"\n", "cache.redis_key_prefix", 2, "needs a Redis"),
+            ("[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_key_prefix = \"a{b}\"\n", "cache.redis_key_prefix", 3, "letters, digits"),
+            ("[cache]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_key_prefix = \"\"\n", "cache.redis_key_prefix", 3, "letters, digits"),
             ("[cache]\nredis_ca_file = \"ca.pem\"\n", "cache.redis_ca_file", 2, "only a TLS Redis"),
             ("[cache]\nredis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n", "cache.redis_ca_file", 3, "cannot read /nonexistent/ca.pem"),
             ("[cache]\nredis_url = \"rediss+sentinel://s:1\"\n", "cache.redis_url", 2, "name the master"),

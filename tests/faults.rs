@@ -384,3 +384,63 @@ fn a_stale_entry_left_by_a_stopped_instance_does_not_bring_a_revoked_token_back(
         assert_eq!(fetch(&second, &token), 401);
     }
 }
+
+/// Two deployments (two stores) sharing one Redis, each with its own key
+/// prefix: a token of one, shared in Redis by its use there, is unknown to
+/// the other.
+#[test]
+fn deployments_sharing_a_redis_never_read_each_others_tokens() {
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path());
+    let up = Recorder::start();
+    let body = format!(
+        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
+        up.url()
+    );
+    let dbs = [PgDatabase::create(), PgDatabase::create()];
+    let gates: Vec<Gate> = ["staging", "prod"]
+        .iter()
+        .zip(&dbs)
+        .map(|(prefix, db)| {
+            let backends = format!(
+                "[store]\nurl = \"{}\"\n\n[cache]\nredis_url = \"redis://127.0.0.1:{}/0\"\nredis_key_prefix = \"{prefix}\"\n",
+                db.url_via(None),
+                redis.port
+            );
+            Gate::launch(Setup {
+                backends: Some(backends),
+                body: &body,
+                ..Setup::default()
+            })
+        })
+        .collect();
+    let token = gates[0].token("project:acme/web", "read_package_registry", &[]);
+    let fetch = |gate: &Gate| {
+        let auth = token.basic();
+        send(
+            gate.port,
+            "GET",
+            "/generic/acme/web/f",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(fetch(&gates[0]), 200);
+    let digest = tokengate::token::Digest::of(&token.secret);
+    let key = |prefix| tokengate::cache::entry_key(prefix, &digest);
+    assert!(
+        redis
+            .cli(&["GET", &key("staging")])
+            .contains("\"revoked\":false"),
+        "shared under the staging prefix"
+    );
+    assert_eq!(fetch(&gates[1]), 401, "a staging token on prod");
+    assert!(
+        !redis
+            .cli(&["GET", &key("prod")])
+            .contains("\"revoked\":false"),
+        "prod keeps its own entries"
+    );
+    assert_eq!(fetch(&gates[0]), 200, "staging's entry is untouched");
+}

@@ -208,6 +208,7 @@ async fn a_late_write_cannot_undo_an_invalidation_in_redis() {
         target: RedisTarget::parse(&redis.url()).unwrap(),
         timeout: Duration::from_millis(250),
         ca_pem: None,
+        key_prefix: tokengate::cache::DEFAULT_KEY_PREFIX.into(),
     };
     let cache_config = CacheConfig {
         ttl: Duration::from_secs(60),

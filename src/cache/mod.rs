@@ -20,7 +20,7 @@ mod local;
 mod redis;
 
 use self::local::LocalCache;
-pub use self::redis::{entry_key, Generation, RedisCache, RedisTarget, Shared};
+pub use self::redis::{entry_key, Generation, RedisCache, RedisTarget, Shared, DEFAULT_KEY_PREFIX};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -39,8 +39,8 @@ use crate::token::{Digest, OwnerKind, ScopeSet, TokenRecord};
 /// How many generation counters the digests share: an invalidation also
 /// refuses, once, the writes of lookups of other digests in its stripe.
 const STRIPES: u16 = 1024;
-/// The channel on which revocations are announced to every instance.
-const CHANNEL: &str = "tokengate:v1:invalidate";
+/// What keys and the channel start with unless `redis_key_prefix` says otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "tokengate";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 fn stripe(digest: &Digest) -> u16 {
@@ -48,17 +48,22 @@ fn stripe(digest: &Digest) -> u16 {
 }
 
 /// The Redis key of a digest's shared entry.
-pub fn entry_key(digest: &Digest) -> String {
+pub fn entry_key(prefix: &str, digest: &Digest) -> String {
     format!(
-        "tokengate:v2:{{{}}}:token:{}",
+        "{prefix}:v2:{{{}}}:token:{}",
         stripe(digest),
         digest.to_hex()
     )
 }
 
 /// The key counting the invalidations of a digest's stripe.
-fn generation_key(digest: &Digest) -> String {
-    format!("tokengate:v2:{{{}}}:generation", stripe(digest))
+fn generation_key(prefix: &str, digest: &Digest) -> String {
+    format!("{prefix}:v2:{{{}}}:generation", stripe(digest))
+}
+
+/// The channel on which revocations are announced to every instance.
+fn channel(prefix: &str) -> String {
+    format!("{prefix}:v1:invalidate")
 }
 
 // A generation that is missing (never set, or lost: a restart without
@@ -90,12 +95,12 @@ fn random_start() -> u64 {
 }
 
 /// A script with its two keys, for one digest.
-fn script(code: &str, digest: &Digest) -> Cmd {
+fn script(code: &str, prefix: &str, digest: &Digest) -> Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(code)
         .arg(2)
-        .arg(entry_key(digest))
-        .arg(generation_key(digest));
+        .arg(entry_key(prefix, digest))
+        .arg(generation_key(prefix, digest));
     cmd
 }
 
@@ -238,6 +243,7 @@ pub struct RedisCache {
     target: RedisTarget,
     /// PEM roots for a TLS connection, instead of the system's.
     ca_pem: Option<Vec<u8>>,
+    key_prefix: String,
     timeout: Duration,
     ttl: Duration,
     negative_ttl: Duration,
@@ -265,6 +271,7 @@ impl RedisCache {
         Arc::new(RedisCache {
             target: redis.target.clone(),
             ca_pem: redis.ca_pem.clone(),
+            key_prefix: redis.key_prefix.clone(),
             timeout: redis.timeout,
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
@@ -405,7 +412,7 @@ impl RedisCache {
         if !self.health.is_up() {
             return Shared::Unavailable;
         }
-        let mut read = script(READ_SCRIPT, digest);
+        let mut read = script(READ_SCRIPT, &self.key_prefix, digest);
         read.arg(random_start());
         let (entry, generation) = match self.run::<(Option<String>, String)>(&read).await {
             Ok(reply) => reply,
@@ -441,7 +448,7 @@ impl RedisCache {
                 self.ttl.min(left.max(Duration::from_secs(1)))
             }),
         };
-        let mut cmd = script(PUT_SCRIPT, digest);
+        let mut cmd = script(PUT_SCRIPT, &self.key_prefix, digest);
         cmd.arg(generation.0)
             .arg(encode(lookup))
             .arg(ttl.as_millis().max(1) as u64);
@@ -452,7 +459,7 @@ impl RedisCache {
 
     /// The command that deletes a shared entry and counts the invalidation.
     fn bury(&self, digest: &Digest) -> Cmd {
-        let mut cmd = script(INVALIDATE_SCRIPT, digest);
+        let mut cmd = script(INVALIDATE_SCRIPT, &self.key_prefix, digest);
         cmd.arg(random_start());
         cmd
     }
@@ -495,9 +502,13 @@ impl RedisCache {
             .await
             .map_err(|e| e.to_string())?;
         let message = format!("{} {token_id}", digest.to_hex());
-        self.run::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(message))
-            .await
-            .map_err(|e| e.to_string())?;
+        self.run::<i64>(
+            redis::cmd("PUBLISH")
+                .arg(channel(&self.key_prefix))
+                .arg(message),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -570,7 +581,7 @@ impl RedisCache {
         let mut pubsub = tokio::time::timeout(self.timeout * 4, client.get_async_pubsub())
             .await
             .map_err(|_| Failure::Timeout(self.timeout * 4))??;
-        pubsub.subscribe(CHANNEL).await?;
+        pubsub.subscribe(channel(&self.key_prefix)).await?;
         tracing::debug!("subscribed to Redis invalidations");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {

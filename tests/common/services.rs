@@ -30,7 +30,10 @@ impl TlsFiles {
 
 /// The key of a token's entry in the shared cache.
 pub fn cache_key(token: &Token) -> String {
-    tokengate::cache::entry_key(&tokengate::token::Digest::of(&token.secret))
+    tokengate::cache::entry_key(
+        tokengate::cache::DEFAULT_KEY_PREFIX,
+        &tokengate::token::Digest::of(&token.secret),
+    )
 }
 
 /// A `redis-server` owned by one test, on its own port, keeping nothing on disk.
