@@ -125,11 +125,14 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<crate::
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT);
+    // Few streams per connection: the page and the API need no more, and a
+    // sign-in form's body is read before anything is known of its sender.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(HEAD_TIMEOUT)
-        .keep_alive_timeout(HEAD_TIMEOUT);
+        .keep_alive_timeout(HEAD_TIMEOUT)
+        .max_concurrent_streams(16);
     let builder = Arc::new(builder);
     let tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
     loop {
@@ -186,7 +189,34 @@ async fn for_a_lifetime<C: GracefulConnection>(conn: C) {
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+    let mut response = respond(admin, req, peer).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn respond(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
     let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "text/plain", "ok\n".into());
+    }
+    // The web page signs in with a form; everything else needs the admin
+    // token, checked before the body is read: a client without it makes the
+    // listener hold nothing.
+    let page = path == "/ui" || path.starts_with("/ui/");
+    let actor = if page {
+        None
+    } else {
+        match authenticate(admin, &parts.headers, peer, path) {
+            Ok(actor) => Some(actor),
+            Err(refusal) => return refusal,
+        }
+    };
     let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
     let body = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -213,37 +243,36 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Admi
         body,
         peer,
     };
-    let mut response = route(admin, &request).await;
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    match actor {
+        None => ui::handle(admin, &request).await,
+        Some(actor) => route(admin, &actor, &request).await,
+    }
 }
 
-async fn route(admin: &Admin, req: &AdminRequest) -> AdminResponse {
-    if req.path == "/healthz" {
-        return text(StatusCode::OK, "text/plain", "ok\n".into());
+/// The admin token's name, or the refusal: 429 while the address is
+/// locked out, 401 without the token or with a wrong one (counted).
+fn authenticate(
+    admin: &Admin,
+    headers: &http::HeaderMap,
+    peer: SocketAddr,
+    path: &str,
+) -> Result<String, AdminResponse> {
+    if admin.failures.is_blocked(peer.ip()) {
+        return Err(message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "429 Too Many Requests",
+        ));
     }
-    if req.path == "/ui" || req.path.starts_with("/ui/") {
-        return ui::handle(admin, req).await;
-    }
-    if admin.failures.is_blocked(req.peer.ip()) {
-        return message(StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests");
-    }
-    let actor = match admin.credentials.from_headers(&req.headers) {
-        Ok(name) => name,
-        Err(credentials::Refusal::Missing) => {
-            return message(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+    admin.credentials.from_headers(headers).map_err(|refusal| {
+        if refusal == credentials::Refusal::Wrong {
+            admin.failures.record_failure(peer.ip());
+            tracing::warn!(target: "tokengate::audit", event = "admin_login_failed", client = %peer.ip(), path);
         }
-        Err(credentials::Refusal::Wrong) => {
-            admin.failures.record_failure(req.peer.ip());
-            tracing::warn!(target: "tokengate::audit", event = "admin_login_failed", client = %req.peer.ip(), path = %req.path);
-            return message(StatusCode::UNAUTHORIZED, "401 Unauthorized");
-        }
-    };
+        message(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+    })
+}
+
+async fn route(admin: &Admin, actor: &str, req: &AdminRequest) -> AdminResponse {
     match (req.path.as_str(), &req.method) {
         ("/readyz", &Method::GET) => {
             let (ready, body) = admin.metrics.readiness();
@@ -259,7 +288,7 @@ async fn route(admin: &Admin, req: &AdminRequest) -> AdminResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             admin.metrics.encode(),
         ),
-        (path, _) if path.starts_with("/api/v4/") => api::handle(admin, &actor, req).await,
+        (path, _) if path.starts_with("/api/v4/") => api::handle(admin, actor, req).await,
         _ => message(StatusCode::NOT_FOUND, "404 Not Found"),
     }
 }
