@@ -214,7 +214,7 @@ async fn respond(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Adm
     } else {
         match authenticate(admin, &parts.headers, peer, path) {
             Ok(actor) => Some(actor),
-            Err(refusal) => return refusal,
+            Err((status, why)) => return message(status, why),
         }
     };
     let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
@@ -256,19 +256,16 @@ fn authenticate(
     headers: &http::HeaderMap,
     peer: SocketAddr,
     path: &str,
-) -> Result<String, AdminResponse> {
+) -> Result<String, (StatusCode, &'static str)> {
     if admin.failures.is_blocked(peer.ip()) {
-        return Err(message(
-            StatusCode::TOO_MANY_REQUESTS,
-            "429 Too Many Requests",
-        ));
+        return Err((StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests"));
     }
     admin.credentials.from_headers(headers).map_err(|refusal| {
         if refusal == credentials::Refusal::Wrong {
             admin.failures.record_failure(peer.ip());
             tracing::warn!(target: "tokengate::audit", event = "admin_login_failed", client = %peer.ip(), path);
         }
-        message(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+        (StatusCode::UNAUTHORIZED, "401 Unauthorized")
     })
 }
 
