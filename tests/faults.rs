@@ -49,6 +49,23 @@ struct Sample {
     took: Duration,
 }
 
+/// One generic route for project acme/web, to the recorder.
+fn web_route(up: &Recorder) -> String {
+    format!(
+        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
+        up.url()
+    )
+}
+
+/// Waits up to 10 s for `check`, failing the test with `what` otherwise.
+fn wait_until(what: &str, check: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn redis_and_store_faults_under_traffic() {
     let work = tempfile::tempdir().unwrap();
@@ -62,10 +79,7 @@ fn redis_and_store_faults_under_traffic() {
         db.url_via(Some(store_link.port)),
         redis_link.port
     );
-    let body = format!(
-        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
-        up.url()
-    );
+    let body = web_route(&up);
     let gates: Vec<Gate> = (0..2)
         .map(|_| {
             Gate::launch(Setup {
@@ -143,13 +157,6 @@ fn redis_and_store_faults_under_traffic() {
         .collect();
 
     let ready = |gate: &Gate| gate.readyz();
-    let wait_until = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
 
     // 0: baseline.
     std::thread::sleep(Duration::from_millis(1500));
@@ -327,10 +334,7 @@ fn a_stale_entry_left_by_a_stopped_instance_does_not_bring_a_revoked_token_back(
         db.url_via(None),
         redis_link.port
     );
-    let body = format!(
-        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
-        up.url()
-    );
+    let body = web_route(&up);
     let launch = || {
         Gate::launch(Setup {
             backends: Some(backends.clone()),
@@ -342,13 +346,6 @@ fn a_stale_entry_left_by_a_stopped_instance_does_not_bring_a_revoked_token_back(
         let auth = [("Authorization", token.basic())];
         let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
         send(gate.port, "GET", "/generic/acme/web/f", &auth, b"").status
-    };
-    let wait_until = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     };
 
     let first = launch();
@@ -393,10 +390,7 @@ fn deployments_sharing_a_redis_never_read_each_others_tokens() {
     let work = tempfile::tempdir().unwrap();
     let redis = Redis::start(work.path());
     let up = Recorder::start();
-    let body = format!(
-        "[upstream.rec]\nurl = \"{}\"\n\n[[route]]\nname = \"web\"\nformat = \"generic\"\npath = \"/generic/acme/web\"\nnamespace = \"acme/web\"\nupstream = \"rec\"\nstrip_prefix = true\n",
-        up.url()
-    );
+    let body = web_route(&up);
     let dbs = [PgDatabase::create(), PgDatabase::create()];
     let gates: Vec<Gate> = ["staging", "prod"]
         .iter()
