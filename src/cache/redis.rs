@@ -94,16 +94,6 @@ fn random_start() -> u64 {
     rand::Rng::gen_range(&mut rand::thread_rng(), 1..1u64 << 62)
 }
 
-/// A script with its two keys, for one digest.
-fn script(code: &str, prefix: &str, digest: &Digest) -> Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(code)
-        .arg(2)
-        .arg(entry_key(prefix, digest))
-        .arg(generation_key(prefix, digest));
-    cmd
-}
-
 /// The invalidation count of a digest's stripe when a lookup began.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation(String);
@@ -412,7 +402,7 @@ impl RedisCache {
         if !self.health.is_up() {
             return Shared::Unavailable;
         }
-        let mut read = script(READ_SCRIPT, &self.key_prefix, digest);
+        let mut read = self.script(READ_SCRIPT, digest);
         read.arg(random_start());
         let (entry, generation) = match self.run::<(Option<String>, String)>(&read).await {
             Ok(reply) => reply,
@@ -448,7 +438,7 @@ impl RedisCache {
                 self.ttl.min(left.max(Duration::from_secs(1)))
             }),
         };
-        let mut cmd = script(PUT_SCRIPT, &self.key_prefix, digest);
+        let mut cmd = self.script(PUT_SCRIPT, digest);
         cmd.arg(generation.0)
             .arg(encode(lookup))
             .arg(ttl.as_millis().max(1) as u64);
@@ -457,9 +447,19 @@ impl RedisCache {
         }
     }
 
+    /// A script with its two keys, for one digest.
+    fn script(&self, code: &str, digest: &Digest) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(code)
+            .arg(2)
+            .arg(entry_key(&self.key_prefix, digest))
+            .arg(generation_key(&self.key_prefix, digest));
+        cmd
+    }
+
     /// The command that deletes a shared entry and counts the invalidation.
     fn bury(&self, digest: &Digest) -> Cmd {
-        let mut cmd = script(INVALIDATE_SCRIPT, &self.key_prefix, digest);
+        let mut cmd = self.script(INVALIDATE_SCRIPT, digest);
         cmd.arg(random_start());
         cmd
     }

@@ -7,7 +7,7 @@ use http::Method;
 
 use super::{is_read, Access, Authentication, CredentialSource, Format};
 use crate::oci::scope::valid_repository;
-use crate::route::normalize::form_decode;
+use crate::route::normalize::{form_decode, lenient_query_pairs};
 use crate::token::{Scope, ScopeSet};
 
 pub struct Oci;
@@ -137,11 +137,7 @@ struct Ambiguous;
 fn mount_source(query: &str) -> Result<Option<String>, Ambiguous> {
     let mut from = None;
     let mut mount = false;
-    let pairs = query
-        .split(['&', ';'])
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")));
-    for (raw, value) in pairs {
+    for (raw, value) in lenient_query_pairs(query) {
         let Some(key) = form_decode(raw) else {
             continue; // a name the registry cannot decode either
         };

@@ -284,8 +284,21 @@ fn form_decode_bytes(text: &str) -> Option<Vec<u8>> {
 
 /// A query's (or form body's) `name=value` pairs as written, empty ones skipped.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    pairs_split_at(query, &['&'])
+}
+
+/// The pairs as servers that also split at `;` read them (Rack 2, Go
+/// before 1.17, Python before 3.9.2).
+pub fn lenient_query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    pairs_split_at(query, &['&', ';'])
+}
+
+fn pairs_split_at<'a>(
+    query: &'a str,
+    separators: &'static [char],
+) -> impl Iterator<Item = (&'a str, &'a str)> {
     query
-        .split('&')
+        .split(separators)
         .filter(|pair| !pair.is_empty())
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
